@@ -1,0 +1,638 @@
+//! The `conf` table in Kong's kong.conf vocabulary, parsed into typed settings.
+//!
+//! Values arrive either already parsed (as `kong.configuration` holds them:
+//! booleans, numbers, arrays) or as kong.conf strings (`"on"`, `"5432"`).
+//! Unknown keys are ignored, since Kong passes hundreds; a known key with a
+//! wrong type or value is an error that names the key.
+//!
+//! The read-only side (`pg_ro_*`) falls back to the `pg_*` key of the same
+//! name when unset. IAM is on for read-only when `pg_ro_iam_auth` *or*
+//! `pg_iam_auth` is on, as Kong documents it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::region;
+
+/// A configuration value as the caller handed it over, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integral number.
+    Int(i64),
+    /// A number with a fractional part.
+    Float(f64),
+    /// A string (kong.conf text or an already parsed string value).
+    Str(String),
+    /// An array of strings (e.g. `lua_ssl_trusted_certificate` in `kong.configuration`).
+    List(Vec<String>),
+    /// Any other value; the string names its type for error messages.
+    Other(&'static str),
+}
+
+/// Where configuration values are read from: a Lua table in production,
+/// a map in tests. `None` means the key is unset.
+pub trait ConfSource {
+    /// The value of `key`, or `None` when unset.
+    fn get(&self, key: &str) -> Option<RawValue>;
+}
+
+impl ConfSource for HashMap<String, RawValue> {
+    fn get(&self, key: &str) -> Option<RawValue> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// Which of Kong's two database connections a call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The read-write connection (`pg_*` keys).
+    ReadWrite,
+    /// The read-only connection (`pg_ro_*` keys, falling back to `pg_*`).
+    ReadOnly,
+}
+
+impl Side {
+    /// Parses the optional mode argument: `"rw"` (default) or `"ro"`.
+    pub fn parse(mode: Option<&str>) -> Result<Side> {
+        match mode {
+            None | Some("rw") => Ok(Side::ReadWrite),
+            Some("ro") => Ok(Side::ReadOnly),
+            Some(other) => Err(Error::config(format!("mode must be \"rw\" or \"ro\", got {}", quote(other)))),
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Side::ReadWrite => "pg_",
+            Side::ReadOnly => "pg_ro_",
+        }
+    }
+}
+
+/// An STS AssumeRole step on top of the base credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AssumeRole {
+    /// `pg_iam_auth_assume_role_arn`.
+    pub role_arn: String,
+    /// `pg_iam_auth_role_session_name` (default `KongPostgres`).
+    pub session_name: String,
+    /// `pg_iam_auth_sts_endpoint_url`, for a custom or VPC STS endpoint.
+    pub sts_endpoint_url: Option<String>,
+}
+
+/// What a token is signed for: the database endpoint and user, and how to get
+/// credentials for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name, lowercased (it is signed lowercased).
+    pub host: String,
+    /// TCP port; always part of the signed host.
+    pub port: u16,
+    /// Database user (`DBUser`).
+    pub user: String,
+    /// Explicit region (`pg_iam_auth_region`); else parsed from the host.
+    pub region: Option<String>,
+    /// Optional assume-role step.
+    pub assume_role: Option<AssumeRole>,
+    /// `pg_timeout`: bounds credential lookups as well as database I/O.
+    pub timeout: Duration,
+}
+
+/// `pg_ssl_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 only (`tlsv1_2`, the default).
+    Tls12,
+    /// TLS 1.3 only (`tlsv1_3`).
+    Tls13,
+    /// TLS 1.2 or 1.3 (`any`).
+    Any,
+}
+
+/// A source of trusted CA certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// The operating system's store (keyword `system`).
+    System,
+    /// A PEM file.
+    File(PathBuf),
+}
+
+/// TLS settings for the database connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConf {
+    /// `pg_ssl`: ask the server for TLS.
+    pub enabled: bool,
+    /// `pg_ssl_required`: fail if the server does not do TLS.
+    pub required: bool,
+    /// `pg_ssl_verify`: verify the chain and the host name.
+    pub verify: bool,
+    /// `pg_ssl_version`.
+    pub version: TlsVersion,
+    /// Client certificate and key files (`pg_ssl_cert`, `pg_ssl_cert_key`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`.
+    pub trusted: Vec<CaSource>,
+}
+
+/// Everything `connect()` needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectConf {
+    /// Host, port, user, region, credentials.
+    pub endpoint: Endpoint,
+    /// Authenticate with an IAM token instead of a password.
+    pub iam: bool,
+    /// `pg_password` (ignored, and `None`, when IAM is on).
+    pub password: Option<String>,
+    /// `pg_database`.
+    pub database: String,
+    /// `pg_schema`: becomes the `search_path`.
+    pub schema: Option<String>,
+    /// TLS settings (forced on and required under IAM).
+    pub tls: TlsConf,
+}
+
+impl std::fmt::Debug for ConnectConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectConf")
+            .field("endpoint", &self.endpoint)
+            .field("iam", &self.iam)
+            .field("password", &self.password.as_ref().map(|_| "** redacted **"))
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// Kong's default `pg_iam_auth_role_session_name`.
+pub const DEFAULT_SESSION_NAME: &str = "KongPostgres";
+
+impl Endpoint {
+    /// Reads the keys a token needs from `src` for `side`.
+    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<Endpoint> {
+        Reader { src, side }.endpoint()
+    }
+}
+
+impl ConnectConf {
+    /// Reads every connection key from `src` for `side` and applies the IAM rules.
+    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<ConnectConf> {
+        Reader { src, side }.connect()
+    }
+}
+
+/// Looks keys up for one side, with the `pg_ro_*` -> `pg_*` fallback.
+struct Reader<'a> {
+    src: &'a dyn ConfSource,
+    side: Side,
+}
+
+impl Reader<'_> {
+    /// The value of `pg_<base>` (or `pg_ro_<base>`, falling back), with the key it came from.
+    fn lookup(&self, base: &str) -> Option<(String, RawValue)> {
+        let own = format!("{}{}", self.side.prefix(), base);
+        if let Some(v) = self.src.get(&own) {
+            return Some((own, v));
+        }
+        if self.side == Side::ReadOnly {
+            let rw = format!("pg_{base}");
+            if let Some(v) = self.src.get(&rw) {
+                return Some((rw, v));
+            }
+        }
+        None
+    }
+
+    fn key_name(&self, base: &str) -> String {
+        format!("{}{}", self.side.prefix(), base)
+    }
+
+    fn string(&self, base: &str, default: &str) -> Result<String> {
+        match self.lookup(base) {
+            None => Ok(default.to_owned()),
+            Some((key, v)) => non_empty_string(&key, v),
+        }
+    }
+
+    fn optional_string(&self, base: &str) -> Result<Option<String>> {
+        match self.lookup(base) {
+            None => Ok(None),
+            Some((key, v)) => optional_string(&key, v, false),
+        }
+    }
+
+    fn boolean(&self, base: &str, default: bool) -> Result<bool> {
+        match self.lookup(base) {
+            None => Ok(default),
+            Some((key, v)) => boolean(&key, v),
+        }
+    }
+
+    fn integer(&self, base: &str, default: i64, min: i64, max: i64) -> Result<i64> {
+        match self.lookup(base) {
+            None => Ok(default),
+            Some((key, v)) => integer(&key, v, min, max),
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint> {
+        let host = self.string("host", "127.0.0.1")?;
+        if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+            return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name("host"), quote(&host))));
+        }
+        let port = self.integer("port", 5432, 1, 65535)? as u16;
+        let user = self.string("user", "kong")?;
+        let timeout_ms = self.integer("timeout", 5000, 1, 3_600_000)?;
+        let region = match self.lookup("iam_auth_region") {
+            None => None,
+            Some((key, v)) => match optional_string(&key, v, false)? {
+                None => None,
+                Some(r) if region::is_valid(&r) => Some(r),
+                Some(r) => {
+                    return Err(Error::config(format!("{key} must be an AWS region like us-east-1, got {}", quote(&r))))
+                }
+            },
+        };
+        let assume_role = match self.optional_string("iam_auth_assume_role_arn")? {
+            None => None,
+            Some(role_arn) => {
+                if !role_arn.starts_with("arn:") {
+                    return Err(Error::config(format!(
+                        "{} must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got {}",
+                        self.key_name("iam_auth_assume_role_arn"),
+                        quote(&role_arn)
+                    )));
+                }
+                let session_name = self.string("iam_auth_role_session_name", DEFAULT_SESSION_NAME)?;
+                let sts_endpoint_url = self.optional_string("iam_auth_sts_endpoint_url")?;
+                if let Some(url) = &sts_endpoint_url {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(Error::config(format!(
+                            "{} must be an http(s) URL, got {}",
+                            self.key_name("iam_auth_sts_endpoint_url"),
+                            quote(url)
+                        )));
+                    }
+                }
+                Some(AssumeRole { role_arn, session_name, sts_endpoint_url })
+            }
+        };
+        Ok(Endpoint {
+            host: host.to_ascii_lowercase(),
+            port,
+            user,
+            region,
+            assume_role,
+            timeout: Duration::from_millis(timeout_ms as u64),
+        })
+    }
+
+    /// IAM for this side: `pg_iam_auth`, or for read-only also `pg_ro_iam_auth`.
+    fn iam(&self) -> Result<bool> {
+        let rw = match self.src.get("pg_iam_auth") {
+            None => false,
+            Some(v) => boolean("pg_iam_auth", v)?,
+        };
+        match self.side {
+            Side::ReadWrite => Ok(rw),
+            Side::ReadOnly => match self.src.get("pg_ro_iam_auth") {
+                None => Ok(rw),
+                Some(v) => Ok(boolean("pg_ro_iam_auth", v)? || rw),
+            },
+        }
+    }
+
+    fn connect(&self) -> Result<ConnectConf> {
+        let endpoint = self.endpoint()?;
+        let iam = self.iam()?;
+        let password = match self.lookup("password") {
+            None => None,
+            Some((key, v)) => optional_string(&key, v, true)?,
+        };
+        let database = self.string("database", "kong")?;
+        let schema = self.optional_string("schema")?;
+        let version = match self.lookup("ssl_version") {
+            None => TlsVersion::Tls12,
+            Some((key, v)) => match v {
+                RawValue::Str(s) if s == "tlsv1_2" => TlsVersion::Tls12,
+                RawValue::Str(s) if s == "tlsv1_3" => TlsVersion::Tls13,
+                RawValue::Str(s) if s == "any" => TlsVersion::Any,
+                other => {
+                    return Err(Error::config(format!("{key} must be one of tlsv1_2, tlsv1_3, any, got {}", show(&other))))
+                }
+            },
+        };
+        let cert = self.optional_string("ssl_cert")?;
+        let cert_key = self.optional_string("ssl_cert_key")?;
+        if iam && (cert.is_some() || cert_key.is_some()) {
+            let p = self.side.prefix();
+            return Err(Error::config(format!(
+                "mTLS connection to postgres cannot be used when {p}iam_auth is enabled, so {p}ssl_cert and {p}ssl_cert_key must not be specified"
+            )));
+        }
+        let client_cert = match (cert, cert_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            _ => {
+                return Err(Error::config(format!(
+                    "{} and {} must be set together",
+                    self.key_name("ssl_cert"),
+                    self.key_name("ssl_cert_key")
+                )))
+            }
+        };
+        let trusted = match self.lookup("ssl_cafile") {
+            Some((key, v)) => match optional_string(&key, v, false)? {
+                Some(path) => vec![CaSource::File(PathBuf::from(path))],
+                None => self.trusted_certificates()?,
+            },
+            None => self.trusted_certificates()?,
+        };
+        let tls = TlsConf {
+            enabled: iam || self.boolean("ssl", false)?,
+            required: iam || self.boolean("ssl_required", false)?,
+            verify: self.boolean("ssl_verify", false)?,
+            version,
+            client_cert,
+            trusted,
+        };
+        Ok(ConnectConf {
+            endpoint,
+            iam,
+            password: if iam { None } else { password },
+            database,
+            schema,
+            tls,
+        })
+    }
+
+    /// `lua_ssl_trusted_certificate`: a comma-separated string or an array;
+    /// `system` means the OS store. Unset means `system`, Kong's default.
+    fn trusted_certificates(&self) -> Result<Vec<CaSource>> {
+        const KEY: &str = "lua_ssl_trusted_certificate";
+        let items: Vec<String> = match self.src.get(KEY) {
+            None => return Ok(vec![CaSource::System]),
+            Some(RawValue::Str(s)) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+            Some(RawValue::List(l)) => l.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "{KEY} must be a comma-separated string or an array of paths, got {}",
+                    show(&other)
+                )))
+            }
+        };
+        Ok(items
+            .into_iter()
+            .map(|p| if p == "system" { CaSource::System } else { CaSource::File(PathBuf::from(p)) })
+            .collect())
+    }
+}
+
+fn boolean(key: &str, v: RawValue) -> Result<bool> {
+    match &v {
+        RawValue::Bool(b) => Ok(*b),
+        RawValue::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(Error::config(format!("{key} must be a boolean (on/off, true/false, yes/no), got {}", show(&v)))),
+        },
+        _ => Err(Error::config(format!("{key} must be a boolean (on/off, true/false, yes/no), got {}", show(&v)))),
+    }
+}
+
+fn integer(key: &str, v: RawValue, min: i64, max: i64) -> Result<i64> {
+    let n = match &v {
+        RawValue::Int(n) => Some(*n),
+        RawValue::Str(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Error::config(format!("{key} must be an integer {min}-{max}, got {}", show(&v)))),
+    }
+}
+
+fn non_empty_string(key: &str, v: RawValue) -> Result<String> {
+    match v {
+        RawValue::Str(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        other => Err(Error::config(format!("{key} must be a non-empty string, got {}", show(&other)))),
+    }
+}
+
+/// An optional string: empty means unset (as an empty kong.conf value does).
+/// `secret` keeps the value out of the error message.
+fn optional_string(key: &str, v: RawValue, secret: bool) -> Result<Option<String>> {
+    match v {
+        RawValue::Str(s) if s.is_empty() => Ok(None),
+        RawValue::Str(s) if secret => Ok(Some(s)),
+        RawValue::Str(s) => Ok(Some(s.trim().to_owned())),
+        other if secret => Err(Error::config(format!("{key} must be a string, got a {}", type_name(&other)))),
+        other => Err(Error::config(format!("{key} must be a string, got {}", show(&other)))),
+    }
+}
+
+fn type_name(v: &RawValue) -> &'static str {
+    match v {
+        RawValue::Bool(_) => "boolean",
+        RawValue::Int(_) | RawValue::Float(_) => "number",
+        RawValue::Str(_) => "string",
+        RawValue::List(_) => "table",
+        RawValue::Other(t) => t,
+    }
+}
+
+/// A value for an error message: strings quoted and cut, others by value or type.
+fn show(v: &RawValue) -> String {
+    match v {
+        RawValue::Bool(b) => b.to_string(),
+        RawValue::Int(n) => n.to_string(),
+        RawValue::Float(f) => f.to_string(),
+        RawValue::Str(s) => quote(s),
+        RawValue::List(_) => "a table".to_owned(),
+        RawValue::Other(t) => format!("a {t}"),
+    }
+}
+
+fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut cut: String = s.chars().take(MAX).collect();
+    if cut.len() < s.len() {
+        cut.push_str("...");
+    }
+    format!("{cut:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, RawValue)]) -> HashMap<String, RawValue> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    fn s(v: &str) -> RawValue {
+        RawValue::Str(v.to_owned())
+    }
+
+    #[test]
+    fn defaults_follow_kong_conf() {
+        let c = ConnectConf::parse(&src(&[]), Side::ReadWrite).unwrap();
+        assert_eq!(c.endpoint.host, "127.0.0.1");
+        assert_eq!(c.endpoint.port, 5432);
+        assert_eq!(c.endpoint.user, "kong");
+        assert_eq!(c.endpoint.timeout, Duration::from_millis(5000));
+        assert_eq!(c.database, "kong");
+        assert!(!c.iam && !c.tls.enabled && !c.tls.required && !c.tls.verify);
+        assert_eq!(c.tls.version, TlsVersion::Tls12);
+        assert_eq!(c.tls.trusted, vec![CaSource::System]);
+        assert_eq!(c.endpoint.assume_role, None);
+    }
+
+    #[test]
+    fn strings_and_parsed_values_mean_the_same() {
+        let as_text = src(&[("pg_port", s("6432")), ("pg_iam_auth", s("on")), ("pg_ssl_verify", s("yes")), ("pg_timeout", s("250"))]);
+        let parsed = src(&[
+            ("pg_port", RawValue::Int(6432)),
+            ("pg_iam_auth", RawValue::Bool(true)),
+            ("pg_ssl_verify", RawValue::Bool(true)),
+            ("pg_timeout", RawValue::Int(250)),
+        ]);
+        let a = ConnectConf::parse(&as_text, Side::ReadWrite).unwrap();
+        let b = ConnectConf::parse(&parsed, Side::ReadWrite).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.endpoint.port, 6432);
+        assert!(a.iam && a.tls.enabled && a.tls.required && a.tls.verify);
+    }
+
+    #[test]
+    fn iam_ignores_password_and_forces_tls() {
+        let c = ConnectConf::parse(&src(&[("pg_iam_auth", s("on")), ("pg_password", s("hunter2")), ("pg_ssl", s("off"))]), Side::ReadWrite)
+            .unwrap();
+        assert_eq!(c.password, None);
+        assert!(c.tls.enabled && c.tls.required);
+    }
+
+    #[test]
+    fn mtls_with_iam_is_refused_with_kongs_message() {
+        let conf = src(&[("pg_iam_auth", RawValue::Bool(true)), ("pg_ssl_cert", s("/c.pem")), ("pg_ssl_cert_key", s("/k.pem"))]);
+        let e = ConnectConf::parse(&conf, Side::ReadWrite).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "mTLS connection to postgres cannot be used when pg_iam_auth is enabled, so pg_ssl_cert and pg_ssl_cert_key must not be specified"
+        );
+        let conf = src(&[("pg_ro_iam_auth", RawValue::Bool(true)), ("pg_ro_ssl_cert", s("/c.pem"))]);
+        let e = ConnectConf::parse(&conf, Side::ReadOnly).unwrap_err();
+        assert!(e.message().contains("when pg_ro_iam_auth is enabled, so pg_ro_ssl_cert and pg_ro_ssl_cert_key"));
+    }
+
+    #[test]
+    fn read_only_falls_back_to_read_write_keys() {
+        let conf = src(&[
+            ("pg_host", s("rw.example")),
+            ("pg_port", RawValue::Int(6000)),
+            ("pg_user", s("writer")),
+            ("pg_ro_user", s("reader")),
+            ("pg_database", s("db1")),
+            ("pg_ro_host", s("RO.Example")),
+        ]);
+        let ro = ConnectConf::parse(&conf, Side::ReadOnly).unwrap();
+        assert_eq!(ro.endpoint.host, "ro.example");
+        assert_eq!(ro.endpoint.port, 6000);
+        assert_eq!(ro.endpoint.user, "reader");
+        assert_eq!(ro.database, "db1");
+        let rw = ConnectConf::parse(&conf, Side::ReadWrite).unwrap();
+        assert_eq!(rw.endpoint.user, "writer");
+    }
+
+    #[test]
+    fn read_only_iam_follows_the_docs() {
+        let rw_on = src(&[("pg_iam_auth", s("on"))]);
+        assert!(ConnectConf::parse(&rw_on, Side::ReadOnly).unwrap().iam);
+        let ro_only = src(&[("pg_ro_iam_auth", s("on")), ("pg_password", s("pw"))]);
+        assert!(ConnectConf::parse(&ro_only, Side::ReadOnly).unwrap().iam);
+        let rw = ConnectConf::parse(&ro_only, Side::ReadWrite).unwrap();
+        assert!(!rw.iam);
+        assert_eq!(rw.password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: Vec<(Vec<(&str, RawValue)>, Side, &str)> = vec![
+            (vec![("pg_port", s("abc"))], Side::ReadWrite, "pg_port must be an integer 1-65535, got \"abc\""),
+            (vec![("pg_port", RawValue::Int(0))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 0"),
+            (vec![("pg_port", RawValue::Int(70000))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 70000"),
+            (vec![("pg_port", RawValue::Float(5432.5))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 5432.5"),
+            (vec![("pg_ro_port", s("x"))], Side::ReadOnly, "pg_ro_port must be an integer 1-65535, got \"x\""),
+            (vec![("pg_timeout", RawValue::Int(-1))], Side::ReadWrite, "pg_timeout must be an integer 1-3600000, got -1"),
+            (vec![("pg_iam_auth", s("maybe"))], Side::ReadWrite, "pg_iam_auth must be a boolean (on/off, true/false, yes/no), got \"maybe\""),
+            (vec![("pg_ssl", RawValue::Int(1))], Side::ReadWrite, "pg_ssl must be a boolean (on/off, true/false, yes/no), got 1"),
+            (vec![("pg_ssl_verify", RawValue::Other("function"))], Side::ReadWrite, "pg_ssl_verify must be a boolean (on/off, true/false, yes/no), got a function"),
+            (vec![("pg_host", s(""))], Side::ReadWrite, "pg_host must be a non-empty string, got \"\""),
+            (vec![("pg_host", RawValue::Bool(true))], Side::ReadWrite, "pg_host must be a non-empty string, got true"),
+            (vec![("pg_host", s("a b"))], Side::ReadWrite, "pg_host must be a host name or address, got \"a b\""),
+            (vec![("pg_user", RawValue::Int(3))], Side::ReadWrite, "pg_user must be a non-empty string, got 3"),
+            (vec![("pg_database", RawValue::List(vec![]))], Side::ReadWrite, "pg_database must be a non-empty string, got a table"),
+            (vec![("pg_ssl_version", s("tlsv1_1"))], Side::ReadWrite, "pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got \"tlsv1_1\""),
+            (vec![("pg_iam_auth_region", s("US East"))], Side::ReadWrite, "pg_iam_auth_region must be an AWS region like us-east-1, got \"US East\""),
+            (vec![("pg_iam_auth_assume_role_arn", s("role"))], Side::ReadWrite, "pg_iam_auth_assume_role_arn must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got \"role\""),
+            (
+                vec![("pg_iam_auth_assume_role_arn", s("arn:aws:iam::1:role/r")), ("pg_iam_auth_sts_endpoint_url", s("sts.local"))],
+                Side::ReadWrite,
+                "pg_iam_auth_sts_endpoint_url must be an http(s) URL, got \"sts.local\"",
+            ),
+            (vec![("pg_ssl_cert", s("/c.pem"))], Side::ReadWrite, "pg_ssl_cert and pg_ssl_cert_key must be set together"),
+            (vec![("lua_ssl_trusted_certificate", RawValue::Bool(false))], Side::ReadWrite, "lua_ssl_trusted_certificate must be a comma-separated string or an array of paths, got false"),
+            (vec![("pg_schema", RawValue::Int(1))], Side::ReadWrite, "pg_schema must be a string, got 1"),
+        ];
+        for (pairs, side, want) in cases {
+            let e = ConnectConf::parse(&src(&pairs), side).unwrap_err();
+            assert_eq!(e.message(), want, "for {pairs:?}");
+        }
+    }
+
+    #[test]
+    fn password_errors_never_show_the_value() {
+        let e = ConnectConf::parse(&src(&[("pg_password", RawValue::Int(123456))]), Side::ReadWrite).unwrap_err();
+        assert_eq!(e.message(), "pg_password must be a string, got a number");
+        let c = ConnectConf::parse(&src(&[("pg_password", s("sekrit"))]), Side::ReadWrite).unwrap();
+        assert!(!format!("{c:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn assume_role_defaults_session_name() {
+        let e = Endpoint::parse(&src(&[("pg_iam_auth_assume_role_arn", s("arn:aws:iam::123456789012:role/db"))]), Side::ReadOnly).unwrap();
+        let role = e.assume_role.unwrap();
+        assert_eq!(role.session_name, "KongPostgres");
+        assert_eq!(role.sts_endpoint_url, None);
+    }
+
+    #[test]
+    fn trusted_certificates_from_string_array_or_cafile() {
+        let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system, /a.pem,/b.pem"))]), Side::ReadWrite).unwrap();
+        assert_eq!(c.tls.trusted, vec![CaSource::System, CaSource::File("/a.pem".into()), CaSource::File("/b.pem".into())]);
+        let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", RawValue::List(vec!["/x.pem".into()]))]), Side::ReadWrite).unwrap();
+        assert_eq!(c.tls.trusted, vec![CaSource::File("/x.pem".into())]);
+        let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system")), ("pg_ssl_cafile", s("/rds.pem"))]), Side::ReadWrite).unwrap();
+        assert_eq!(c.tls.trusted, vec![CaSource::File("/rds.pem".into())]);
+    }
+
+    #[test]
+    fn empty_strings_mean_unset_for_optional_keys() {
+        let c = ConnectConf::parse(&src(&[("pg_password", s("")), ("pg_schema", s("")), ("pg_iam_auth_region", s(""))]), Side::ReadWrite).unwrap();
+        assert_eq!(c.password, None);
+        assert_eq!(c.schema, None);
+        assert_eq!(c.endpoint.region, None);
+    }
+
+    #[test]
+    fn mode_argument() {
+        assert_eq!(Side::parse(None).unwrap(), Side::ReadWrite);
+        assert_eq!(Side::parse(Some("ro")).unwrap(), Side::ReadOnly);
+        assert_eq!(Side::parse(Some("rx")).unwrap_err().message(), "mode must be \"rw\" or \"ro\", got \"rx\"");
+    }
+}

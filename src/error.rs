@@ -1,0 +1,158 @@
+//! The crate's error type: a kind, a lowercase message safe to show, and the
+//! SQLSTATE when the database sent one.
+//!
+//! Messages never carry a secret (secret key, session token, auth token):
+//! every constructor takes text that was built without them, and text coming
+//! from outside (AWS SDK errors) passes through [`Error::redacted`] first.
+
+use std::fmt;
+
+/// What failed, so callers (and the Lua binding) can tell failures apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A configuration key had the wrong type or value.
+    Config,
+    /// No AWS region could be determined.
+    Region,
+    /// AWS credentials could not be loaded or had expired.
+    Credentials,
+    /// TLS configuration or handshake failed.
+    Tls,
+    /// Connecting, reading or writing the socket failed.
+    Io,
+    /// An operation took longer than `pg_timeout`.
+    Timeout,
+    /// The server rejected authentication.
+    Auth,
+    /// The server sent an `ErrorResponse` (SQLSTATE kept).
+    Db,
+    /// The server sent something we do not understand.
+    Protocol,
+    /// The connection is closed, broken, or belongs to another process.
+    Closed,
+    /// The process could not start its runtime.
+    Runtime,
+}
+
+/// An error with a message that is safe to hand to Lua and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    sqlstate: Option<String>,
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An error of `kind` with a message (lowercase by convention).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), sqlstate: None }
+    }
+
+    /// A server error with its SQLSTATE.
+    pub fn db(message: impl Into<String>, sqlstate: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()) }
+    }
+
+    /// A configuration error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    /// The connection cannot be used any more.
+    pub fn closed() -> Self {
+        Self::new(ErrorKind::Closed, "closed")
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without any secret.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The SQLSTATE the server sent, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.sqlstate.as_deref()
+    }
+
+    /// Replaces every occurrence of each non-empty `secret` in the message.
+    ///
+    /// Text from third-party errors is passed through this with the secrets
+    /// known at that point, as a second line of defence.
+    pub fn redacted(mut self, secrets: &[&str]) -> Self {
+        self.message = redact(&self.message, secrets);
+        self
+    }
+}
+
+/// Replaces each non-empty secret in `text` with `[redacted]`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(secret) {
+            out = out.replace(secret, "[redacted]");
+        }
+    }
+    out
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(state) = &self.sqlstate {
+            d.field("sqlstate", state);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Renders an error and its `source()` chain as one line, `a: b: c`,
+/// skipping links that repeat the previous text.
+pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_replaces_every_secret() {
+        let text = "key wJalrXUtnFEMI in body, token FwoGZXIvYXdz and wJalrXUtnFEMI again";
+        let out = redact(text, &["wJalrXUtnFEMI", "FwoGZXIvYXdz", ""]);
+        assert_eq!(out, "key [redacted] in body, token [redacted] and [redacted] again");
+    }
+
+    #[test]
+    fn display_is_the_message_and_debug_keeps_sqlstate() {
+        let e = Error::db("relation \"x\" does not exist", "42P01");
+        assert_eq!(e.to_string(), "relation \"x\" does not exist");
+        assert_eq!(e.sqlstate(), Some("42P01"));
+        assert!(format!("{e:?}").contains("42P01"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The AWS region of an RDS endpoint, read from its host name.
+//!
+//! RDS instance, Aurora cluster (`cluster-`, `cluster-ro-`, `cluster-custom-`)
+//! and RDS Proxy (`proxy-`) endpoints all end in
+//! `.<region>.rds.<partition dns suffix>`; the region is the label before
+//! `rds`. Unlike Kong, any region name of the AWS shape is accepted
+//! (af-, il-, mx-, eusc- ... included), in every partition.
+
+/// DNS suffixes that follow `.<region>.rds` in each partition.
+const PARTITION_SUFFIXES: &[&str] = &[
+    "amazonaws.com",    // aws, aws-us-gov
+    "amazonaws.com.cn", // aws-cn
+    "c2s.ic.gov",       // aws-iso
+    "sc2s.sgov.gov",    // aws-iso-b
+    "cloud.adc-e.uk",   // aws-iso-e
+    "csp.hci.ic.gov",   // aws-iso-f
+    "amazonaws.eu",     // aws-eusc
+];
+
+/// The region named in an RDS endpoint host, or `None` for any other host
+/// (a CNAME, an IP address, localhost).
+pub fn from_host(host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    PARTITION_SUFFIXES.iter().find_map(|suffix| {
+        let rest = host.strip_suffix(suffix)?.strip_suffix(".rds.")?;
+        let region = rest.rsplit('.').next()?;
+        // The region label must not be the whole host: an endpoint has a name before it.
+        (region.len() < rest.len() && is_valid(region)).then(|| region.to_owned())
+    })
+}
+
+/// Whether `region` has the shape of an AWS region name: lowercase
+/// `<area>-<words>-<number>` such as `us-east-1`, `us-gov-west-1`,
+/// `cn-north-1`, `us-isob-east-1`, `eusc-de-east-1`.
+pub fn is_valid(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let Some((number, words)) = parts.split_last() else { return false };
+    words.len() >= 2
+        && region.len() <= 32
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && words.iter().all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_form_and_partition() {
+        let table = [
+            ("mydb.abcdefghijkl.us-east-1.rds.amazonaws.com", Some("us-east-1")),
+            ("MyDB.ABCDEFGHIJKL.US-WEST-2.RDS.AMAZONAWS.COM", Some("us-west-2")),
+            ("mydb.abcdefghijkl.us-east-1.rds.amazonaws.com.", Some("us-east-1")),
+            ("aurora.cluster-abcdefghijkl.eu-west-1.rds.amazonaws.com", Some("eu-west-1")),
+            ("aurora.cluster-ro-abcdefghijkl.eu-central-2.rds.amazonaws.com", Some("eu-central-2")),
+            ("aurora.cluster-custom-abcdefghijkl.ap-southeast-4.rds.amazonaws.com", Some("ap-southeast-4")),
+            ("myproxy.proxy-abcdefghijkl.ca-central-1.rds.amazonaws.com", Some("ca-central-1")),
+            ("myproxy-ro.endpoint.proxy-abcdefghijkl.sa-east-1.rds.amazonaws.com", Some("sa-east-1")),
+            ("mydb.abcdefghijkl.af-south-1.rds.amazonaws.com", Some("af-south-1")),
+            ("mydb.abcdefghijkl.il-central-1.rds.amazonaws.com", Some("il-central-1")),
+            ("mydb.abcdefghijkl.mx-central-1.rds.amazonaws.com", Some("mx-central-1")),
+            ("mydb.abcdefghijkl.me-central-1.rds.amazonaws.com", Some("me-central-1")),
+            ("mydb.abcdefghijkl.cn-north-1.rds.amazonaws.com.cn", Some("cn-north-1")),
+            ("mydb.abcdefghijkl.cn-northwest-1.rds.amazonaws.com.cn", Some("cn-northwest-1")),
+            ("mydb.abcdefghijkl.us-gov-west-1.rds.amazonaws.com", Some("us-gov-west-1")),
+            ("mydb.abcdefghijkl.us-iso-east-1.rds.c2s.ic.gov", Some("us-iso-east-1")),
+            ("mydb.abcdefghijkl.us-isob-east-1.rds.sc2s.sgov.gov", Some("us-isob-east-1")),
+            ("mydb.abcdefghijkl.eu-isoe-west-1.rds.cloud.adc-e.uk", Some("eu-isoe-west-1")),
+            ("mydb.abcdefghijkl.us-isof-south-1.rds.csp.hci.ic.gov", Some("us-isof-south-1")),
+            ("mydb.abcdefghijkl.eusc-de-east-1.rds.amazonaws.eu", Some("eusc-de-east-1")),
+            ("test_database.test_cluster.us-east-1.rds.amazonaws.com", Some("us-east-1")),
+            // Not RDS endpoints.
+            ("db.internal.example.com", None),
+            ("localhost", None),
+            ("127.0.0.1", None),
+            ("us-east-1.rds.amazonaws.com", None),
+            ("mydb.abc.rds.amazonaws.com", None),
+            ("mydb.abc.us-east-1.ec2.amazonaws.com", None),
+            ("mydb.abc.US_EAST_1.rds.amazonaws.com", None),
+            ("mydb.abc.us-east-1.rds.amazonaws.com.evil.example", None),
+        ];
+        for (host, want) in table {
+            assert_eq!(from_host(host).as_deref(), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn region_shape() {
+        for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "eusc-de-east-1", "ap-southeast-10"] {
+            assert!(is_valid(ok), "{ok}");
+        }
+        for bad in ["", "us", "us-east", "US-east-1", "us-east-1a", "us--1", "us-east-", "-east-1", "us east 1"] {
+            assert!(!is_valid(bad), "{bad}");
+        }
+    }
+}
