@@ -134,7 +134,12 @@ pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    out
+    one_line(&out)
+}
+
+/// Folds a multi-line message into one line, `; `-separated.
+pub fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]
@@ -146,6 +151,11 @@ mod tests {
         let text = "key wJalrXUtnFEMI in body, token FwoGZXIvYXdz and wJalrXUtnFEMI again";
         let out = redact(text, &["wJalrXUtnFEMI", "FwoGZXIvYXdz", ""]);
         assert_eq!(out, "key [redacted] in body, token [redacted] and [redacted] again");
+    }
+
+    #[test]
+    fn one_line_folds_lines() {
+        assert_eq!(one_line("no credentials. Attempted:\n  Environment: not set\n\n  Profile: none"), "no credentials. Attempted:; Environment: not set; Profile: none");
     }
 
     #[test]

@@ -1,0 +1,287 @@
+//! AWS credentials from the standard chain, configured by the frozen
+//! environment, cached per process and refreshed near expiry.
+//!
+//! The chain is aws-config's default one (environment, profile files with
+//! `credential_process`/SSO/web identity/assume role, web identity from the
+//! environment, ECS/EKS container endpoints, EC2 IMDS), built from
+//! [`env_snapshot`](crate::env_snapshot) rather than the live environment.
+//! An optional STS AssumeRole step (`pg_iam_auth_assume_role_arn`) sits on
+//! top. Credentials are fetched once and reused until less than
+//! [`REFRESH_MARGIN`] of their life is left; credentials without an expiry
+//! are re-read every [`STATIC_CACHE_TIME`] (files may change).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::credential_feature::AwsCredentialFeature;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_types::os_shim_internal::Fs;
+use aws_types::region::Region;
+
+use crate::conf::AssumeRole;
+use crate::env_snapshot::{self, Snapshot};
+use crate::error::{chain_text, Error, ErrorKind, Result};
+use crate::process::{self, PerProcess};
+
+/// Credentials with less life than this left are refreshed before use, and
+/// a token is never cached past `expiry - REFRESH_MARGIN`.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(15);
+
+/// How long credentials that carry no expiry are reused.
+pub const STATIC_CACHE_TIME: Duration = Duration::from_secs(15 * 60);
+
+/// Credentials ready to sign with, and where they came from.
+#[derive(Clone)]
+pub struct Identity {
+    credentials: Credentials,
+    source: String,
+    fetched_at: SystemTime,
+}
+
+impl Identity {
+    /// Access key id (not secret).
+    pub fn access_key_id(&self) -> &str {
+        self.credentials.access_key_id()
+    }
+
+    /// Secret access key.
+    pub fn secret_access_key(&self) -> &str {
+        self.credentials.secret_access_key()
+    }
+
+    /// Session token of temporary credentials.
+    pub fn session_token(&self) -> Option<&str> {
+        self.credentials.session_token()
+    }
+
+    /// When the credentials stop working, if they expire.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.credentials.expiry()
+    }
+
+    /// Which provider produced them: `environment`, `profile`,
+    /// `credential_process`, `sso`, `web_identity`, `ecs`, `imds`, or
+    /// `assume_role(<base>)`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether these can still be used at `now`.
+    fn is_fresh(&self, now: SystemTime) -> bool {
+        match self.expiry() {
+            Some(expiry) => expiry > now + REFRESH_MARGIN,
+            None => now < self.fetched_at + STATIC_CACHE_TIME,
+        }
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("access_key_id", &self.access_key_id())
+            .field("source", &self.source)
+            .field("expiry", &self.expiry())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the per-process cache is keyed by: the base chain or a role on top.
+type ChainKey = Option<AssumeRole>;
+
+/// This process's AWS state: the SDK configuration (holding an HTTP client
+/// bound to this process's runtime) and the credential cache.
+struct ProcessCredentials {
+    sdk: tokio::sync::OnceCell<SdkConfig>,
+    cache: Mutex<HashMap<ChainKey, Arc<Identity>>>,
+}
+
+static STATE: PerProcess<ProcessCredentials> = PerProcess::new();
+
+fn state() -> Result<&'static ProcessCredentials> {
+    STATE.get_or_try_init(|| Ok(ProcessCredentials { sdk: tokio::sync::OnceCell::new(), cache: Mutex::new(HashMap::new()) }))
+}
+
+/// Credentials for `role` (or the base chain), from the cache if still
+/// fresh, else fetched within `timeout`. `region` is the database's region,
+/// used for STS when the environment names none.
+pub fn get(role: Option<&AssumeRole>, region: &str, timeout: Duration) -> Result<Arc<Identity>> {
+    let state = state()?;
+    let key: ChainKey = role.cloned();
+    if let Some(cached) = state.cached(&key, SystemTime::now()) {
+        return Ok(cached);
+    }
+    let identity = process::block_on_timeout(timeout, state.fetch(role, region))?.ok_or_else(|| {
+        Error::new(ErrorKind::Timeout, format!("timed out after {} ms getting aws credentials from {}", timeout.as_millis(), describe(role)))
+    })??;
+    let identity = Arc::new(identity);
+    if let Ok(mut cache) = state.cache.lock() {
+        cache.insert(key, identity.clone());
+    }
+    Ok(identity)
+}
+
+/// The region named by the frozen environment or the profile files, if any.
+pub fn default_region(timeout: Duration) -> Result<Option<String>> {
+    let snapshot = env_snapshot::get();
+    if let Some(region) = snapshot.region() {
+        return Ok(Some(region.to_owned()));
+    }
+    Ok(process::block_on_timeout(timeout, profile_region(snapshot))?.flatten())
+}
+
+async fn profile_region(snapshot: &Snapshot) -> Option<String> {
+    #[allow(deprecated)]
+    let files = aws_config::profile::profile_file::ProfileFiles::default();
+    let profiles = aws_config::profile::load(&Fs::real(), &snapshot.to_aws_env(), &files, None).await.ok()?;
+    profiles.get("region").map(str::to_owned)
+}
+
+fn describe(role: Option<&AssumeRole>) -> String {
+    match role {
+        Some(r) => format!("sts assume role {}", r.role_arn),
+        None => env_snapshot::get().expected_source().to_owned(),
+    }
+}
+
+impl ProcessCredentials {
+    fn cached(&self, key: &ChainKey, now: SystemTime) -> Option<Arc<Identity>> {
+        let cache = self.cache.lock().ok()?;
+        cache.get(key).filter(|id| id.is_fresh(now)).cloned()
+    }
+
+    /// The SDK configuration, built on first use from the frozen environment.
+    async fn sdk(&self) -> &SdkConfig {
+        self.sdk
+            .get_or_init(|| async {
+                let snapshot = env_snapshot::get();
+                let region = match snapshot.region() {
+                    Some(r) => Some(r.to_owned()),
+                    None => profile_region(snapshot).await,
+                };
+                // An explicit (possibly empty) region keeps aws-config from asking IMDS for one.
+                aws_config::defaults(BehaviorVersion::latest())
+                    .env(snapshot.to_aws_env())
+                    .fs(Fs::real())
+                    .region(region.map(Region::new))
+                    .load()
+                    .await
+            })
+            .await
+    }
+
+    async fn fetch(&self, role: Option<&AssumeRole>, region: &str) -> Result<Identity> {
+        let sdk = self.sdk().await;
+        let Some(base) = sdk.credentials_provider() else {
+            return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured"));
+        };
+        let (result, source) = match role {
+            None => {
+                let result = base.provide_credentials().await;
+                let source = result.as_ref().ok().and_then(feature_source).unwrap_or_else(|| env_snapshot::get().expected_source());
+                (result, source.to_owned())
+            }
+            Some(role) => {
+                let mut config = sdk.clone().into_builder();
+                if sdk.region().is_none() {
+                    config.set_region(Some(Region::new(region.to_owned())));
+                }
+                if let Some(url) = &role.sts_endpoint_url {
+                    config.set_endpoint_url(Some(url.clone()));
+                }
+                let provider = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
+                    .session_name(role.session_name.clone())
+                    .configure(&config.build())
+                    .build_from_provider(base)
+                    .await;
+                let result = provider.provide_credentials().await;
+                (result, format!("assume_role({})", env_snapshot::get().expected_source()))
+            }
+        };
+        let credentials = result.map_err(|e| {
+            Error::new(ErrorKind::Credentials, format!("could not get aws credentials from {}: {}", describe(role), lower_first(&chain_text(&e))))
+        })?;
+        let now = SystemTime::now();
+        if let Some(expiry) = credentials.expiry() {
+            if expiry <= now + REFRESH_MARGIN {
+                return Err(Error::new(
+                    ErrorKind::Credentials,
+                    format!("aws credentials from {} are expired or expire within {} s", describe(role), REFRESH_MARGIN.as_secs()),
+                ));
+            }
+        }
+        Ok(Identity { credentials, source, fetched_at: now })
+    }
+}
+
+/// The source named by the credential features aws-config records.
+fn feature_source(credentials: &Credentials) -> Option<&'static str> {
+    use AwsCredentialFeature as F;
+    let features = credentials.get_property::<Vec<AwsCredentialFeature>>()?;
+    let has = |wanted: &[F]| features.iter().any(|f| wanted.contains(f));
+    Some(if has(&[F::CredentialsImds]) {
+        "imds"
+    } else if has(&[F::CredentialsHttp]) {
+        "ecs"
+    } else if has(&[F::CredentialsProcess, F::CredentialsProfileProcess]) {
+        "credential_process"
+    } else if has(&[F::CredentialsSso, F::CredentialsProfileSso]) {
+        "sso"
+    } else if has(&[F::CredentialsProfile, F::CredentialsProfileSourceProfile, F::CredentialsProfileNamedProvider]) {
+        "profile"
+    } else if has(&[F::CredentialsEnvVarsStsWebIdToken, F::CredentialsStsAssumeRoleWebId, F::CredentialsProfileStsWebIdToken]) {
+        "web_identity"
+    } else if has(&[F::CredentialsEnvVars]) {
+        "environment"
+    } else {
+        return None;
+    })
+}
+
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(expiry: Option<SystemTime>, fetched_at: SystemTime) -> Identity {
+        let mut b = Credentials::builder().access_key_id("AKID").secret_access_key("SECRET").provider_name("test");
+        if let Some(e) = expiry {
+            b = b.expiry(e);
+        }
+        Identity { credentials: b.build(), source: "environment".into(), fetched_at }
+    }
+
+    #[test]
+    fn freshness_keeps_a_margin_before_expiry() {
+        let now = SystemTime::now();
+        assert!(identity(Some(now + Duration::from_secs(60)), now).is_fresh(now));
+        assert!(!identity(Some(now + Duration::from_secs(15)), now).is_fresh(now));
+        assert!(!identity(Some(now - Duration::from_secs(1)), now).is_fresh(now));
+        assert!(identity(None, now).is_fresh(now + Duration::from_secs(60)));
+        assert!(!identity(None, now).is_fresh(now + STATIC_CACHE_TIME));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let d = format!("{:?}", identity(None, SystemTime::now()));
+        assert!(d.contains("AKID") && !d.contains("SECRET"));
+    }
+
+    #[test]
+    fn source_from_features() {
+        let mut c = Credentials::for_tests();
+        assert_eq!(feature_source(&c), None);
+        c.get_property_mut_or_default::<Vec<AwsCredentialFeature>>().push(AwsCredentialFeature::CredentialsProcess);
+        c.get_property_mut_or_default::<Vec<AwsCredentialFeature>>().push(AwsCredentialFeature::CredentialsProfile);
+        assert_eq!(feature_source(&c), Some("credential_process"));
+    }
+}

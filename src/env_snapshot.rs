@@ -1,0 +1,132 @@
+//! The AWS configuration environment, frozen when the module is first loaded.
+//!
+//! nginx wipes the environment of its workers (only variables declared with
+//! `env` survive) and Kong documents that changing AWS variables after boot
+//! has no effect. So the module copies every `AWS_*` variable, and `HOME`
+//! (where the default `~/.aws` files live), once, as plain data, when it is
+//! first loaded (in nginx: the master, in `init_by_lua`). Every later
+//! credential or region lookup reads this copy, never the live environment.
+//! Taking the copy starts no thread and no runtime, so it is fork-safe.
+
+use std::collections::HashMap;
+
+use once_cell::sync::OnceCell;
+
+/// A frozen copy of the AWS-related environment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    vars: HashMap<String, String>,
+}
+
+static FROZEN: OnceCell<Snapshot> = OnceCell::new();
+
+/// Takes the snapshot if it was not taken yet; later calls change nothing.
+pub fn freeze() -> &'static Snapshot {
+    FROZEN.get_or_init(Snapshot::from_process)
+}
+
+/// The frozen snapshot (taken now if the module did not take it at load).
+pub fn get() -> &'static Snapshot {
+    freeze()
+}
+
+impl Snapshot {
+    /// Copies `AWS_*` and `HOME` from the process environment.
+    pub fn from_process() -> Snapshot {
+        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
+    }
+
+    /// Keeps the `AWS_*` and `HOME` entries of `vars`.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Snapshot {
+        Snapshot { vars: vars.into_iter().filter(|(k, _)| k.starts_with("AWS_") || k == "HOME").collect() }
+    }
+
+    /// A frozen variable, if it was set (and non-empty).
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The snapshot as the environment aws-config reads.
+    pub fn to_aws_env(&self) -> aws_types::os_shim_internal::Env {
+        aws_types::os_shim_internal::Env::from(self.vars.clone())
+    }
+
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub fn region(&self) -> Option<&str> {
+        self.var("AWS_REGION").or_else(|| self.var("AWS_DEFAULT_REGION"))
+    }
+
+    /// The credential source the default chain will reach first, judged from
+    /// the variables alone (used to name the source in error messages).
+    pub fn expected_source(&self) -> &'static str {
+        if self.var("AWS_ACCESS_KEY_ID").is_some() || self.var("AWS_ACCESS_KEY").is_some() {
+            "environment"
+        } else if self.var("AWS_PROFILE").is_some()
+            || self.var("AWS_SHARED_CREDENTIALS_FILE").is_some()
+            || self.var("AWS_CONFIG_FILE").is_some()
+        {
+            "profile"
+        } else if self.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+            "web_identity"
+        } else if self.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+            || self.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+        {
+            "ecs"
+        } else if self.var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            "default chain"
+        } else {
+            "imds"
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    /// Names only: values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.vars.keys().collect();
+        names.sort();
+        f.debug_struct("Snapshot").field("vars", &names).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(pairs: &[(&str, &str)]) -> Snapshot {
+        Snapshot::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn keeps_only_aws_and_home() {
+        let s = snap(&[("AWS_REGION", "eu-west-1"), ("HOME", "/root"), ("PATH", "/bin"), ("AWSX", "no")]);
+        assert_eq!(s.var("AWS_REGION"), Some("eu-west-1"));
+        assert_eq!(s.var("HOME"), Some("/root"));
+        assert_eq!(s.var("PATH"), None);
+        assert_eq!(s.var("AWSX"), None);
+    }
+
+    #[test]
+    fn region_prefers_aws_region() {
+        assert_eq!(snap(&[("AWS_DEFAULT_REGION", "a-b-1"), ("AWS_REGION", "c-d-2")]).region(), Some("c-d-2"));
+        assert_eq!(snap(&[("AWS_DEFAULT_REGION", "a-b-1")]).region(), Some("a-b-1"));
+        assert_eq!(snap(&[("AWS_REGION", "")]).region(), None);
+    }
+
+    #[test]
+    fn expected_source_follows_chain_order() {
+        assert_eq!(snap(&[("AWS_ACCESS_KEY_ID", "A"), ("AWS_PROFILE", "p")]).expected_source(), "environment");
+        assert_eq!(snap(&[("AWS_PROFILE", "p")]).expected_source(), "profile");
+        assert_eq!(snap(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")]).expected_source(), "web_identity");
+        assert_eq!(snap(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/")]).expected_source(), "ecs");
+        assert_eq!(snap(&[]).expected_source(), "imds");
+        assert_eq!(snap(&[("AWS_EC2_METADATA_DISABLED", "true")]).expected_source(), "default chain");
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let s = snap(&[("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")]);
+        let d = format!("{s:?}");
+        assert!(d.contains("AWS_SECRET_ACCESS_KEY") && !d.contains("wJalrXUtnFEMI"));
+    }
+}

@@ -1,0 +1,55 @@
+//! Reads configuration keys from a Lua table (honouring `__index`, since
+//! `kong.configuration` is a read-only proxy table).
+
+use mlua::{Table, Value};
+
+use crate::conf::{ConfSource, RawValue};
+
+/// A Lua table seen as a [`ConfSource`].
+pub struct LuaConf(pub Table);
+
+impl ConfSource for LuaConf {
+    fn get(&self, key: &str) -> Option<RawValue> {
+        match self.0.get::<Value>(key) {
+            Ok(value) => raw_value(value),
+            Err(_) => Some(RawValue::Other("value whose __index failed")),
+        }
+    }
+}
+
+/// `None` for nil and the null sentinel (`ngx.null`, `cjson.null`).
+pub fn raw_value(value: Value) -> Option<RawValue> {
+    Some(match value {
+        Value::Nil => return None,
+        Value::LightUserData(ud) if ud.0.is_null() => return None,
+        Value::Boolean(b) => RawValue::Bool(b),
+        Value::Integer(i) => RawValue::Int(i),
+        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => RawValue::Int(n as i64),
+        Value::Number(n) => RawValue::Float(n),
+        Value::String(s) => match s.to_str() {
+            Ok(s) => RawValue::Str(s.to_owned()),
+            Err(_) => RawValue::Other("non-utf-8 string"),
+        },
+        Value::Table(t) => match string_array(&t) {
+            Some(list) => RawValue::List(list),
+            None => RawValue::Other("table"),
+        },
+        Value::Function(_) => RawValue::Other("function"),
+        Value::Thread(_) => RawValue::Other("thread"),
+        Value::UserData(_) | Value::LightUserData(_) => RawValue::Other("userdata"),
+        _ => RawValue::Other("value"),
+    })
+}
+
+/// The table as an array of strings, if it is one.
+fn string_array(t: &Table) -> Option<Vec<String>> {
+    let len = t.raw_len();
+    let mut out = Vec::with_capacity(len);
+    for i in 1..=len {
+        match t.raw_get::<Value>(i).ok()? {
+            Value::String(s) => out.push(s.to_str().ok()?.to_owned()),
+            _ => return None,
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,146 @@
+//! The Lua binding: the only part of the crate that knows Lua.
+//!
+//! `luaopen_kong_rds_iam` freezes the AWS environment and returns the module
+//! table. It starts no thread and no runtime (those start on first use in
+//! each process). The public functions are defined in `api.lua`, which checks
+//! argument types (raising Lua strings, as Lua libraries do) and calls the
+//! Rust functions here. Those return `nil, "message"` on every runtime
+//! failure: a Rust error never reaches Lua as an error object.
+
+mod conf_source;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
+
+use crate::conf::{Endpoint, Side};
+use crate::error::Error;
+use crate::signer::{self, SigningParams};
+use crate::{credentials, env_snapshot, token};
+use conf_source::LuaConf;
+
+/// The module entry point, `require "kong_rds_iam"`.
+#[mlua::lua_module(skip_memory_check)]
+fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
+    env_snapshot::freeze();
+    pin_library();
+    let core = lua.create_table()?;
+    core.set("version", env!("CARGO_PKG_VERSION"))?;
+    core.set("null", Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())))?;
+    core.set("token", lua.create_function(lua_token)?)?;
+    core.set("credentials_source", lua.create_function(lua_credentials_source)?)?;
+    core.set("sign_token", lua.create_function(lua_sign_token)?)?;
+    lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
+}
+
+/// Runs `f`, turning a panic (a bug) into an error instead of a raised Lua
+/// error, so the caller still gets `nil, err`.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::new(crate::error::ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")))
+}
+
+/// `nil, message[, sqlstate]`: how every runtime failure reaches Lua.
+fn failure(lua: &Lua, err: &Error) -> LuaResult<MultiValue> {
+    let mut out = vec![Value::Nil, Value::String(lua.create_string(err.message())?)];
+    if let Some(state) = err.sqlstate() {
+        out.push(Value::String(lua.create_string(state)?));
+    }
+    Ok(MultiValue::from_iter(out))
+}
+
+fn side(mode: Option<mlua::LuaString>) -> Result<Side, Error> {
+    let mode = mode.map(|m| m.to_string_lossy());
+    Side::parse(mode.as_deref())
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `token, err, expires_at = core.token(conf, mode)`
+fn lua_token(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let conf = LuaConf(conf);
+    let issued = guarded(|| token::issue(&Endpoint::parse(&conf, side(mode)?)?));
+    match issued {
+        Ok(t) => Ok(MultiValue::from_iter([
+            Value::String(lua.create_string(&t.token)?),
+            Value::Nil,
+            Value::Integer(unix_seconds(t.expires_at)),
+        ])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `source, err = core.credentials_source(conf, mode)`
+fn lua_credentials_source(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let result = guarded(|| {
+        let endpoint = match conf {
+            Some(conf) => Endpoint::parse(&LuaConf(conf), side(mode)?)?,
+            None => Endpoint::parse(&std::collections::HashMap::new(), Side::ReadWrite)?,
+        };
+        let region = match endpoint.assume_role {
+            Some(_) => token::resolve_region(&endpoint)?,
+            None => String::new(),
+        };
+        credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout).map(|id| id.source().to_owned())
+    });
+    match result {
+        Ok(source) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&source)?)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `token = core.sign_token(params)`: signs with explicit credentials and
+/// time; types were checked by api.lua.
+fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
+    let port: i64 = p.get("port")?;
+    let Ok(port) = u16::try_from(port) else {
+        return failure(lua, &Error::config(format!("port must be an integer 1-65535, got {port}")));
+    };
+    if port == 0 {
+        return failure(lua, &Error::config("port must be an integer 1-65535, got 0"));
+    }
+    let host: String = p.get("host")?;
+    let user: String = p.get("user")?;
+    let region: String = p.get("region")?;
+    let access_key_id: String = p.get("access_key_id")?;
+    let secret_access_key: String = p.get("secret_access_key")?;
+    let session_token: Option<String> = p.get("session_token")?;
+    let time: Option<f64> = p.get("time")?;
+    let time = match time {
+        Some(t) if t >= 0.0 => UNIX_EPOCH + Duration::from_secs_f64(t.floor()),
+        Some(_) => return failure(lua, &Error::config("time must be a unix timestamp >= 0")),
+        None => SystemTime::now(),
+    };
+    let token = signer::sign(&SigningParams {
+        host: &host,
+        port,
+        user: &user,
+        region: &region,
+        access_key_id: &access_key_id,
+        secret_access_key: &secret_access_key,
+        session_token: session_token.as_deref(),
+        time,
+    });
+    Ok(MultiValue::from_iter([Value::String(lua.create_string(&token)?)]))
+}
+
+/// Keeps this library mapped for the life of the process.
+///
+/// `lua_close` (an nginx HUP reload, a test re-requiring the module) unloads
+/// C modules with `dlclose`. Blocking-pool threads of a runtime may still be
+/// winding down then; if the code under them were unmapped the process would
+/// crash. Re-opening ourselves with `RTLD_NODELETE` makes the unload a no-op.
+fn pin_library() {
+    // SAFETY: dladdr only reads the loader's tables for an address inside
+    // this library; dlopen of the path it reports bumps a reference count on
+    // an object that is already loaded.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let addr = pin_library as *const () as *const libc::c_void;
+        if libc::dladdr(addr, &mut info) != 0 && !info.dli_fname.is_null() {
+            libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NODELETE | libc::RTLD_NOLOAD);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Per-process state, for fork safety.
+//!
+//! A tokio runtime (and any HTTP client or socket registered with it) made
+//! before `fork` is dead in the child: nginx's master loads the module, then
+//! forks workers. So nothing here is created at load time; each piece is
+//! created on first use in a process and remembered with the process id. A
+//! different pid means a forked child: it gets new ones, and the inherited
+//! ones are leaked on purpose (dropping them would try to stop threads that
+//! do not exist in the child).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A value created once per process, on first use.
+pub struct PerProcess<T: 'static> {
+    slot: Mutex<Option<(u32, &'static T)>>,
+}
+
+impl<T: Send + Sync + 'static> PerProcess<T> {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        PerProcess { slot: Mutex::new(None) }
+    }
+
+    /// This process's value, created with `init` if this process has none.
+    pub fn get_or_try_init(&self, init: impl FnOnce() -> Result<T>) -> Result<&'static T> {
+        let pid = std::process::id();
+        let mut slot = self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((owner, value)) = *slot {
+            if owner == pid {
+                return Ok(value);
+            }
+        }
+        let value: &'static T = Box::leak(Box::new(init()?));
+        *slot = Some((pid, value));
+        Ok(value)
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for PerProcess<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static RUNTIME: PerProcess<tokio::runtime::Runtime> = PerProcess::new();
+
+/// Runs `future` to completion on this process's runtime, blocking the caller.
+///
+/// The runtime is current-thread: it starts no worker thread, and runs only
+/// while a call blocks on it. Blocking DNS look-ups use tokio's blocking
+/// pool, whose threads exit after a second idle.
+pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::new(ErrorKind::Runtime, "cannot block inside an async context"));
+    }
+    let runtime = RUNTIME.get_or_try_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_keep_alive(Duration::from_secs(1))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Runtime, format!("could not start the async runtime: {e}")))
+    })?;
+    Ok(runtime.block_on(future))
+}
+
+/// Runs `future` with a deadline; `None` when it did not finish in time.
+/// The timer is created inside the runtime, where tokio needs it.
+pub fn block_on_timeout<F: Future>(timeout: Duration, future: F) -> Result<Option<F::Output>> {
+    block_on(async move { tokio::time::timeout(timeout, future).await.ok() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_process_value_is_created_once() {
+        static SLOT: PerProcess<u32> = PerProcess::new();
+        let a = SLOT.get_or_try_init(|| Ok(1)).unwrap();
+        let b = SLOT.get_or_try_init(|| Ok(2)).unwrap();
+        assert_eq!((*a, *b), (1, 1));
+    }
+
+    #[test]
+    fn block_on_runs_futures_and_refuses_nesting() {
+        assert_eq!(block_on(async { 7 }).unwrap(), 7);
+        let nested = block_on(async { block_on(async { 1 }) }).unwrap();
+        assert_eq!(nested.unwrap_err().message(), "cannot block inside an async context");
+    }
+
+    #[test]
+    fn block_on_timeout_reports_expiry() {
+        assert_eq!(block_on_timeout(Duration::from_secs(5), async { 3 }).unwrap(), Some(3));
+        let slow = block_on_timeout(Duration::from_millis(20), async { tokio::time::sleep(Duration::from_secs(5)).await }).unwrap();
+        assert_eq!(slow, None);
+    }
+}
