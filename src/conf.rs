@@ -103,7 +103,7 @@ pub struct Endpoint {
 }
 
 /// `pg_ssl_version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsVersion {
     /// TLS 1.2 only (`tlsv1_2`, the default).
     Tls12,
@@ -114,7 +114,7 @@ pub enum TlsVersion {
 }
 
 /// A source of trusted CA certificates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CaSource {
     /// The operating system's store (keyword `system`).
     System,
@@ -123,7 +123,7 @@ pub enum CaSource {
 }
 
 /// TLS settings for the database connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TlsConf {
     /// `pg_ssl`: ask the server for TLS.
     pub enabled: bool,

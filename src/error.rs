@@ -56,6 +56,12 @@ impl Error {
         Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()) }
     }
 
+    /// The same error with another kind.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// A configuration error.
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, message)

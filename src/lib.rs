@@ -1,11 +1,14 @@
 //! AWS RDS IAM database authentication for OpenResty and Kong.
 pub mod conf;
+pub mod connection;
 pub mod credentials;
 pub mod env_snapshot;
 pub mod error;
 pub mod process;
 pub mod region;
 pub mod signer;
+pub mod pg;
+pub mod tls;
 pub mod token;
 #[cfg(any(feature = "luajit", feature = "lua51", feature = "lua54"))]
 mod lua;

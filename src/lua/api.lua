@@ -25,6 +25,13 @@ function M.token(conf, mode)
   return core.token(conf, mode)
 end
 
+--- conn, err, sqlstate = rds.connect(conf, mode)
+function M.connect(conf, mode)
+  check("connect", 1, conf, "table")
+  check("connect", 2, mode, "string", true)
+  return core.connect(conf, mode)
+end
+
 --- source, err = rds.credentials_source([conf[, mode]])
 function M.credentials_source(conf, mode)
   check("credentials_source", 1, conf, "table", true)

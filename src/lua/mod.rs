@@ -8,12 +8,14 @@
 //! failure: a Rust error never reaches Lua as an error object.
 
 mod conf_source;
+mod connection;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
-use crate::conf::{Endpoint, Side};
+use crate::conf::{ConnectConf, Endpoint, Side};
+use crate::connection::Handle;
 use crate::error::Error;
 use crate::signer::{self, SigningParams};
 use crate::{credentials, env_snapshot, token};
@@ -26,7 +28,8 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     pin_library();
     let core = lua.create_table()?;
     core.set("version", env!("CARGO_PKG_VERSION"))?;
-    core.set("null", Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())))?;
+    core.set("null", connection::null())?;
+    core.set("connect", lua.create_function(lua_connect)?)?;
     core.set("token", lua.create_function(lua_token)?)?;
     core.set("credentials_source", lua.create_function(lua_credentials_source)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
@@ -68,6 +71,15 @@ fn lua_token(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaRe
             Value::Nil,
             Value::Integer(unix_seconds(t.expires_at)),
         ])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `conn, err, sqlstate = core.connect(conf, mode)`
+fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let conf = LuaConf(conf);
+    match guarded(|| Handle::open(&ConnectConf::parse(&conf, side(mode)?)?)) {
+        Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle))?)])),
         Err(e) => failure(lua, &e),
     }
 }

@@ -1,0 +1,115 @@
+//! `connect()`: a token (or the password), then a TLS PostgreSQL session,
+//! all bounded by `pg_timeout`, wrapped in a handle that callers drive
+//! synchronously (nginx init phases, timers, the CLI).
+//!
+//! A handle works only in the process that opened it: its socket is
+//! registered with that process's runtime, which a forked child cannot run.
+
+use std::time::Duration;
+
+use crate::conf::ConnectConf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::{self, QueryFailure, QueryOutput};
+use crate::{process, token};
+
+/// A connection opened by [`Handle::open`].
+pub struct Handle {
+    conn: Option<pg::Connection>,
+    pid: u32,
+    timeout: Duration,
+    label: String,
+}
+
+impl Handle {
+    /// Opens a connection as `conf` says: with an IAM token when IAM is on,
+    /// else with `pg_password`.
+    pub fn open(conf: &ConnectConf) -> Result<Handle> {
+        let password = if conf.iam { Some(token::issue(&conf.endpoint)?.token) } else { conf.password.clone() };
+        let timeout = conf.endpoint.timeout;
+        let label = format!(
+            "{}@{}:{}/{}",
+            conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database
+        );
+        let conn = process::block_on_timeout(timeout, pg::connect(conf, password.as_deref()))?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("timeout: no connection to {}:{} within {} ms", conf.endpoint.host, conf.endpoint.port, timeout.as_millis()),
+                )
+            })??;
+        Ok(Handle { conn: Some(conn), pid: std::process::id(), timeout, label })
+    }
+
+    /// Runs `sql`. A server error leaves the connection usable; a timeout
+    /// or I/O failure closes it.
+    pub fn query(&mut self, sql: &str) -> std::result::Result<QueryOutput, QueryFailure> {
+        let fail = |error: Error| QueryFailure { error, partial: Vec::new(), usable: false };
+        self.check_owner().map_err(fail)?;
+        let Some(conn) = self.conn.as_mut() else { return Err(fail(Error::closed())) };
+        let timeout = self.timeout;
+        let outcome = process::block_on_timeout(timeout, conn.query(sql)).map_err(fail)?;
+        match outcome {
+            Some(Ok(out)) => Ok(out),
+            Some(Err(failure)) => {
+                if !failure.usable {
+                    self.conn = None;
+                }
+                Err(failure)
+            }
+            None => {
+                // The exchange stopped midway: the connection cannot be trusted any more.
+                self.conn = None;
+                Err(fail(Error::new(ErrorKind::Timeout, format!("timeout: no result within {} ms", timeout.as_millis()))))
+            }
+        }
+    }
+
+    /// Closes the connection; a second close says `closed`.
+    pub fn close(&mut self) -> Result<()> {
+        let conn = self.conn.take().ok_or_else(Error::closed)?;
+        if self.pid != std::process::id() {
+            // Not ours to shut down politely: just drop the socket.
+            drop(conn);
+            return Ok(());
+        }
+        let timeout = self.timeout;
+        process::block_on_timeout(timeout, conn.close())?;
+        Ok(())
+    }
+
+    /// Sets the timeout for later queries.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Whether the connection is open.
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// `user@host:port/database`, for `tostring`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.conn.as_ref().is_some_and(pg::Connection::is_tls)
+    }
+
+    fn check_owner(&self) -> Result<()> {
+        if self.pid != std::process::id() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "connection belongs to another process (opened before fork): open a new one in this process",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("label", &self.label).field("open", &self.is_open()).finish()
+    }
+}

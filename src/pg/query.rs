@@ -1,0 +1,148 @@
+//! The simple query protocol: one round trip, any number of statements,
+//! typed columns (from `RowDescription`), rows in text format.
+
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+
+use super::{server_error, Connection};
+use crate::error::{Error, ErrorKind};
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Type OID.
+    pub type_oid: u32,
+}
+
+/// The result of one statement.
+#[derive(Debug, Default)]
+pub struct Statement {
+    /// Columns, when the statement returns rows.
+    pub columns: Option<Vec<Column>>,
+    /// Rows as the server sent them (text format).
+    pub rows: Vec<DataRowBody>,
+    /// The command tag, e.g. `INSERT 0 3`, `SELECT 2`, `CREATE TABLE`.
+    pub tag: String,
+}
+
+impl Statement {
+    /// The first word of the tag (`SELECT`, `INSERT`, ...).
+    pub fn command(&self) -> &str {
+        self.tag.split(' ').next().unwrap_or("")
+    }
+
+    /// The row count at the end of the tag, if any.
+    pub fn affected_rows(&self) -> Option<u64> {
+        self.tag.rsplit(' ').next().and_then(|n| n.parse().ok())
+    }
+
+    /// The fields of row `i`: `None` for SQL NULL.
+    pub fn row_fields(&self, i: usize) -> Vec<Option<&[u8]>> {
+        let Some(row) = self.rows.get(i) else { return Vec::new() };
+        let buffer = row.buffer();
+        let mut out = Vec::with_capacity(self.columns.as_ref().map_or(0, Vec::len));
+        let mut ranges = row.ranges();
+        while let Ok(Some(range)) = ranges.next() {
+            out.push(range.and_then(|r| buffer.get(r)));
+        }
+        out
+    }
+}
+
+/// Every statement's result.
+pub type QueryOutput = Vec<Statement>;
+
+/// A failed query: the error, and the results of the statements before it.
+#[derive(Debug)]
+pub struct QueryFailure {
+    /// What failed.
+    pub error: Error,
+    /// Results of the statements that completed before the failure.
+    pub partial: QueryOutput,
+    /// Whether the connection can still be used (a server error) or not
+    /// (I/O or protocol failure mid-exchange).
+    pub usable: bool,
+}
+
+impl Connection {
+    /// Runs `sql` (one or more statements) with the simple query protocol.
+    pub async fn query(&mut self, sql: &str) -> Result<QueryOutput, QueryFailure> {
+        let broken = |error: Error, partial: QueryOutput| QueryFailure { error, partial, usable: false };
+        if sql.contains('\0') {
+            return Err(QueryFailure { error: Error::config("query must not contain a zero byte"), partial: Vec::new(), usable: true });
+        }
+        if let Err(e) = frontend::query(sql, &mut self.buf) {
+            self.buf.clear();
+            return Err(QueryFailure { error: Error::new(ErrorKind::Protocol, e.to_string()), partial: Vec::new(), usable: true });
+        }
+        if let Err(e) = self.stream.send(&mut self.buf).await {
+            return Err(broken(Error::new(ErrorKind::Io, format!("sending the query failed: {e}")), Vec::new()));
+        }
+        let mut done: QueryOutput = Vec::new();
+        let mut current: Option<Statement> = None;
+        let mut failure: Option<Error> = None;
+        loop {
+            let message = match self.stream.recv().await {
+                Ok(m) => m,
+                Err(e) => return Err(broken(Error::new(ErrorKind::Io, format!("reading the result failed: {e}")), done)),
+            };
+            match message {
+                Message::RowDescription(body) => {
+                    let mut columns = Vec::new();
+                    let mut fields = body.fields();
+                    while let Ok(Some(f)) = fields.next() {
+                        columns.push(Column { name: f.name().to_owned(), type_oid: f.type_oid() });
+                    }
+                    current = Some(Statement { columns: Some(columns), ..Statement::default() });
+                }
+                Message::DataRow(body) => match current.as_mut() {
+                    Some(statement) => statement.rows.push(body),
+                    None => return Err(broken(Error::new(ErrorKind::Protocol, "row without a row description"), done)),
+                },
+                Message::CommandComplete(body) => {
+                    let mut statement = current.take().unwrap_or_default();
+                    statement.tag = body.tag().unwrap_or_default().to_owned();
+                    done.push(statement);
+                }
+                Message::EmptyQueryResponse => done.push(Statement::default()),
+                Message::ErrorResponse(body) => failure = Some(server_error::from_body(&body)),
+                Message::CopyInResponse(_) => {
+                    frontend::copy_fail("copy from stdin is not supported by kong_rds_iam", &mut self.buf).ok();
+                    if let Err(e) = self.stream.send(&mut self.buf).await {
+                        return Err(broken(Error::new(ErrorKind::Io, e.to_string()), done));
+                    }
+                }
+                Message::ReadyForQuery(_) => break,
+                // Notices, notifications, parameter changes, copy-out data: nothing to return.
+                _ => {}
+            }
+        }
+        match failure {
+            Some(error) => Err(QueryFailure { error, partial: done, usable: true }),
+            None => Ok(done),
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(tag: &str) -> Statement {
+        Statement { tag: tag.into(), ..Statement::default() }
+    }
+
+    #[test]
+    fn tags_give_command_and_count() {
+        assert_eq!(statement("INSERT 0 3").affected_rows(), Some(3));
+        assert_eq!(statement("INSERT 0 3").command(), "INSERT");
+        assert_eq!(statement("UPDATE 12").affected_rows(), Some(12));
+        assert_eq!(statement("SELECT 0").affected_rows(), Some(0));
+        assert_eq!(statement("CREATE TABLE").affected_rows(), None);
+        assert_eq!(statement("").affected_rows(), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! Opening a connection: TCP, optional TLS (PostgreSQL's SSLRequest), the
+//! startup message, authentication, and waiting for ReadyForQuery.
+
+use std::io;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::stream::{MessageStream, Transport};
+use super::{server_error, Connection};
+use crate::conf::ConnectConf;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tls;
+
+/// Connects and authenticates with `password` (an IAM token or the
+/// configured password). The caller bounds the whole call with `pg_timeout`.
+pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Connection> {
+    let host = conf.endpoint.host.as_str();
+    let port = conf.endpoint.port;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("could not connect to {host}:{port}: {}", io_text(&e))))?;
+    let _ = tcp.set_nodelay(true);
+    let transport = if conf.tls.enabled { negotiate_tls(tcp, conf).await? } else { Transport::Plain(tcp) };
+    let mut stream = MessageStream::new(transport);
+    let mut buf = BytesMut::with_capacity(1024);
+
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", conf.endpoint.user.as_str()),
+        ("database", conf.database.as_str()),
+        ("client_encoding", "UTF8"),
+        ("application_name", "kong_rds_iam"),
+    ];
+    let search_path = conf.schema.as_deref().map(quote_identifier);
+    if let Some(path) = &search_path {
+        params.push(("search_path", path));
+    }
+    frontend::startup_message(params, &mut buf).map_err(protocol)?;
+    stream.send(&mut buf).await.map_err(|e| io_error("sending the startup message", &e))?;
+
+    authenticate(&mut stream, &mut buf, &conf.endpoint.user, password, conf.iam).await?;
+
+    let mut server_version = String::new();
+    let mut backend_pid = 0;
+    loop {
+        match stream.recv().await.map_err(|e| io_error("starting the session", &e))? {
+            Message::ReadyForQuery(_) => break,
+            Message::ParameterStatus(p) => {
+                if p.name().ok() == Some("server_version") {
+                    server_version = p.value().unwrap_or_default().to_owned();
+                }
+            }
+            Message::BackendKeyData(k) => backend_pid = k.process_id(),
+            Message::ErrorResponse(body) => return Err(server_error::from_body(&body)),
+            Message::NoticeResponse(_) => {}
+            _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message while starting the session")),
+        }
+    }
+    Ok(Connection { stream, buf, server_version, backend_pid })
+}
+
+/// SSLRequest; on 'S' a TLS handshake, on 'N' plain text unless TLS is required.
+async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transport> {
+    let mut buf = BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await.map_err(|e| io_error("requesting tls", &e))?;
+    let answer = tcp.read_u8().await.map_err(|e| io_error("requesting tls", &e))?;
+    match answer {
+        b'S' => {
+            let config = tls::client_config(&conf.tls)?;
+            let name = tls::server_name(&conf.endpoint.host)?;
+            let stream = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::new(ErrorKind::Tls, format!("tls handshake failed: {}", io_text(&e))))?;
+            Ok(Transport::Tls(Box::new(stream)))
+        }
+        b'N' if conf.tls.required => Err(Error::new(
+            ErrorKind::Tls,
+            if conf.iam {
+                "the server does not support tls, which iam authentication requires"
+            } else {
+                "the server does not support tls, but pg_ssl_required is on"
+            },
+        )),
+        b'N' => Ok(Transport::Plain(tcp)),
+        _ => Err(Error::new(ErrorKind::Protocol, "unexpected answer to the tls request")),
+    }
+}
+
+async fn authenticate(stream: &mut MessageStream, buf: &mut BytesMut, user: &str, password: Option<&str>, iam: bool) -> Result<()> {
+    let need_password = || {
+        password.ok_or_else(|| {
+            Error::new(ErrorKind::Auth, format!("the server asks for a password for user {user:?} but pg_password is not set"))
+        })
+    };
+    loop {
+        match stream.recv().await.map_err(|e| io_error("authenticating", &e))? {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(need_password()?.as_bytes(), buf).map_err(protocol)?;
+                stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(user.as_bytes(), need_password()?.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), buf).map_err(protocol)?;
+                stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram = false;
+                while let Some(m) = mechanisms.next().map_err(protocol)? {
+                    scram |= m == sasl::SCRAM_SHA_256;
+                }
+                if !scram {
+                    return Err(Error::new(ErrorKind::Auth, "the server offers no supported sasl mechanism (scram-sha-256)"));
+                }
+                scram_exchange(stream, buf, need_password()?).await?;
+            }
+            Message::ErrorResponse(body) => {
+                let e = server_error::from_body(&body);
+                return Err(if iam { with_iam_hint(e) } else { e });
+            }
+            Message::NoticeResponse(_) => {}
+            _ => return Err(Error::new(ErrorKind::Auth, "the server asks for an unsupported authentication method")),
+        }
+    }
+}
+
+async fn scram_exchange(stream: &mut MessageStream, buf: &mut BytesMut, password: &str) -> Result<()> {
+    let mut scram = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), buf).map_err(protocol)?;
+    stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
+    match stream.recv().await.map_err(|e| io_error("authenticating", &e))? {
+        Message::AuthenticationSaslContinue(body) => scram.update(body.data()).map_err(|e| auth_error(&e))?,
+        Message::ErrorResponse(body) => return Err(server_error::from_body(&body)),
+        _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message during scram authentication")),
+    }
+    frontend::sasl_response(scram.message(), buf).map_err(protocol)?;
+    stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
+    match stream.recv().await.map_err(|e| io_error("authenticating", &e))? {
+        Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).map_err(|e| auth_error(&e)),
+        Message::ErrorResponse(body) => Err(server_error::from_body(&body)),
+        _ => Err(Error::new(ErrorKind::Protocol, "unexpected message during scram authentication")),
+    }
+}
+
+/// RDS answers a bad token with a bare PAM failure; say what usually causes it.
+fn with_iam_hint(e: Error) -> Error {
+    if e.kind() != ErrorKind::Auth {
+        return e;
+    }
+    let message = format!(
+        "{} (iam: check the user has rds_iam, the role's rds-db:connect policy, the region, and that the clock is right)",
+        e.message()
+    );
+    Error::db(message, e.sqlstate().unwrap_or_default()).with_kind(ErrorKind::Auth)
+}
+
+/// Double-quotes an identifier for the `search_path` startup parameter.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn io_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.chars().next() {
+        Some(c) if c.is_uppercase() => c.to_lowercase().chain(text.chars().skip(1)).collect(),
+        _ => text,
+    }
+}
+
+fn io_error(doing: &str, e: &io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("connection failed while {doing}: {}", io_text(e)))
+}
+
+fn auth_error(e: &io::Error) -> Error {
+    Error::new(ErrorKind::Auth, format!("scram authentication failed: {}", io_text(e)))
+}
+
+fn protocol(e: io::Error) -> Error {
+    Error::new(ErrorKind::Protocol, format!("protocol error: {}", io_text(&e)))
+}
+

@@ -1,0 +1,139 @@
+//! rustls client configuration from [`TlsConf`].
+//!
+//! One crypto provider, aws-lc-rs (the one aws-config already uses), passed
+//! explicitly, so no process-level default is needed. Configurations are
+//! cached per process by their settings: loading the OS store costs
+//! milliseconds and a gateway opens many connections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::conf::{CaSource, TlsConf, TlsVersion};
+use crate::error::{Error, ErrorKind, Result};
+use crate::process::PerProcess;
+
+static CONFIGS: PerProcess<Mutex<HashMap<TlsConf, Arc<ClientConfig>>>> = PerProcess::new();
+
+/// The client configuration for `tls` (built once per process and settings).
+pub fn client_config(tls: &TlsConf) -> Result<Arc<ClientConfig>> {
+    let cache = CONFIGS.get_or_try_init(|| Ok(Mutex::new(HashMap::new())))?;
+    if let Some(config) = cache.lock().ok().and_then(|c| c.get(tls).cloned()) {
+        return Ok(config);
+    }
+    let config = Arc::new(build(tls)?);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(tls.clone(), config.clone());
+    }
+    Ok(config)
+}
+
+fn tls_error(message: String) -> Error {
+    Error::new(ErrorKind::Tls, message)
+}
+
+fn build(tls: &TlsConf) -> Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Any => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| tls_error(format!("tls configuration: {e}")))?;
+    let builder = if tls.verify {
+        builder.with_root_certificates(trust_anchors(&tls.trusted)?)
+    } else {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
+    };
+    match &tls.client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| tls_error(format!("could not read client certificate {}: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| tls_error(format!("could not read client key {}: {e}", key.display())))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| tls_error(format!("client certificate: {e}")))
+        }
+    }
+}
+
+fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for source in sources {
+        match source {
+            CaSource::System => {
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    return Err(tls_error("no usable certificates in the system trust store".into()));
+                }
+            }
+            CaSource::File(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| tls_error(format!("could not read ca file {}: {e}", path.display())))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(tls_error(format!("no certificates in ca file {}", path.display())));
+                }
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(tls_error("pg_ssl_verify is on but no trusted certificates are configured".into()));
+    }
+    Ok(roots)
+}
+
+/// The server name to verify and send as SNI (none is sent for addresses).
+pub fn server_name(host: &str) -> Result<ServerName<'static>> {
+    ServerName::try_from(host.to_owned()).map_err(|_| tls_error(format!("{host} is not a valid tls server name")))
+}
+
+/// `pg_ssl_verify = off`: encrypt, but accept any server certificate.
+/// The handshake signature is still checked with the provider's algorithms.
+#[derive(Debug)]
+struct NoCertificateVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
