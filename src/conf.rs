@@ -55,6 +55,63 @@ pub enum Side {
     ReadOnly,
 }
 
+/// A configuration key: its read-write and read-only names.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// `pg_<name>`.
+    pub rw: &'static str,
+    /// `pg_ro_<name>`.
+    pub ro: &'static str,
+}
+
+macro_rules! keys {
+    ($($name:ident = $base:literal,)*) => {
+        $(
+            #[doc = concat!("`pg_", $base, "` / `pg_ro_", $base, "`.")]
+            pub const $name: Key = Key { rw: concat!("pg_", $base), ro: concat!("pg_ro_", $base) };
+        )*
+    };
+}
+
+/// Every `pg_*` key this crate reads.
+pub mod key {
+    use super::Key;
+    keys! {
+        HOST = "host",
+        PORT = "port",
+        USER = "user",
+        PASSWORD = "password",
+        DATABASE = "database",
+        SCHEMA = "schema",
+        TIMEOUT = "timeout",
+        IAM_AUTH = "iam_auth",
+        REGION = "iam_auth_region",
+        ASSUME_ROLE_ARN = "iam_auth_assume_role_arn",
+        ROLE_SESSION_NAME = "iam_auth_role_session_name",
+        STS_ENDPOINT_URL = "iam_auth_sts_endpoint_url",
+        SSL = "ssl",
+        SSL_REQUIRED = "ssl_required",
+        SSL_VERIFY = "ssl_verify",
+        SSL_VERSION = "ssl_version",
+        SSL_CERT = "ssl_cert",
+        SSL_CERT_KEY = "ssl_cert_key",
+        SSL_CAFILE = "ssl_cafile",
+    }
+
+    /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
+    pub const TOKEN: &[Key] = &[HOST, PORT, USER, TIMEOUT, REGION, ASSUME_ROLE_ARN, ROLE_SESSION_NAME, STS_ENDPOINT_URL];
+}
+
+impl Key {
+    /// The name of this key on `side`.
+    pub fn name(self, side: Side) -> &'static str {
+        match side {
+            Side::ReadWrite => self.rw,
+            Side::ReadOnly => self.ro,
+        }
+    }
+}
+
 impl Side {
     /// Parses the optional mode argument: `"rw"` (default) or `"ro"`.
     pub fn parse(mode: Option<&str>) -> Result<Side> {
@@ -69,6 +126,14 @@ impl Side {
         match self {
             Side::ReadWrite => "pg_",
             Side::ReadOnly => "pg_ro_",
+        }
+    }
+
+    /// `"rw"` or `"ro"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::ReadWrite => "rw",
+            Side::ReadOnly => "ro",
         }
     }
 }
@@ -193,88 +258,88 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// The value of `pg_<base>` (or `pg_ro_<base>`, falling back), with the key it came from.
-    fn lookup(&self, base: &str) -> Option<(String, RawValue)> {
-        let own = format!("{}{}", self.side.prefix(), base);
-        if let Some(v) = self.src.get(&own) {
+    /// The value of `key` for this side (read-only falling back to
+    /// read-write), with the name it was read under.
+    fn lookup(&self, key: Key) -> Option<(&'static str, RawValue)> {
+        let own = key.name(self.side);
+        if let Some(v) = self.src.get(own) {
             return Some((own, v));
         }
         if self.side == Side::ReadOnly {
-            let rw = format!("pg_{base}");
-            if let Some(v) = self.src.get(&rw) {
-                return Some((rw, v));
+            if let Some(v) = self.src.get(key.rw) {
+                return Some((key.rw, v));
             }
         }
         None
     }
 
-    fn key_name(&self, base: &str) -> String {
-        format!("{}{}", self.side.prefix(), base)
+    fn key_name(&self, key: Key) -> &'static str {
+        key.name(self.side)
     }
 
-    fn string(&self, base: &str, default: &str) -> Result<String> {
-        match self.lookup(base) {
+    fn string(&self, key: Key, default: &str) -> Result<String> {
+        match self.lookup(key) {
             None => Ok(default.to_owned()),
-            Some((key, v)) => non_empty_string(&key, v),
+            Some((name, v)) => non_empty_string(name, v),
         }
     }
 
-    fn optional_string(&self, base: &str) -> Result<Option<String>> {
-        match self.lookup(base) {
+    fn optional_string(&self, key: Key) -> Result<Option<String>> {
+        match self.lookup(key) {
             None => Ok(None),
-            Some((key, v)) => optional_string(&key, v, false),
+            Some((name, v)) => optional_string(name, v, false),
         }
     }
 
-    fn boolean(&self, base: &str, default: bool) -> Result<bool> {
-        match self.lookup(base) {
+    fn boolean(&self, key: Key, default: bool) -> Result<bool> {
+        match self.lookup(key) {
             None => Ok(default),
-            Some((key, v)) => boolean(&key, v),
+            Some((name, v)) => boolean(name, v),
         }
     }
 
-    fn integer(&self, base: &str, default: i64, min: i64, max: i64) -> Result<i64> {
-        match self.lookup(base) {
+    fn integer(&self, key: Key, default: i64, min: i64, max: i64) -> Result<i64> {
+        match self.lookup(key) {
             None => Ok(default),
-            Some((key, v)) => integer(&key, v, min, max),
+            Some((name, v)) => integer(name, v, min, max),
         }
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
-        let host = self.string("host", "127.0.0.1")?;
+        let host = self.string(key::HOST, "127.0.0.1")?;
         if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
-            return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name("host"), quote(&host))));
+            return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name(key::HOST), quote(&host))));
         }
-        let port = self.integer("port", 5432, 1, 65535)? as u16;
-        let user = self.string("user", "kong")?;
-        let timeout_ms = self.integer("timeout", 5000, 1, 3_600_000)?;
-        let region = match self.lookup("iam_auth_region") {
+        let port = self.integer(key::PORT, 5432, 1, 65535)? as u16;
+        let user = self.string(key::USER, "kong")?;
+        let timeout_ms = self.integer(key::TIMEOUT, 5000, 1, 3_600_000)?;
+        let region = match self.lookup(key::REGION) {
             None => None,
-            Some((key, v)) => match optional_string(&key, v, false)? {
+            Some((name, v)) => match optional_string(name, v, false)? {
                 None => None,
                 Some(r) if region::is_valid(&r) => Some(r),
                 Some(r) => {
-                    return Err(Error::config(format!("{key} must be an AWS region like us-east-1, got {}", quote(&r))))
+                    return Err(Error::config(format!("{name} must be an AWS region like us-east-1, got {}", quote(&r))))
                 }
             },
         };
-        let assume_role = match self.optional_string("iam_auth_assume_role_arn")? {
+        let assume_role = match self.optional_string(key::ASSUME_ROLE_ARN)? {
             None => None,
             Some(role_arn) => {
                 if !role_arn.starts_with("arn:") {
                     return Err(Error::config(format!(
                         "{} must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got {}",
-                        self.key_name("iam_auth_assume_role_arn"),
+                        self.key_name(key::ASSUME_ROLE_ARN),
                         quote(&role_arn)
                     )));
                 }
-                let session_name = self.string("iam_auth_role_session_name", DEFAULT_SESSION_NAME)?;
-                let sts_endpoint_url = self.optional_string("iam_auth_sts_endpoint_url")?;
+                let session_name = self.string(key::ROLE_SESSION_NAME, DEFAULT_SESSION_NAME)?;
+                let sts_endpoint_url = self.optional_string(key::STS_ENDPOINT_URL)?;
                 if let Some(url) = &sts_endpoint_url {
                     if !(url.starts_with("https://") || url.starts_with("http://")) {
                         return Err(Error::config(format!(
                             "{} must be an http(s) URL, got {}",
-                            self.key_name("iam_auth_sts_endpoint_url"),
+                            self.key_name(key::STS_ENDPOINT_URL),
                             quote(url)
                         )));
                     }
@@ -294,15 +359,15 @@ impl Reader<'_> {
 
     /// IAM for this side: `pg_iam_auth`, or for read-only also `pg_ro_iam_auth`.
     fn iam(&self) -> Result<bool> {
-        let rw = match self.src.get("pg_iam_auth") {
+        let rw = match self.src.get(key::IAM_AUTH.rw) {
             None => false,
-            Some(v) => boolean("pg_iam_auth", v)?,
+            Some(v) => boolean(key::IAM_AUTH.rw, v)?,
         };
         match self.side {
             Side::ReadWrite => Ok(rw),
-            Side::ReadOnly => match self.src.get("pg_ro_iam_auth") {
+            Side::ReadOnly => match self.src.get(key::IAM_AUTH.ro) {
                 None => Ok(rw),
-                Some(v) => Ok(boolean("pg_ro_iam_auth", v)? || rw),
+                Some(v) => Ok(boolean(key::IAM_AUTH.ro, v)? || rw),
             },
         }
     }
@@ -310,25 +375,25 @@ impl Reader<'_> {
     fn connect(&self) -> Result<ConnectConf> {
         let endpoint = self.endpoint()?;
         let iam = self.iam()?;
-        let password = match self.lookup("password") {
+        let password = match self.lookup(key::PASSWORD) {
             None => None,
-            Some((key, v)) => optional_string(&key, v, true)?,
+            Some((name, v)) => optional_string(name, v, true)?,
         };
-        let database = self.string("database", "kong")?;
-        let schema = self.optional_string("schema")?;
-        let version = match self.lookup("ssl_version") {
+        let database = self.string(key::DATABASE, "kong")?;
+        let schema = self.optional_string(key::SCHEMA)?;
+        let version = match self.lookup(key::SSL_VERSION) {
             None => TlsVersion::Tls12,
-            Some((key, v)) => match v {
+            Some((name, v)) => match v {
                 RawValue::Str(s) if s == "tlsv1_2" => TlsVersion::Tls12,
                 RawValue::Str(s) if s == "tlsv1_3" => TlsVersion::Tls13,
                 RawValue::Str(s) if s == "any" => TlsVersion::Any,
                 other => {
-                    return Err(Error::config(format!("{key} must be one of tlsv1_2, tlsv1_3, any, got {}", show(&other))))
+                    return Err(Error::config(format!("{name} must be one of tlsv1_2, tlsv1_3, any, got {}", show(&other))))
                 }
             },
         };
-        let cert = self.optional_string("ssl_cert")?;
-        let cert_key = self.optional_string("ssl_cert_key")?;
+        let cert = self.optional_string(key::SSL_CERT)?;
+        let cert_key = self.optional_string(key::SSL_CERT_KEY)?;
         if iam && (cert.is_some() || cert_key.is_some()) {
             let p = self.side.prefix();
             return Err(Error::config(format!(
@@ -341,22 +406,22 @@ impl Reader<'_> {
             _ => {
                 return Err(Error::config(format!(
                     "{} and {} must be set together",
-                    self.key_name("ssl_cert"),
-                    self.key_name("ssl_cert_key")
+                    self.key_name(key::SSL_CERT),
+                    self.key_name(key::SSL_CERT_KEY)
                 )))
             }
         };
-        let trusted = match self.lookup("ssl_cafile") {
-            Some((key, v)) => match optional_string(&key, v, false)? {
+        let trusted = match self.lookup(key::SSL_CAFILE) {
+            Some((name, v)) => match optional_string(name, v, false)? {
                 Some(path) => vec![CaSource::File(PathBuf::from(path))],
                 None => self.trusted_certificates()?,
             },
             None => self.trusted_certificates()?,
         };
         let tls = TlsConf {
-            enabled: iam || self.boolean("ssl", false)?,
-            required: iam || self.boolean("ssl_required", false)?,
-            verify: self.boolean("ssl_verify", false)?,
+            enabled: iam || self.boolean(key::SSL, false)?,
+            required: iam || self.boolean(key::SSL_REQUIRED, false)?,
+            verify: self.boolean(key::SSL_VERIFY, false)?,
             version,
             client_cert,
             trusted,

@@ -24,13 +24,17 @@ impl Handle {
     /// Opens a connection as `conf` says: with an IAM token when IAM is on,
     /// else with `pg_password`.
     pub fn open(conf: &ConnectConf) -> Result<Handle> {
-        let password = if conf.iam { Some(token::issue(&conf.endpoint)?.token) } else { conf.password.clone() };
+        let token = if conf.iam { Some(token::issue(&conf.endpoint)?) } else { None };
+        let password = match &token {
+            Some(t) => Some(t.token.as_str()),
+            None => conf.password.as_deref(),
+        };
         let timeout = conf.endpoint.timeout;
         let label = format!(
             "{}@{}:{}/{}",
             conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database
         );
-        let conn = process::block_on_timeout(timeout, pg::connect(conf, password.as_deref()))?
+        let conn = process::block_on_timeout(timeout, pg::connect(conf, password))?
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Timeout,

@@ -7,7 +7,7 @@
 //! or served after, credentials that have expired.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use once_cell::sync::Lazy;
@@ -28,7 +28,7 @@ pub struct Token {
     /// the credentials' expiry.
     pub expires_at: SystemTime,
     /// Until when the cache hands it out (`expires_at` minus a margin).
-    valid_until: SystemTime,
+    pub valid_until: SystemTime,
 }
 
 impl std::fmt::Debug for Token {
@@ -37,8 +37,9 @@ impl std::fmt::Debug for Token {
     }
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct CacheKey {
+/// What a cached token was signed for; compared in full on every hit.
+#[derive(PartialEq, Eq)]
+struct Signed {
     host: String,
     port: u16,
     user: String,
@@ -48,43 +49,91 @@ struct CacheKey {
     role: Option<AssumeRole>,
 }
 
+/// The borrowed form of [`Signed`], for look-ups that allocate nothing.
+#[derive(Hash)]
+struct Wanted<'a> {
+    host: &'a str,
+    port: u16,
+    user: &'a str,
+    region: &'a str,
+    access_key_id: &'a str,
+    credentials_expiry: Option<SystemTime>,
+    role: Option<&'a AssumeRole>,
+}
+
+impl Wanted<'_> {
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = HASH_STATE.build_hasher();
+        self.hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, s: &Signed) -> bool {
+        self.host == s.host
+            && self.port == s.port
+            && self.user == s.user
+            && self.region == s.region
+            && self.access_key_id == s.access_key_id
+            && self.credentials_expiry == s.credentials_expiry
+            && self.role == s.role.as_ref()
+    }
+
+    fn to_owned(&self) -> Signed {
+        Signed {
+            host: self.host.to_owned(),
+            port: self.port,
+            user: self.user.to_owned(),
+            region: self.region.to_owned(),
+            access_key_id: self.access_key_id.to_owned(),
+            credentials_expiry: self.credentials_expiry,
+            role: self.role.cloned(),
+        }
+    }
+}
+
 /// The most tokens one process keeps; past it the cache starts over.
 const MAX_CACHED_TOKENS: usize = 1024;
 
+static HASH_STATE: Lazy<std::collections::hash_map::RandomState> = Lazy::new(Default::default);
 static SIGNER: Lazy<Signer> = Lazy::new(Signer::new);
-static CACHE: PerProcess<Mutex<HashMap<CacheKey, Token>>> = PerProcess::new();
+static CACHE: PerProcess<Mutex<HashMap<u64, (Signed, Arc<Token>)>>> = PerProcess::new();
 
 /// A token for `endpoint`, from the cache when one has long enough to live.
-pub fn issue(endpoint: &Endpoint) -> Result<Token> {
+pub fn issue(endpoint: &Endpoint) -> Result<Arc<Token>> {
     issue_with(endpoint, true)
 }
 
 /// A token for `endpoint`; `use_cache = false` always signs a fresh one
 /// (benchmarks use it to measure signing).
-pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Token> {
+pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Arc<Token>> {
     let region = resolve_region(endpoint)?;
     let identity = credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout)?;
-    let key = CacheKey {
-        host: endpoint.host.clone(),
+    let wanted = Wanted {
+        host: &endpoint.host,
         port: endpoint.port,
-        user: endpoint.user.clone(),
-        region,
-        access_key_id: identity.access_key_id().to_owned(),
+        user: &endpoint.user,
+        region: &region,
+        access_key_id: identity.access_key_id(),
         credentials_expiry: identity.expiry(),
-        role: endpoint.assume_role.clone(),
+        role: endpoint.assume_role.as_ref(),
     };
+    let fingerprint = wanted.fingerprint();
     let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(HashMap::new())))?;
     let now = SystemTime::now();
     if use_cache {
-        if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).filter(|t| now < t.valid_until).cloned()) {
-            return Ok(hit);
+        let hit = cache.lock().ok().and_then(|c| {
+            c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone())
+        });
+        if let Some(token) = hit {
+            return Ok(token);
         }
     }
     let token = SIGNER.sign(&SigningParams {
-        host: &key.host,
-        port: key.port,
-        user: &key.user,
-        region: &key.region,
+        host: wanted.host,
+        port: wanted.port,
+        user: wanted.user,
+        region: wanted.region,
         access_key_id: identity.access_key_id(),
         secret_access_key: identity.secret_access_key(),
         session_token: identity.session_token(),
@@ -94,16 +143,16 @@ pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Token> {
     if let Some(expiry) = identity.expiry() {
         expires_at = expires_at.min(expiry);
     }
-    let token = Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN };
+    let token = Arc::new(Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN });
     if use_cache {
         if let Ok(mut c) = cache.lock() {
             if c.len() >= MAX_CACHED_TOKENS {
-                c.retain(|_, t| now < t.valid_until);
+                c.retain(|_, (_, t)| now < t.valid_until);
                 if c.len() >= MAX_CACHED_TOKENS {
                     c.clear();
                 }
             }
-            c.insert(key, token.clone());
+            c.insert(fingerprint, (wanted.to_owned(), token.clone()));
         }
     }
     Ok(token)

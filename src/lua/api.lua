@@ -3,7 +3,9 @@
 -- (as Lua libraries do), and leaves runtime failures as `nil, err` returns.
 local core = ...
 
-local type, error, format = type, error, string.format
+local type, error, format, setmetatable = type, error, string.format, setmetatable
+-- Whole seconds: ngx.time() is nginx's cached clock; os.time() elsewhere.
+local now = (ngx and ngx.time) or os.time
 
 local function check(fname, n, value, wanted, optional)
   local t = type(value)
@@ -18,11 +20,38 @@ local M = {
   null = core.null,
 }
 
+-- The token cache lives in Rust. In front of it, a memo per conf table lets
+-- a repeated token(conf) skip reading conf into Rust: it serves the token last
+-- issued for this table while every key the token depends on (core.token_keys,
+-- the list the Rust parser reads) still holds the same value, and until the
+-- token's valid_until (min(900 s, credentials expiry) - 15 s), as Rust would.
+local token_keys = core.token_keys
+local memo = setmetatable({}, { __mode = "k" })
+
+local function unchanged(conf, keys, values)
+  for i = 1, #keys do
+    if conf[keys[i]] ~= values[i] then return false end
+  end
+  return true
+end
+
 --- token, err, expires_at = rds.token(conf, mode)
 function M.token(conf, mode)
   check("token", 1, conf, "table")
   check("token", 2, mode, "string", true)
-  return core.token(conf, mode)
+  local entry = memo[conf]
+  if entry and entry.mode == mode and now() < entry.valid_until
+      and unchanged(conf, entry.keys, entry.values) then
+    return entry.token, nil, entry.expires_at
+  end
+  local token, err, expires_at, valid_until = core.token(conf, mode)
+  if not token then return nil, err end
+  local keys = token_keys[mode or "rw"]
+  local values = {}
+  for i = 1, #keys do values[i] = conf[keys[i]] end
+  memo[conf] = { mode = mode, keys = keys, values = values, token = token,
+                 expires_at = expires_at, valid_until = valid_until }
+  return token, nil, expires_at
 end
 
 --- conn, err, sqlstate = rds.connect(conf, mode)

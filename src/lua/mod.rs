@@ -33,6 +33,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("token", lua.create_function(lua_token)?)?;
     core.set("credentials_source", lua.create_function(lua_credentials_source)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
+    core.set("token_keys", token_keys(lua)?)?;
     lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
 }
 
@@ -41,6 +42,23 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(Error::new(crate::error::ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")))
+}
+
+/// `{ rw = {...}, ro = {...} }`: the conf keys a token depends on, in the
+/// order each side reads them (api.lua's memo compares exactly these).
+fn token_keys(lua: &Lua) -> LuaResult<Table> {
+    let sides = lua.create_table()?;
+    for side in [Side::ReadWrite, Side::ReadOnly] {
+        let names = lua.create_table()?;
+        for key in crate::conf::key::TOKEN {
+            names.raw_push(key.name(side))?;
+            if side == Side::ReadOnly {
+                names.raw_push(key.rw)?;
+            }
+        }
+        sides.set(side.as_str(), names)?;
+    }
+    Ok(sides)
 }
 
 /// `nil, message[, sqlstate]`: how every runtime failure reaches Lua.
@@ -61,7 +79,8 @@ fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `token, err, expires_at = core.token(conf, mode)`
+/// `token, err, expires_at, valid_until = core.token(conf, mode)`
+/// (`valid_until` feeds api.lua's memo; it is not part of the public API).
 fn lua_token(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
     let conf = LuaConf(conf);
     let issued = guarded(|| token::issue(&Endpoint::parse(&conf, side(mode)?)?));
@@ -70,6 +89,7 @@ fn lua_token(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaRe
             Value::String(lua.create_string(&t.token)?),
             Value::Nil,
             Value::Integer(unix_seconds(t.expires_at)),
+            Value::Integer(unix_seconds(t.valid_until)),
         ])),
         Err(e) => failure(lua, &e),
     }
