@@ -69,6 +69,21 @@ describe("sign_token reproduces the published vectors", function()
     assert.truthy(rds.sign_token(base):find("^h%.us%-east%-1%.rds%.amazonaws%.com:5432/%?"))
   end)
 
+  it("returns nil, err for out-of-range numbers", function()
+    local p = { host = "h", port = 5432.5, user = "u", region = "us-east-1", access_key_id = "A", secret_access_key = "s" }
+    local tok, err = rds.sign_token(p)
+    assert.is_nil(tok)
+    assert.equal("port must be an integer 1-65535, got 5432.5", err)
+    p.port, p.time = 5432, 1e300
+    tok, err = rds.sign_token(p)
+    assert.is_nil(tok)
+    assert.truthy(err:find("^time must be a unix timestamp"))
+    p.time = 0 / 0
+    assert.is_nil((rds.sign_token(p)))
+    p.time = -1
+    assert.is_nil((rds.sign_token(p)))
+  end)
+
   it("raises for wrong argument types", function()
     assert.has_error(function() rds.sign_token() end, "bad argument #1 to 'sign_token' (table expected, got nil)")
     assert.has_error(function() rds.sign_token { host = 1 } end)

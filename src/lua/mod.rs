@@ -126,28 +126,25 @@ fn lua_credentials_source(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::
 /// `token = core.sign_token(params)`: signs with explicit credentials and
 /// time; types were checked by api.lua.
 fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
-    let port: i64 = p.get("port")?;
-    let Ok(port) = u16::try_from(port) else {
+    let port: f64 = p.get("port")?;
+    if !(1.0..=65535.0).contains(&port) || port.fract() != 0.0 {
         return failure(lua, &Error::config(format!("port must be an integer 1-65535, got {port}")));
-    };
-    if port == 0 {
-        return failure(lua, &Error::config("port must be an integer 1-65535, got 0"));
     }
+    let time = match p.get::<Option<f64>>("time")? {
+        None => SystemTime::now(),
+        // Up to the year 9999, as X-Amz-Date has four digits for the year.
+        Some(t) if (0.0..253_402_300_800.0).contains(&t) => UNIX_EPOCH + Duration::from_secs(t as u64),
+        Some(t) => return failure(lua, &Error::config(format!("time must be a unix timestamp from 0 to 253402300799, got {t}"))),
+    };
     let host: String = p.get("host")?;
     let user: String = p.get("user")?;
     let region: String = p.get("region")?;
     let access_key_id: String = p.get("access_key_id")?;
     let secret_access_key: String = p.get("secret_access_key")?;
     let session_token: Option<String> = p.get("session_token")?;
-    let time: Option<f64> = p.get("time")?;
-    let time = match time {
-        Some(t) if t >= 0.0 => UNIX_EPOCH + Duration::from_secs_f64(t.floor()),
-        Some(_) => return failure(lua, &Error::config("time must be a unix timestamp >= 0")),
-        None => SystemTime::now(),
-    };
     let token = signer::sign(&SigningParams {
         host: &host,
-        port,
+        port: port as u16,
         user: &user,
         region: &region,
         access_key_id: &access_key_id,
