@@ -1,0 +1,83 @@
+-- Fork safety without nginx: a process forked after the module was used gets a
+-- new runtime and new clients, and a connection inherited from the parent
+-- answers with a clear error instead of hanging.
+local rds = require "kong_rds_iam"
+local emu = require "spec.support.emulator"
+local test_env = require "spec.support.test_env"
+local ffi = require "ffi"
+
+ffi.cdef [[
+  int fork(void);
+  int waitpid(int pid, int *status, int options);
+  void _exit(int status);
+  int pipe(int fds[2]);
+  long write(int fd, const void *buf, unsigned long n);
+  long read(int fd, void *buf, unsigned long n);
+  int close(int fd);
+]]
+
+-- Runs fn in a forked child; returns what it returned (a string) and its exit status.
+local function in_child(fn)
+  local fds = ffi.new("int[2]")
+  assert(ffi.C.pipe(fds) == 0)
+  local pid = ffi.C.fork()
+  assert(pid >= 0)
+  if pid == 0 then
+    ffi.C.close(fds[0])
+    local ok, out = pcall(fn)
+    out = (ok and "" or "error: ") .. tostring(out)
+    ffi.C.write(fds[1], out, #out)
+    ffi.C._exit(0)
+  end
+  ffi.C.close(fds[1])
+  local chunks, buf = {}, ffi.new("char[4096]")
+  while true do
+    local n = tonumber(ffi.C.read(fds[0], buf, 4096))
+    if n <= 0 then break end
+    chunks[#chunks + 1] = ffi.string(buf, n)
+  end
+  ffi.C.close(fds[0])
+  local status = ffi.new("int[1]")
+  ffi.C.waitpid(pid, status, 0)
+  return table.concat(chunks), status[0]
+end
+
+describe("after fork", function()
+  local e, conf
+
+  lazy_setup(function()
+    e = assert(emu.start {})
+    assert(e:add_key(test_env.access_key_id, test_env.secret_access_key))
+    conf = { pg_host = "localhost", pg_port = e.port, pg_user = "iam_user", pg_iam_auth = true,
+      pg_iam_auth_region = "us-east-1", pg_ssl_verify = true, pg_ssl_cafile = e.ca, pg_timeout = 3000 }
+  end)
+
+  lazy_teardown(function()
+    if e then e:stop() end
+  end)
+
+  it("a parent's connection is refused in the child, and still works in the parent", function()
+    local conn = assert(rds.connect(conf))
+    local out, status = in_child(function()
+      local res, err = conn:query("select 1 as one")
+      return tostring(res) .. "|" .. tostring(err)
+    end)
+    assert.equal(0, status)
+    assert.equal("nil|connection belongs to another process (opened before fork): open a new one in this process", out)
+    assert.equal(1, assert(conn:query("select 1 as one"))[1].one)
+    assert(conn:close())
+  end)
+
+  it("the child opens its own connections and signs its own tokens", function()
+    assert(rds.connect(conf)):close() -- the parent's runtime and clients exist before the fork
+    local out, status = in_child(function()
+      local c = assert(rds.connect(conf))
+      local row = assert(c:query("select current_user as u, pg_backend_pid() as pid"))[1]
+      c:close()
+      return row.u
+    end)
+    assert.equal(0, status)
+    assert.equal("iam_user", out)
+    assert.truthy(e:log():find('user="iam_user" akid="' .. test_env.access_key_id .. '" ACCEPT', 1, true))
+  end)
+end)
