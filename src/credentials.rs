@@ -201,7 +201,11 @@ impl ProcessCredentials {
             }
         };
         let credentials = result.map_err(|e| {
-            Error::new(ErrorKind::Credentials, format!("could not get aws credentials from {}: {}", describe(role), lower_first(&chain_text(&e))))
+            let error = Error::new(
+                ErrorKind::Credentials,
+                format!("could not get aws credentials from {}: {}", describe(role), lower_first(&chain_text(&e))),
+            );
+            self.scrub(error)
         })?;
         let now = SystemTime::now();
         if let Some(expiry) = credentials.expiry() {
@@ -213,6 +217,28 @@ impl ProcessCredentials {
             }
         }
         Ok(Identity { credentials, source, fetched_at: now })
+    }
+}
+
+impl ProcessCredentials {
+    /// Removes every secret this process knows from an error's text: the
+    /// frozen environment's secret key, session token and container
+    /// authorization token, and the secrets of every cached credential. SDK
+    /// errors can quote response bodies; this keeps a quoted secret out.
+    fn scrub(&self, error: Error) -> Error {
+        let snapshot = env_snapshot::get();
+        let mut secrets: Vec<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+            .iter()
+            .filter_map(|name| snapshot.var(name).map(str::to_owned))
+            .collect();
+        if let Ok(cache) = self.cache.lock() {
+            for identity in cache.values() {
+                secrets.push(identity.secret_access_key().to_owned());
+                secrets.extend(identity.session_token().map(str::to_owned));
+            }
+        }
+        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        error.redacted(&refs)
     }
 }
 
@@ -274,6 +300,19 @@ mod tests {
     fn debug_never_shows_the_secret() {
         let d = format!("{:?}", identity(None, SystemTime::now()));
         assert!(d.contains("AKID") && !d.contains("SECRET"));
+    }
+
+    #[test]
+    fn scrub_removes_cached_secrets_from_errors() {
+        let state = ProcessCredentials { sdk: tokio::sync::OnceCell::new(), cache: Mutex::new(HashMap::new()) };
+        let id = Identity {
+            credentials: Credentials::new("AKID", "SECRET-KEY-123", Some("SESSION-TOKEN-456".into()), None, "test"),
+            source: "environment".into(),
+            fetched_at: SystemTime::now(),
+        };
+        state.cache.lock().unwrap().insert(None, Arc::new(id));
+        let e = state.scrub(Error::new(ErrorKind::Credentials, "body was {\"Secret\":\"SECRET-KEY-123\",\"Token\":\"SESSION-TOKEN-456\"}"));
+        assert_eq!(e.message(), "body was {\"Secret\":\"[redacted]\",\"Token\":\"[redacted]\"}");
     }
 
     #[test]
