@@ -46,7 +46,7 @@ impl Handle {
 
     /// Runs `sql`. A server error leaves the connection usable; a timeout
     /// or I/O failure closes it.
-    pub fn query(&mut self, sql: &str) -> std::result::Result<QueryOutput, QueryFailure> {
+    pub fn query(&mut self, sql: &[u8]) -> std::result::Result<QueryOutput, QueryFailure> {
         let fail = |error: Error| QueryFailure { error, partial: Vec::new(), usable: false };
         self.check_owner().map_err(fail)?;
         let Some(conn) = self.conn.as_mut() else { return Err(fail(Error::closed())) };

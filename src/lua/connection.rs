@@ -19,10 +19,7 @@ pub fn null() -> Value {
 
 impl UserData for LuaConnection {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method_mut("query", |lua, this, sql: LuaString| {
-            let sql = sql.to_str()?.to_owned();
-            query(lua, &mut this.0, &sql)
-        });
+        methods.add_method_mut("query", |lua, this, sql: LuaString| query(lua, &mut this.0, &sql.as_bytes()));
         methods.add_method_mut("close", |lua, this, ()| match this.0.close() {
             Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
             Err(e) => super::failure(lua, &e),
@@ -40,8 +37,11 @@ impl UserData for LuaConnection {
         });
         methods.add_method("escape_literal", |lua, _, v: Value| escape_literal(lua, v));
         methods.add_method("escape_identifier", |lua, _, v: Value| {
-            let text = v.to_string()?;
-            lua.create_string(format!("\"{}\"", text.replace('"', "\"\"")))
+            let text = match &v {
+                Value::String(s) => s.as_bytes().to_vec(),
+                other => other.to_string()?.into_bytes(),
+            };
+            lua.create_string(quoted(b'"', &text))
         });
         methods.add_meta_method("__tostring", |_, this, ()| {
             let state = match (this.0.is_open(), this.0.is_tls()) {
@@ -61,15 +61,26 @@ fn escape_literal(lua: &Lua, v: Value) -> LuaResult<LuaString> {
         Value::LightUserData(ud) if ud.0.is_null() => lua.create_string("NULL"),
         Value::Boolean(b) => lua.create_string(if b { "TRUE" } else { "FALSE" }),
         Value::Integer(_) | Value::Number(_) => lua.create_string(v.to_string()?),
-        Value::String(s) => {
-            let text = s.to_str()?;
-            lua.create_string(format!("'{}'", text.replace('\'', "''")))
-        }
+        Value::String(s) => lua.create_string(quoted(b'\'', &s.as_bytes())),
         other => Err(mlua::Error::runtime(format!("bad argument #1 to 'escape_literal' (cannot escape a {})", other.type_name()))),
     }
 }
 
-fn query(lua: &Lua, handle: &mut Handle, sql: &str) -> LuaResult<MultiValue> {
+/// `text` between `quote`s, each `quote` inside doubled; bytes pass through.
+fn quoted(quote: u8, text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    out.push(quote);
+    for &b in text {
+        if b == quote {
+            out.push(quote);
+        }
+        out.push(b);
+    }
+    out.push(quote);
+    out
+}
+
+fn query(lua: &Lua, handle: &mut Handle, sql: &[u8]) -> LuaResult<MultiValue> {
     match handle.query(sql) {
         Ok(out) => {
             let n = out.len() as i64;

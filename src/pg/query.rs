@@ -1,6 +1,7 @@
 //! The simple query protocol: one round trip, any number of statements,
 //! typed columns (from `RowDescription`), rows in text format.
 
+use bytes::BufMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
@@ -69,15 +70,23 @@ pub struct QueryFailure {
 
 impl Connection {
     /// Runs `sql` (one or more statements) with the simple query protocol.
-    pub async fn query(&mut self, sql: &str) -> Result<QueryOutput, QueryFailure> {
+    ///
+    /// `sql` is bytes, as Lua strings are: text that is not valid in the
+    /// session's encoding is the server's to refuse (SQLSTATE 22021), as it
+    /// would be with any other client.
+    pub async fn query(&mut self, sql: &[u8]) -> Result<QueryOutput, QueryFailure> {
         let broken = |error: Error, partial: QueryOutput| QueryFailure { error, partial, usable: false };
-        if sql.contains('\0') {
+        if sql.contains(&0) {
             return Err(QueryFailure { error: Error::config("query must not contain a zero byte"), partial: Vec::new(), usable: true });
         }
-        if let Err(e) = frontend::query(sql, &mut self.buf) {
-            self.buf.clear();
-            return Err(QueryFailure { error: Error::new(ErrorKind::Protocol, e.to_string()), partial: Vec::new(), usable: true });
-        }
+        // Query: 'Q', length (self included), the text, a terminating zero.
+        let Ok(len) = i32::try_from(sql.len() + 5) else {
+            return Err(QueryFailure { error: Error::config("query is too long"), partial: Vec::new(), usable: true });
+        };
+        self.buf.put_u8(b'Q');
+        self.buf.put_i32(len);
+        self.buf.put_slice(sql);
+        self.buf.put_u8(0);
         if let Err(e) = self.stream.send(&mut self.buf).await {
             return Err(broken(Error::new(ErrorKind::Io, format!("sending the query failed: {e}")), Vec::new()));
         }
