@@ -68,6 +68,29 @@ describe("after fork", function()
     assert(conn:close())
   end)
 
+  it("a child closing or collecting an inherited connection leaves the parent's working", function()
+    local conn = assert(rds.connect(conf))
+    local _, status = in_child(function()
+      assert(conn:close())
+      return "closed"
+    end)
+    assert.equal(0, status)
+    local other = assert(rds.connect(conf))
+    local _, status2 = in_child(function()
+      other = nil
+      collectgarbage()
+      collectgarbage()
+      return "collected"
+    end)
+    assert.equal(0, status2)
+    for _, c in ipairs { conn, other } do
+      local res, err = c:query("select 3 as three")
+      assert.is_table(res, err)
+      assert.equal(3, res[1].three)
+      assert(c:close())
+    end
+  end)
+
   it("the child opens its own connections and signs its own tokens", function()
     assert(rds.connect(conf)):close() -- the parent's runtime and clients exist before the fork
     local out, status = in_child(function()

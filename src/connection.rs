@@ -72,8 +72,8 @@ impl Handle {
     pub fn close(&mut self) -> Result<()> {
         let conn = self.conn.take().ok_or_else(Error::closed)?;
         if self.pid != std::process::id() {
-            // Not ours to shut down politely: just drop the socket.
-            drop(conn);
+            // Inherited across fork: close our descriptor, leave the parent's session alone.
+            conn.abandon();
             return Ok(());
         }
         let timeout = self.timeout;
@@ -109,6 +109,16 @@ impl Handle {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            if let Some(conn) = self.conn.take() {
+                conn.abandon();
+            }
+        }
     }
 }
 

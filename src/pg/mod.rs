@@ -46,6 +46,22 @@ impl Connection {
         self.backend_pid
     }
 
+    /// Closes the socket without touching the runtime it is registered with.
+    ///
+    /// For a connection inherited across `fork`: the epoll instance behind
+    /// its registration is shared with the parent, so the usual drop (which
+    /// deregisters the socket) would silently break the parent's copy. Here
+    /// the value is forgotten and only this process's descriptor is closed.
+    pub fn abandon(self) {
+        let fd = self.stream.raw_fd();
+        std::mem::forget(self);
+        // SAFETY: `fd` belongs to the forgotten stream, which will never use
+        // or close it again; closing it drops this process's reference only.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+
     /// Says goodbye (`Terminate`) and closes the socket.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.buf);

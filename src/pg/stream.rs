@@ -99,6 +99,15 @@ impl MessageStream {
         }
     }
 
+    /// The socket's file descriptor.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.transport {
+            Transport::Plain(s) => s.as_raw_fd(),
+            Transport::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
     /// Shuts the transport down (TLS close_notify, then FIN).
     pub async fn shutdown(&mut self) {
         let _ = self.transport.shutdown().await;
