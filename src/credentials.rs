@@ -94,14 +94,15 @@ type ChainKey = Option<AssumeRole>;
 /// This process's AWS state: the SDK configuration (holding an HTTP client
 /// bound to this process's runtime) and the credential cache.
 struct ProcessCredentials {
-    sdk: tokio::sync::OnceCell<SdkConfig>,
+    /// SDK configurations by region (usually just one).
+    sdks: Mutex<HashMap<String, SdkConfig>>,
     cache: Mutex<HashMap<ChainKey, Arc<Identity>>>,
 }
 
 static STATE: PerProcess<ProcessCredentials> = PerProcess::new();
 
 fn state() -> Result<&'static ProcessCredentials> {
-    STATE.get_or_try_init(|| Ok(ProcessCredentials { sdk: tokio::sync::OnceCell::new(), cache: Mutex::new(HashMap::new()) }))
+    STATE.get_or_try_init(|| Ok(ProcessCredentials { sdks: Mutex::new(HashMap::new()), cache: Mutex::new(HashMap::new()) }))
 }
 
 /// Credentials for `role` (or the base chain), from the cache if still
@@ -152,28 +153,34 @@ impl ProcessCredentials {
         cache.get(key).filter(|id| id.is_fresh(now)).cloned()
     }
 
-    /// The SDK configuration, built on first use from the frozen environment.
-    async fn sdk(&self) -> &SdkConfig {
-        self.sdk
-            .get_or_init(|| async {
-                let snapshot = env_snapshot::get();
-                let region = match snapshot.region() {
-                    Some(r) => Some(r.to_owned()),
-                    None => profile_region(snapshot).await,
-                };
-                // An explicit (possibly empty) region keeps aws-config from asking IMDS for one.
-                aws_config::defaults(BehaviorVersion::latest())
-                    .env(snapshot.to_aws_env())
-                    .fs(Fs::real())
-                    .region(region.map(Region::new))
-                    .load()
-                    .await
-            })
-            .await
+    /// The SDK configuration for `database_region`, built on first use
+    /// from the frozen environment.
+    ///
+    /// Its region (used by STS and SSO) is the environment's or the
+    /// profile's, else the database's. Left unset, aws-config asks IMDS for
+    /// one before trying any credential source: seconds of waiting off EC2.
+    /// Only an empty `database_region` with no region configured anywhere
+    /// leaves that to aws-config.
+    async fn sdk(&self, database_region: &str) -> SdkConfig {
+        let snapshot = env_snapshot::get();
+        let region = match snapshot.region() {
+            Some(r) => r.to_owned(),
+            None => profile_region(snapshot).await.unwrap_or_else(|| database_region.to_owned()),
+        };
+        if let Some(sdk) = self.sdks.lock().ok().and_then(|m| m.get(&region).cloned()) {
+            return sdk;
+        }
+        let loader = aws_config::defaults(BehaviorVersion::latest()).env(snapshot.to_aws_env()).fs(Fs::real());
+        let loader = if region.is_empty() { loader } else { loader.region(Region::new(region.clone())) };
+        let sdk = loader.load().await;
+        if let Ok(mut m) = self.sdks.lock() {
+            m.insert(region, sdk.clone());
+        }
+        sdk
     }
 
     async fn fetch(&self, role: Option<&AssumeRole>, region: &str) -> Result<Identity> {
-        let sdk = self.sdk().await;
+        let sdk = &self.sdk(region).await;
         let Some(base) = sdk.credentials_provider() else {
             return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured"));
         };
@@ -185,11 +192,10 @@ impl ProcessCredentials {
             }
             Some(role) => {
                 let mut config = sdk.clone().into_builder();
-                if sdk.region().is_none() {
-                    config.set_region(Some(Region::new(region.to_owned())));
-                }
                 if let Some(url) = &role.sts_endpoint_url {
                     config.set_endpoint_url(Some(url.clone()));
+                    // Programmatic origin: the conf's URL wins over AWS_ENDPOINT_URL_STS.
+                    config.insert_origin("endpoint_url", aws_types::origin::Origin::shared_config());
                 }
                 let provider = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
                     .session_name(role.session_name.clone())
@@ -304,7 +310,7 @@ mod tests {
 
     #[test]
     fn scrub_removes_cached_secrets_from_errors() {
-        let state = ProcessCredentials { sdk: tokio::sync::OnceCell::new(), cache: Mutex::new(HashMap::new()) };
+        let state = ProcessCredentials { sdks: Mutex::new(HashMap::new()), cache: Mutex::new(HashMap::new()) };
         let id = Identity {
             credentials: Credentials::new("AKID", "SECRET-KEY-123", Some("SESSION-TOKEN-456".into()), None, "test"),
             source: "environment".into(),

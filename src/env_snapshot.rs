@@ -59,7 +59,7 @@ impl Snapshot {
     /// The credential source the default chain will reach first, judged from
     /// the variables alone (used to name the source in error messages).
     pub fn expected_source(&self) -> &'static str {
-        if self.var("AWS_ACCESS_KEY_ID").is_some() || self.var("AWS_ACCESS_KEY").is_some() {
+        if self.var("AWS_ACCESS_KEY_ID").is_some() {
             "environment"
         } else if self.var("AWS_PROFILE").is_some()
             || self.var("AWS_SHARED_CREDENTIALS_FILE").is_some()

@@ -111,9 +111,11 @@ fn lua_credentials_source(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::
             Some(conf) => Endpoint::parse(&LuaConf(conf), side(mode)?)?,
             None => Endpoint::parse(&std::collections::HashMap::new(), Side::ReadWrite)?,
         };
+        // The region matters for STS (web identity, assume role); without one
+        // from conf, host or environment, aws-config is left to find it.
         let region = match endpoint.assume_role {
             Some(_) => token::resolve_region(&endpoint)?,
-            None => String::new(),
+            None => token::resolve_region(&endpoint).unwrap_or_default(),
         };
         credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout).map(|id| id.source().to_owned())
     });
