@@ -1,0 +1,948 @@
+-- Where credentials come from (issue #4): every source of the default chain,
+-- assume role on top of each, the STS endpoint, the frozen environment,
+-- refresh near expiry, and faults. Each case runs in its own luajit process
+-- (the module freezes AWS_* and HOME when it is first loaded) and is proven end
+-- to end: the process connects with IAM to the RDS emulator, `select
+-- current_user` answers, the emulator's independent verifier logs ACCEPT for
+-- the access key the module used, and a token signed for that key with the
+-- wrong secret is REJECTed.
+--
+-- Network: only 127.0.0.1. A case either sets AWS_EC2_METADATA_DISABLED=true
+-- or points IMDS at the fake; the regional-STS case runs in a private network
+-- namespace (loopback only) behind a recording proxy that tunnels nothing.
+
+local rds = require "kong_rds_iam"
+local emu = require "spec.support.emulator"
+local fake = require "spec.support.fake_aws"
+local lua_process = require "spec.support.lua_process"
+local cjson = require "cjson.safe"
+local socket = require "socket"
+
+local ROLE_ARN = "arn:aws:iam::123456789012:role/kong-db-access"
+local LIFETIME = 20          -- s, credentials issued by the fake in the refresh case
+local REFRESH_RUN = 32       -- s, how long the refresh case keeps connecting
+local MARGIN = 15            -- s, the module refreshes credentials with less life left
+
+local e, f, tmp
+
+---------------------------------------------------------------- helpers --
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read_file(path)
+  local fh = io.open(path, "rb")
+  if not fh then return nil end
+  local s = fh:read("*a")
+  fh:close()
+  return s
+end
+
+local function write_file(path, text)
+  local fh = assert(io.open(path, "wb"))
+  fh:write(text)
+  fh:close()
+  return path
+end
+
+local function exists(path)
+  local fh = io.open(path, "rb")
+  if fh then fh:close() end
+  return fh ~= nil
+end
+
+local function sh(cmd)
+  local r = os.execute(cmd)
+  return r == 0 or r == true
+end
+
+math.randomseed(math.floor(socket.gettime() * 1000) % 2147483647)
+local function random_string(n, alphabet)
+  alphabet = alphabet or "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+  local t = {}
+  for i = 1, n do
+    local k = math.random(#alphabet)
+    t[i] = alphabet:sub(k, k)
+  end
+  return table.concat(t)
+end
+
+-- A long-term key pair the emulator (and the fake STS verifier) know.
+local function static_key(prefix)
+  local k = {
+    akid = (prefix .. random_string(20)):sub(1, 20),
+    secret = random_string(40, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"),
+  }
+  assert(e:add_key(k.akid, k.secret))
+  assert(f:add_key(k.akid, k.secret))
+  return k
+end
+
+local function merge(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    for k, v in pairs((select(i, ...)) or {}) do
+      out[k] = v
+    end
+  end
+  return out
+end
+
+local function url_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function param(token, name)
+  return token and token:match("[?&]" .. name .. "=([^&]*)")
+end
+
+local function akid_of(token)
+  local cred = param(token, "X%-Amz%-Credential")
+  return cred and url_decode(cred):match("^([^/]+)/")
+end
+
+local function session_token_of(token)
+  local v = param(token, "X%-Amz%-Security%-Token")
+  return v and url_decode(v)
+end
+
+local function lua_literal(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  return tostring(v)
+end
+
+-- The conf every case connects with (plus `extra`), as Lua source.
+local function conf_source(extra)
+  local conf = merge({
+    pg_host = "localhost", pg_port = e.port, pg_user = "iam_user", pg_iam_auth = true,
+    pg_iam_auth_region = "us-east-1", pg_timeout = 5000,
+  }, extra)
+  local parts = {}
+  for k, v in pairs(conf) do
+    parts[#parts + 1] = ("%s = %s"):format(k, lua_literal(v))
+  end
+  table.sort(parts)
+  return "{ " .. table.concat(parts, ", ") .. " }"
+end
+
+-- Environment of a case: IMDS off unless the case points it at the fake.
+local function env_with(...)
+  local env = merge(...)
+  if not env.AWS_EC2_METADATA_SERVICE_ENDPOINT then
+    env.AWS_EC2_METADATA_DISABLED = "true"
+  end
+  return env
+end
+
+local function result_of(out)
+  local json = out:match("RESULT ([^\n]*)")
+  local res = json and cjson.decode(json)
+  assert(res, "subprocess failed:\n" .. out)
+  return res
+end
+
+-- What every source case runs: source, token, connect + query, source again.
+local PROBE = [[
+local cjson = require "cjson"
+local rds = require "kong_rds_iam"
+local conf = CONF
+local out = {}
+out.base_source, out.base_source_err = rds.credentials_source()
+out.source, out.source_err = rds.credentials_source(conf)
+out.token, out.token_err, out.expires_at = rds.token(conf)
+local c, cerr = rds.connect(conf)
+out.connect_err = cerr
+if c then
+  local rows, qerr = c:query("select current_user")
+  out.user = rows and rows[1] and rows[1].current_user
+  if not rows then out.query_err = qerr end
+  c:close()
+end
+out.source_after = rds.credentials_source(conf)
+io.write("RESULT ", cjson.encode(out), "\n")
+]]
+
+local function probe(env, conf_extra, opts)
+  local code = PROBE:gsub("CONF", function() return conf_source(conf_extra) end)
+  local out = lua_process.run(code, env, opts)
+  return result_of(out), out
+end
+
+-- Lines of the verifier log about one access key.
+local function log_lines(akid, text)
+  local lines = {}
+  for line in (text or e:log()):gmatch("[^\n]+") do
+    if line:find('akid="' .. akid .. '"', 1, true) then
+      lines[#lines + 1] = line
+    end
+  end
+  return lines
+end
+
+local function has_line(akid, what)
+  for _, line in ipairs(log_lines(akid)) do
+    if line:find(what, 1, true) then return true end
+  end
+  return false
+end
+
+-- The probe connected with IAM and the verifier accepted its key; returns it.
+local function assert_accepted(res, out, user)
+  user = user or "iam_user"
+  assert.is_nil(res.token_err, out)
+  assert.is_nil(res.connect_err, out)
+  assert.is_nil(res.query_err, out)
+  assert.equal(user, res.user, out)
+  local akid = akid_of(res.token)
+  assert.truthy(akid, out)
+  assert.is_true(has_line(akid, ('user="%s" akid="%s" ACCEPT'):format(user, akid)),
+    "no ACCEPT for " .. akid .. " in the verifier log:\n" .. e:log())
+  return akid
+end
+
+-- A token for the same key id (and session token) signed with another secret
+-- is refused by the server and the verifier says why.
+local function assert_wrong_secret_rejected(token)
+  local akid = assert(akid_of(token))
+  local wrong = rds.sign_token {
+    host = "localhost", port = e.port, user = "iam_user", region = "us-east-1",
+    access_key_id = akid, secret_access_key = "not-the-secret-of-" .. akid,
+    session_token = session_token_of(token),
+  }
+  local c, err = rds.connect { pg_host = "localhost", pg_port = e.port, pg_user = "iam_user",
+    pg_password = wrong, pg_ssl = true, pg_timeout = 10000 }
+  assert.is_nil(c)
+  assert.is_string(err)
+  assert.is_true(has_line(akid, ('akid="%s" REJECT reason="signature mismatch"'):format(akid)),
+    "no signature REJECT for " .. akid .. ":\n" .. e:log())
+end
+
+local function assert_end_to_end(res, out, source)
+  assert.is_nil(res.source_err, out)
+  assert.equal(source, res.source, out)
+  assert.equal(source, res.source_after, out)
+  local akid = assert_accepted(res, out)
+  assert_wrong_secret_rejected(res.token)
+  return akid
+end
+
+local function requests(service, pred)
+  local list = {}
+  for _, r in ipairs(assert(f:requests(service))) do
+    if not pred or pred(r) then list[#list + 1] = r end
+  end
+  return list
+end
+
+local function sts_requests(action)
+  return requests("sts", function(r) return r.action == action end)
+end
+
+local function issued(list)
+  local akids = {}
+  for _, r in ipairs(list) do
+    if r.issued_akid then akids[#akids + 1] = r.issued_akid end
+  end
+  return akids
+end
+
+local function contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
+local function credential_of(akid)
+  for _, c in ipairs(assert(f:credentials())) do
+    if c.access_key_id == akid then return c end
+  end
+end
+
+-- Starts Lua code in a fresh luajit with exactly `env` (like lua_process.run)
+-- without waiting; returns the pipe to read its output from.
+local function spawn(code, env, opts)
+  opts = opts or {}
+  local pwd = assert(io.popen("pwd"))
+  local root = pwd:read("*l")
+  pwd:close()
+  local script = os.tmpname()
+  write_file(script, ("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n"):format(
+    root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;", root .. "/target/lua/?.so;") .. code)
+  local parts = { "env", "-i", "PATH=" .. shell_quote(os.getenv("PATH")), "HOME=/nonexistent-home" }
+  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
+  parts[#parts + 1] = "luajit " .. shell_quote(script) .. " 2>&1; rm -f " .. shell_quote(script)
+  return assert(io.popen(table.concat(parts, " ")))
+end
+
+local function collect(pipe)
+  local out = pipe:read("*a")
+  pipe:close()
+  return out
+end
+
+local PYTHON = exists("/usr/bin/python3") and "/usr/bin/python3" or "python3"
+
+----------------------------------------------------------------- cases --
+
+describe("credentials", function()
+  local static, session_key, profile_key, home_key, cp_key
+
+  lazy_setup(function()
+    e = assert(emu.start { region = "us-east-1" })
+    f = assert(fake.start { emulator_dir = e.dir, lifetime = 3600 })
+    local p = assert(io.popen("mktemp -d /tmp/credentials_spec.XXXXXX"))
+    tmp = p:read("*l")
+    p:close()
+    static = static_key("AKIDENV")
+    session_key = static_key("ASIAENV")
+    session_key.session_token = "IQoJb3JpZ2luX2VjE" .. random_string(300, "abcdefghijklmnopqrstuvwxyz0123456789+/=")
+    assert(e:add_key(session_key.akid, session_key.secret, session_key.session_token, os.time() + 3600))
+    profile_key = static_key("AKIDPROFILE")
+    home_key = static_key("AKIDHOME")
+  end)
+
+  lazy_teardown(function()
+    if f then f:stop() end
+    if e then e:stop() end
+    if tmp and tmp:match("^/tmp/credentials_spec%.") then sh("rm -rf " .. shell_quote(tmp)) end
+  end)
+
+  before_each(function()
+    assert(f:reset(true))
+  end)
+
+  local function env_keys(k)
+    return { AWS_ACCESS_KEY_ID = k.akid, AWS_SECRET_ACCESS_KEY = k.secret, AWS_SESSION_TOKEN = k.session_token }
+  end
+
+  -- AWS_PROFILE=kong in a credentials file whose [default] is a decoy.
+  local function profile_env()
+    local path = tmp .. "/credentials"
+    if not exists(path) then
+      write_file(path, ("[default]\naws_access_key_id = AKIDDECOYDEFAULT0001\naws_secret_access_key = decoy\n\n"
+        .. "[kong]\naws_access_key_id = %s\naws_secret_access_key = %s\n"):format(profile_key.akid, profile_key.secret))
+    end
+    return { AWS_PROFILE = "kong", AWS_SHARED_CREDENTIALS_FILE = path, AWS_CONFIG_FILE = tmp .. "/no-config" }
+  end
+
+  local function home_dir(name, key)
+    local dir = tmp .. "/" .. name
+    sh("mkdir -p " .. shell_quote(dir .. "/.aws"))
+    write_file(dir .. "/.aws/credentials",
+      ("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n"):format(key.akid, key.secret))
+    return dir
+  end
+
+  describe("each source, end to end", function()
+    it("environment keys without a session token", function()
+      local res, out = probe(env_with(env_keys(static)))
+      assert.equal(static.akid, assert_end_to_end(res, out, "environment"))
+      assert.is_nil(session_token_of(res.token))
+      assert.equal("environment", res.base_source)
+    end)
+
+    it("environment keys with AWS_SESSION_TOKEN", function()
+      local res, out = probe(env_with(env_keys(session_key)))
+      assert.equal(session_key.akid, assert_end_to_end(res, out, "environment"))
+      assert.equal(session_key.session_token, session_token_of(res.token))
+      -- The same key without its session token is refused too.
+      local bare = rds.sign_token { host = "localhost", port = e.port, user = "iam_user", region = "us-east-1",
+        access_key_id = session_key.akid, secret_access_key = session_key.secret }
+      assert.is_nil((rds.connect { pg_host = "localhost", pg_port = e.port, pg_user = "iam_user",
+        pg_password = bare, pg_ssl = true }))
+      assert.is_true(has_line(session_key.akid, 'REJECT reason="missing X-Amz-Security-Token"'), e:log())
+    end)
+
+    it("AWS_PROFILE in AWS_SHARED_CREDENTIALS_FILE", function()
+      local res, out = probe(env_with(profile_env()))
+      assert.equal(profile_key.akid, assert_end_to_end(res, out, "profile"))
+    end)
+
+    it("the default profile in $HOME/.aws/credentials", function()
+      local home = home_dir("home", home_key)
+      local res, out = probe(env_with {}, nil, { home = home })
+      assert.equal(home_key.akid, assert_end_to_end(res, out, "profile"))
+    end)
+
+    it("a profile with credential_process (JSON Version 1), run once and cached", function()
+      cp_key = {
+        akid = "ASIACP" .. random_string(14), secret = random_string(40),
+        session_token = "cp-session-" .. random_string(200, "abcdefghijklmnopqrstuvwxyz0123456789+/="),
+      }
+      local expires = os.time() + 3600
+      assert(e:add_key(cp_key.akid, cp_key.secret, cp_key.session_token, expires))
+      local count = tmp .. "/cp.count"
+      local doc = assert(cjson.encode {
+        Version = 1, AccessKeyId = cp_key.akid, SecretAccessKey = cp_key.secret,
+        SessionToken = cp_key.session_token, Expiration = os.date("!%Y-%m-%dT%H:%M:%SZ", expires),
+      })
+      local script = write_file(tmp .. "/credential_process.sh",
+        ("#!/bin/sh\necho run >> %s\ncat <<'EOF'\n%s\nEOF\n"):format(shell_quote(count), doc))
+      local config = write_file(tmp .. "/cp-config",
+        ("[default]\nregion = us-east-1\n\n[profile kongcp]\ncredential_process = /bin/sh %s\n"):format(script))
+      local res, out = probe(env_with { AWS_PROFILE = "kongcp", AWS_CONFIG_FILE = config,
+        AWS_SHARED_CREDENTIALS_FILE = tmp .. "/no-credentials" })
+      assert.equal(cp_key.akid, assert_end_to_end(res, out, "credential_process"))
+      assert.equal(cp_key.session_token, session_token_of(res.token))
+      assert.equal("run\n", read_file(count), "credential_process ran more than once")
+    end)
+
+    it("EC2 IMDSv2 (token required)", function()
+      assert(f:set_mode("imds", "imdsv2"))
+      finally(function() f:set_mode("imds", "v1v2") end)
+      local res, out = probe(f:env("imds"))
+      local akid = assert_end_to_end(res, out, "imds")
+      local put = requests("imds", function(r) return r.method == "PUT" end)
+      assert.is_true(#put >= 1)
+      for _, r in ipairs(put) do assert.equal("21600", r.ttl) end
+      local creds = requests("imds", function(r) return r.issued_akid end)
+      assert.equal(1, #creds)
+      assert.equal(akid, creds[1].issued_akid)
+      assert.equal("/latest/meta-data/iam/security-credentials/" .. f.role_name, creds[1].path)
+      assert.is_true(creds[1].token_valid)
+    end)
+
+    it("ECS: AWS_CONTAINER_CREDENTIALS_FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN", function()
+      local res, out = probe(env_with(f:env("ecs")))
+      local akid = assert_end_to_end(res, out, "ecs")
+      local r = requests("ecs")
+      assert.equal(1, #r)
+      assert.equal("/creds", r[1].path)
+      assert.equal("env", r[1].auth_source)
+      assert.equal(akid, r[1].issued_akid)
+    end)
+
+    it("EKS Pod Identity: FULL_URI + AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", function()
+      local res, out = probe(env_with(f:env("eks")))
+      local akid = assert_end_to_end(res, out, "ecs")
+      local r = requests("ecs")
+      assert.equal(1, #r)
+      assert.equal("/v1/credentials", r[1].path)
+      assert.equal("file", r[1].auth_source)
+      assert.equal(akid, r[1].issued_akid)
+    end)
+
+    it("EKS IRSA: web identity token file + role through STS (AWS_ENDPOINT_URL_STS wins over AWS_STS_REGIONAL_ENDPOINTS)", function()
+      local res, out = probe(env_with(f:env("irsa"), {
+        AWS_ROLE_SESSION_NAME = "kong-irsa-session", AWS_REGION = "us-west-2", AWS_STS_REGIONAL_ENDPOINTS = "regional",
+      }))
+      local akid = assert_end_to_end(res, out, "web_identity")
+      local r = sts_requests("AssumeRoleWithWebIdentity")
+      assert.equal(1, #r)
+      assert.equal(f.role_arn, r[1].role_arn)
+      assert.equal("kong-irsa-session", r[1].role_session_name)
+      assert.is_true(r[1].web_identity_token_ok)
+      assert.equal(akid, r[1].issued_akid)
+      assert.equal(0, #requests("imds") + #requests("ecs"))
+    end)
+
+    it("IRSA without AWS_ROLE_SESSION_NAME uses aws-config's generated session name", function()
+      local res, out = probe(env_with(f:env("irsa"), { AWS_REGION = "us-east-1" }))
+      assert_accepted(res, out)
+      local r = sts_requests("AssumeRoleWithWebIdentity")
+      assert.equal(1, #r)
+      assert.truthy(r[1].role_session_name:match("^web%-identity%-token%-%d+$"), r[1].role_session_name)
+    end)
+
+    it("environment keys win over the other sources configured at the same time", function()
+      local res, out = probe(merge(env_keys(static), profile_env(), f:env("ecs"), f:env("imds"),
+        { AWS_REGION = "us-east-1" }))
+      assert.equal(static.akid, assert_end_to_end(res, out, "environment"))
+      assert.equal(0, #requests())
+    end)
+  end)
+
+  describe("assume role (pg_iam_auth_assume_role_arn) on top of", function()
+    local bases = {
+      { source = "environment", env = function() return env_with(env_keys(static)) end,
+        base_akids = function() return { static.akid } end, session = false },
+      { source = "profile", env = function() return env_with(profile_env()) end,
+        base_akids = function() return { profile_key.akid } end, session = false },
+      { source = "imds", env = function() return f:env("imds") end,
+        base_akids = function() return issued(requests("imds")) end, session = true },
+      { source = "ecs", env = function() return env_with(f:env("ecs")) end,
+        base_akids = function() return issued(requests("ecs")) end, session = true },
+      { source = "web_identity", env = function() return env_with(f:env("irsa"), { AWS_REGION = "us-east-1" }) end,
+        base_akids = function() return issued(sts_requests("AssumeRoleWithWebIdentity")) end, session = true },
+    }
+    for _, base in ipairs(bases) do
+      it(base.source .. ", with the default session name KongPostgres", function()
+        local res, out = probe(base.env(), { pg_iam_auth_assume_role_arn = ROLE_ARN,
+          pg_iam_auth_sts_endpoint_url = f.sts_url })
+        local akid = assert_end_to_end(res, out, "assume_role(" .. base.source .. ")")
+        assert.equal(base.source, res.base_source)
+        local r = sts_requests("AssumeRole")
+        assert.equal(1, #r, out)
+        assert.equal(ROLE_ARN, r[1].role_arn)
+        assert.equal("KongPostgres", r[1].role_session_name)
+        -- Signed with credentials of the base source (the role provider
+        -- fetches its own: one base fetch for credentials_source(), one for the role).
+        local base_akids = base.base_akids()
+        assert.is_true(#base_akids >= 1)
+        assert.is_true(contains(base_akids, r[1].caller_akid), r[1].caller_akid)
+        assert.is_true(r[1].signature_valid)
+        assert.equal("us-east-1", r[1].signing_region)
+        assert.equal(base.session, r[1].security_token_present)
+        assert.equal(akid, r[1].issued_akid)
+        assert.equal(ROLE_ARN, credential_of(akid).role_arn)
+      end)
+    end
+
+    it("environment, with a custom pg_iam_auth_role_session_name", function()
+      local res, out = probe(env_with(env_keys(static)), { pg_iam_auth_assume_role_arn = ROLE_ARN,
+        pg_iam_auth_role_session_name = "kong-node-7", pg_iam_auth_sts_endpoint_url = f.sts_url })
+      local akid = assert_end_to_end(res, out, "assume_role(environment)")
+      local r = sts_requests("AssumeRole")
+      assert.equal(1, #r)
+      assert.equal("kong-node-7", r[1].role_session_name)
+      assert.equal(akid, r[1].issued_akid)
+    end)
+  end)
+
+  describe("the STS endpoint", function()
+    local netns = sh("unshare -n true >/dev/null 2>&1") and sh("command -v ip >/dev/null 2>&1")
+
+    -- Runs `conf` in a private network namespace (loopback only) with
+    -- HTTPS_PROXY pointing at connect_proxy.py; returns the proxy's log lines.
+    local function through_proxy(env, conf_extra)
+      local log = os.tmpname()
+      local ready = os.tmpname()
+      os.remove(ready)
+      local code = ([[
+        local cjson = require "cjson"
+        local socket = require "socket"
+        local proxy = io.popen(%q, "w")
+        local deadline = socket.gettime() + 10
+        while socket.gettime() < deadline do
+          local fh = io.open(%q)
+          if fh then fh:close() break end
+          socket.sleep(0.02)
+        end
+        local rds = require "kong_rds_iam"
+        local t0 = socket.gettime()
+        local tok, err = rds.token(%s)
+        io.write("RESULT ", cjson.encode { token = tok, err = err, elapsed = socket.gettime() - t0 }, "\n")
+        proxy:close()
+      ]]):format(("%s spec/support/connect_proxy.py 3128 %s %s"):format(PYTHON, shell_quote(log), shell_quote(ready)),
+        ready, conf_source(merge({ pg_timeout = 3000 }, conf_extra)))
+      local out = lua_process.run(code, merge(env, { HTTPS_PROXY = "http://127.0.0.1:3128" }),
+        { prefix = [[unshare -n sh -c 'ip link set lo up && exec "$@"' sh]] })
+      local lines = {}
+      for line in (read_file(log) or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+      os.remove(log)
+      os.remove(ready)
+      return result_of(out), lines, out
+    end
+
+    local function assert_only_connects_to(lines, hostport, out)
+      assert.is_true(#lines >= 1, "the proxy saw nothing:\n" .. out)
+      for _, line in ipairs(lines) do
+        assert.equal("CONNECT " .. hostport .. " HTTP/1.1", line)
+      end
+    end
+
+    local function irsa_without_endpoint(extra)
+      local env = env_with(f:env("irsa"), extra)
+      env.AWS_ENDPOINT_URL_STS = nil
+      return env
+    end
+
+    it("is regional with AWS_STS_REGIONAL_ENDPOINTS=regional (seen through HTTPS_PROXY)", function()
+      if not netns then return pending("needs root and unshare -n") end
+      local res, lines, out = through_proxy(irsa_without_endpoint {
+        AWS_REGION = "us-west-2", AWS_STS_REGIONAL_ENDPOINTS = "regional" })
+      assert_only_connects_to(lines, "sts.us-west-2.amazonaws.com:443", out)
+      assert.is_nil(res.token)
+      assert.truthy(res.err:find("could not get aws credentials from web_identity", 1, true), res.err)
+      assert.truthy(res.err:find("tunnel", 1, true), res.err)
+    end)
+
+    it("is regional with AWS_STS_REGIONAL_ENDPOINTS=legacy too (the Rust SDK does not read it)", function()
+      if not netns then return pending("needs root and unshare -n") end
+      local _, lines, out = through_proxy(irsa_without_endpoint {
+        AWS_REGION = "us-west-2", AWS_STS_REGIONAL_ENDPOINTS = "legacy" })
+      assert_only_connects_to(lines, "sts.us-west-2.amazonaws.com:443", out)
+    end)
+
+    it("for assume role without AWS_REGION is the database's region", function()
+      if not netns then return pending("needs root and unshare -n") end
+      local res, lines, out = through_proxy(env_with(env_keys(static)),
+        { pg_iam_auth_region = "eu-west-3", pg_iam_auth_assume_role_arn = ROLE_ARN })
+      assert_only_connects_to(lines, "sts.eu-west-3.amazonaws.com:443", out)
+      assert.truthy(res.err:find("sts assume role " .. ROLE_ARN, 1, true), res.err)
+    end)
+  end)
+
+  describe("the frozen environment", function()
+    it("web identity stays the source after AWS_* are changed, removed and cleared (and on refetch)", function()
+      assert(f:set_lifetime(MARGIN + 4))
+      finally(function() f:set_lifetime(3600) end)
+      local env = env_with(f:env("irsa"), { AWS_REGION = "us-east-1", AWS_ROLE_SESSION_NAME = "kong-frozen" })
+      local code = ([[
+        local cjson = require "cjson"
+        local socket = require "socket"
+        local ffi = require "ffi"
+        ffi.cdef "int setenv(const char*, const char*, int); int unsetenv(const char*); int clearenv(void);"
+        local rds = require "kong_rds_iam"
+        -- Live changes that would win the chain if the module read them.
+        ffi.C.setenv("AWS_ACCESS_KEY_ID", "AKIDDECOYLIVE0000001", 1)
+        ffi.C.setenv("AWS_SECRET_ACCESS_KEY", "decoy-secret", 1)
+        ffi.C.setenv("AWS_ROLE_SESSION_NAME", "changed-live", 1)
+        ffi.C.unsetenv("AWS_WEB_IDENTITY_TOKEN_FILE")
+        ffi.C.unsetenv("AWS_ROLE_ARN")
+        ffi.C.unsetenv("AWS_ENDPOINT_URL_STS")
+        local conf = %s
+        local out = {}
+        out.source1 = rds.credentials_source()
+        local c, err = rds.connect(conf)
+        out.err1 = err
+        out.user1 = c and c:query("select current_user")[1].current_user
+        out.token1 = rds.token(conf)
+        if c then c:close() end
+        ffi.C.clearenv()
+        ffi.C.setenv("AWS_EC2_METADATA_DISABLED", "true", 1)   -- safety net only
+        socket.sleep(4.5)   -- the credentials now have < 15 s left: the next use fetches again
+        conf.pg_user = "iam_user2"
+        c, err = rds.connect(conf)
+        out.err2 = err
+        out.user2 = c and c:query("select current_user")[1].current_user
+        out.token2 = rds.token(conf)
+        out.source2 = rds.credentials_source()
+        io.write("RESULT ", cjson.encode(out), "\n")
+      ]]):format(conf_source())
+      local out = lua_process.run(code, env)
+      local res = result_of(out)
+      assert.is_nil(res.err1, out)
+      assert.is_nil(res.err2, out)
+      assert.equal("iam_user", res.user1)
+      assert.equal("iam_user2", res.user2)
+      assert.equal("web_identity", res.source1)
+      assert.equal("web_identity", res.source2)
+      local a1, a2 = akid_of(res.token1), akid_of(res.token2)
+      assert.not_equal(a1, a2)
+      assert.is_true(has_line(a1, 'user="iam_user" akid="' .. a1 .. '" ACCEPT'), e:log())
+      assert.is_true(has_line(a2, 'user="iam_user2" akid="' .. a2 .. '" ACCEPT'), e:log())
+      assert.falsy(out:find("AKIDDECOYLIVE", 1, true))
+      local r = sts_requests("AssumeRoleWithWebIdentity")
+      assert.equal(2, #r)
+      for i, akid in ipairs { a1, a2 } do
+        assert.equal("kong-frozen", r[i].role_session_name)
+        assert.equal(f.role_arn, r[i].role_arn)
+        assert.equal(akid, r[i].issued_akid)
+      end
+      assert_wrong_secret_rejected(res.token2)
+    end)
+
+    it("HOME, AWS_PROFILE and AWS_SHARED_CREDENTIALS_FILE changed after load are ignored", function()
+      local home = home_dir("home-frozen", home_key)
+      local decoy_home = home_dir("home-decoy", { akid = "AKIDDECOYHOME0000001", secret = "decoy" })
+      local decoy_file = write_file(tmp .. "/decoy-credentials",
+        "[other]\naws_access_key_id = AKIDDECOYFILE0000001\naws_secret_access_key = decoy\n")
+      local code = ([[
+        local cjson = require "cjson"
+        local ffi = require "ffi"
+        ffi.cdef "int setenv(const char*, const char*, int); int clearenv(void);"
+        local rds = require "kong_rds_iam"
+        ffi.C.setenv("HOME", %q, 1)
+        ffi.C.setenv("AWS_PROFILE", "other", 1)
+        ffi.C.setenv("AWS_SHARED_CREDENTIALS_FILE", %q, 1)
+        local conf = %s
+        local out = { source = rds.credentials_source() }
+        local c, err = rds.connect(conf)
+        out.err = err
+        out.user = c and c:query("select current_user")[1].current_user
+        out.token = rds.token(conf)
+        ffi.C.clearenv()
+        out.source_after = rds.credentials_source()
+        io.write("RESULT ", cjson.encode(out), "\n")
+      ]]):format(decoy_home, decoy_file, conf_source())
+      local out = lua_process.run(code, env_with {}, { home = home })
+      local res = result_of(out)
+      assert.is_nil(res.err, out)
+      assert.equal("iam_user", res.user)
+      assert.equal("profile", res.source)
+      assert.equal("profile", res.source_after)
+      assert.equal(home_key.akid, akid_of(res.token))
+      assert.is_true(has_line(home_key.akid, "ACCEPT"))
+      assert.falsy(e:log():find("AKIDDECOY", 1, true))
+    end)
+  end)
+
+  describe("refresh near expiry", function()
+    it("keeps connecting across expiry, fetching only when less than 15 s are left (imds, ecs, irsa, assume role)", function()
+      assert(f:set_lifetime(LIFETIME))
+      finally(function() f:set_lifetime(3600) end)
+      local log_start = #e:log()
+      local code = ([[
+        local cjson = require "cjson"
+        local socket = require "socket"
+        local rds = require "kong_rds_iam"
+        local conf = CONF
+        local t0 = socket.gettime()
+        while socket.gettime() - t0 < %d do
+          local t = socket.gettime()
+          local tok, terr, exp = rds.token(conf)
+          local c, cerr = rds.connect(conf)
+          local user
+          if c then
+            local rows = c:query("select current_user")
+            user = rows and rows[1] and rows[1].current_user
+            c:close()
+          end
+          io.write("ITER ", cjson.encode { t = t, token = tok, exp = exp, err = terr or cerr, user = user }, "\n")
+          socket.sleep(1)
+        end
+        io.write("SOURCE ", tostring(rds.credentials_source(conf)), "\n")
+      ]]):format(REFRESH_RUN)
+      local function code_for(extra)
+        return (code:gsub("CONF", function() return conf_source(extra) end))
+      end
+      local runs = {
+        { name = "imds", source = "imds", pipe = spawn(code_for(), merge(f:env("imds"), { AWS_REGION = "us-east-1" })),
+          fetches = function() return #requests("imds", function(r) return r.issued_akid end) end },
+        { name = "ecs", source = "ecs", pipe = spawn(code_for(), env_with(f:env("ecs"))),
+          fetches = function() return #requests("ecs", function(r) return r.issued_akid end) end },
+        { name = "irsa", source = "web_identity",
+          pipe = spawn(code_for(), env_with(f:env("irsa"), { AWS_REGION = "us-east-1" })),
+          fetches = function() return #sts_requests("AssumeRoleWithWebIdentity") end },
+        { name = "assume role", source = "assume_role(environment)",
+          pipe = spawn(code_for { pg_iam_auth_assume_role_arn = ROLE_ARN, pg_iam_auth_sts_endpoint_url = f.sts_url },
+            env_with(env_keys(static))),
+          fetches = function() return #sts_requests("AssumeRole") end },
+      }
+      for _, run in ipairs(runs) do run.out = collect(run.pipe) end
+      local verifier = e:log():sub(log_start + 1)
+
+      for _, run in ipairs(runs) do
+        local out = run.out
+        assert.truthy(out:find("SOURCE " .. run.source:gsub("%p", "%%%0") .. "\n"), run.name .. ":\n" .. out)
+        local iters = {}
+        for json in out:gmatch("ITER ([^\n]*)") do iters[#iters + 1] = assert(cjson.decode(json)) end
+        assert.is_true(#iters >= 20, run.name .. ": only " .. #iters .. " iterations\n" .. out)
+        local akids, order, first_at = {}, {}, {}
+        for i, it in ipairs(iters) do
+          assert.is_nil(it.err, run.name .. " iteration " .. i .. ": " .. tostring(it.err))
+          assert.equal("iam_user", it.user)
+          local akid = akid_of(it.token)
+          if not akids[akid] then
+            akids[akid] = it.exp
+            order[#order + 1] = akid
+            first_at[akid] = it.t
+          end
+          -- Never signed with credentials that had 15 s or less to live.
+          assert.is_true(it.exp - it.t > MARGIN - 0.5,
+            ("%s iteration %d: credentials with %.1f s left were used"):format(run.name, i, it.exp - it.t))
+          assert.is_true(it.exp - it.t <= LIFETIME + 1)
+        end
+        -- The run outlived the first credentials.
+        assert.is_true(iters[#iters].t > akids[order[1]], run.name)
+        -- Each refetch happened only once the previous credentials were near expiry.
+        for k = 2, #order do
+          local prev_exp = akids[order[k - 1]]
+          assert.is_true(first_at[order[k]] >= prev_exp - MARGIN - 1.5,
+            ("%s: refetched with %.1f s left"):format(run.name, prev_exp - first_at[order[k]]))
+        end
+        -- The source was asked once per credential: far fewer times than tokens were made.
+        local expected = REFRESH_RUN / (LIFETIME - MARGIN)
+        assert.equal(#order, run.fetches(), run.name)
+        assert.is_true(#order >= expected - 2 and #order <= expected + 2,
+          ("%s: %d fetches over %d s"):format(run.name, #order, REFRESH_RUN))
+        assert.is_true(#order * 3 <= #iters, run.name)
+        -- The verifier accepted every login with these credentials.
+        for _, akid in ipairs(order) do
+          local lines = log_lines(akid, verifier)
+          assert.is_true(#lines >= 1, akid)
+          for _, line in ipairs(lines) do
+            assert.truthy(line:find(" ACCEPT$"), line)
+          end
+        end
+      end
+      assert.falsy(verifier:find("expired", 1, true), verifier)
+      assert.falsy(verifier:find("REJECT", 1, true), verifier)
+    end)
+  end)
+
+  describe("faults", function()
+    -- Per source: how the case is configured, which service gets the fault,
+    -- what the error must name, and the cause each mode must show. When
+    -- aws-config's retries outlast pg_timeout the cause is the module's
+    -- "timed out after N ms" (still naming the source).
+    local TIMED_OUT = "timed out after %d+ ms getting aws credentials from "
+    local sources = {
+      { name = "imds", service = "imds", env = function() return merge(f:env("imds"), { AWS_REGION = "us-east-1" }) end,
+        names = "aws credentials from imds",
+        -- 500 on the token PUT: once aws-config's retries are used up it reads
+        -- the last 500 as a token without TTL header.
+        causes = { refuse = { "Connection reset by peer", TIMED_OUT },
+          ["500"] = { "500", "failed to load IMDS session token", TIMED_OUT },
+          garbage = { "invalid JSON", TIMED_OUT } } },
+      { name = "ecs", service = "ecs", env = function() return env_with(f:env("ecs")) end,
+        names = "aws credentials from ecs",
+        causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "StatusCode%(500%)", TIMED_OUT },
+          garbage = { "invalid JSON", TIMED_OUT } } },
+      { name = "irsa", service = "sts", env = function() return env_with(f:env("irsa"), { AWS_REGION = "us-east-1" }) end,
+        names = "aws credentials from web_identity",
+        causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "InternalFailure", TIMED_OUT },
+          garbage = { "error parsing XML", TIMED_OUT } } },
+      { name = "assume role", service = "sts", env = function() return env_with(env_keys(static)) end,
+        conf = function() return { pg_iam_auth_assume_role_arn = ROLE_ARN, pg_iam_auth_sts_endpoint_url = f.sts_url } end,
+        names = "aws credentials from sts assume role " .. ROLE_ARN,
+        -- A truncated AssumeRole answer parses (aws-sdk-sts fills missing
+        -- required members with defaults: expiry 1970), so the module reports
+        -- expired credentials rather than a parse error.
+        causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "InternalFailure", TIMED_OUT },
+          garbage = { "error parsing XML", "are expired or expire within 15 s", TIMED_OUT } } },
+    }
+    local modes = {
+      { mode = "refuse", timeout = 3000 },
+      { mode = "500", timeout = 3000 },
+      { mode = "timeout", timeout = 1500, opts = { seconds = 5 } },
+      { mode = "garbage", timeout = 3000,
+        imds_opts = function() return { path = "/latest/meta-data/iam/security-credentials/" .. f.role_name } end },
+    }
+    local function secrets()
+      local list = { static.secret, f.container_token, f.container_file_token, f.web_identity_token }
+      for _, c in ipairs(assert(f:credentials())) do
+        list[#list + 1] = c.secret_access_key
+        list[#list + 1] = c.session_token
+      end
+      return list
+    end
+
+    local code = [[
+      local cjson = require "cjson"
+      local socket = require "socket"
+      local rds = require "kong_rds_iam"
+      local conf = @CONF@
+      local out = {}
+      local t0 = socket.gettime()
+      local c, err = rds.connect(conf)
+      out.elapsed, out.failed, out.err = socket.gettime() - t0, c == nil, err
+      local fh = io.open(@PHASE@ .. ".tmp", "w"); fh:write("done"); fh:close()
+      os.rename(@PHASE@ .. ".tmp", @PHASE@)
+      local deadline = socket.gettime() + 30
+      while socket.gettime() < deadline do
+        local go = io.open(@GO@)
+        if go then go:close() break end
+        socket.sleep(0.05)
+      end
+      c, err = rds.connect(conf)
+      out.recovered_err = err
+      if c then out.user = c:query("select current_user")[1].current_user; c:close() end
+      out.token = rds.token(conf)
+      out.source = rds.credentials_source(conf)
+      io.write("RESULT ", cjson.encode(out), "\n")
+    ]]
+
+    for _, m in ipairs(modes) do
+      it(("%s: nil, err within pg_timeout naming the source and cause, no secret; the next call after recovery works"):format(m.mode), function()
+        finally(function() f:set_mode("all", "ok") end)
+        local go = os.tmpname()
+        os.remove(go)
+        for _, svc in ipairs { "imds", "ecs", "sts" } do
+          local opts = (svc == "imds" and m.imds_opts) and m.imds_opts() or m.opts
+          assert(f:set_mode(svc, m.mode, opts))
+        end
+        local runs = {}
+        for i, s in ipairs(sources) do
+          local phase = ("%s.%d"):format(go, i)
+          local src = code:gsub("@CONF@", function() return conf_source(merge(s.conf and s.conf(), { pg_timeout = m.timeout })) end)
+            :gsub("@PHASE@", function() return ("%q"):format(phase) end)
+            :gsub("@GO@", function() return ("%q"):format(go) end)
+          runs[i] = { source = s, phase = phase, pipe = spawn(src, s.env()) }
+        end
+        -- Recover once every process has failed (or after a deadline).
+        local deadline = socket.gettime() + 20
+        local function all_failed()
+          for _, run in ipairs(runs) do
+            if not exists(run.phase) then return false end
+          end
+          return true
+        end
+        while not all_failed() and socket.gettime() < deadline do socket.sleep(0.05) end
+        assert(f:set_mode("all", "ok"))
+        write_file(go, "go")
+        for _, run in ipairs(runs) do
+          run.out = collect(run.pipe)
+          os.remove(run.phase)
+        end
+        os.remove(go)
+
+        for _, run in ipairs(runs) do
+          local s, out = run.source, run.out
+          local res = result_of(out)
+          local label = s.name .. " " .. m.mode
+          if os.getenv("CREDENTIALS_SPEC_VERBOSE") then
+            io.stderr:write(("\n%s: %.2f s: %s\n"):format(label, res.elapsed or -1, tostring(res.err)))
+          end
+          assert.is_true(res.failed, label .. " did not fail:\n" .. out)
+          assert.is_string(res.err, label)
+          for _, secret in ipairs(secrets()) do
+            assert.falsy(res.err:find(secret, 1, true), label .. ": a secret in the error: " .. res.err)
+          end
+          assert.is_true(res.elapsed <= m.timeout / 1000 + 0.5,
+            ("%s took %.2f s (pg_timeout %d ms)"):format(label, res.elapsed, m.timeout))
+          assert.truthy(res.err:find(s.names, 1, true), label .. ": " .. res.err)
+          -- timeout: the module's own bound, or the source client's (IMDS: 1 s per attempt).
+          local causes = s.causes[m.mode] or { "timed out", "timeout" }
+          local named = false
+          for _, pattern in ipairs(causes) do
+            named = named or res.err:find(pattern) ~= nil
+          end
+          assert.is_true(named, label .. ": cause not named: " .. res.err)
+          -- Recovery in the same process: credentials fetched again, connected, accepted.
+          assert.is_nil(res.recovered_err, label .. ":\n" .. out)
+          assert.equal("iam_user", res.user, label)
+          local akid = akid_of(res.token)
+          assert.is_true(has_line(akid, 'akid="' .. akid .. '" ACCEPT'), label .. ":\n" .. e:log())
+        end
+      end)
+    end
+  end)
+
+  describe("regressions", function()
+    -- aws-config's default credentials chain looks up a region itself when
+    -- it is given none, through IMDS (twice: the credentials and the SSO token
+    -- chains), before any source is tried. Without AWS_REGION and with IMDS
+    -- not disabled but not answering (not on EC2, or a container with an IMDS
+    -- hop limit of 1), the first credentials of each process wait ~2 s, past
+    -- a short pg_timeout, although the conf names the region.
+    it("does not ask IMDS for a region when the conf gives one (env keys, no AWS_REGION)", function()
+      assert(f:set_mode("imds", "timeout", { seconds = 10 }))
+      finally(function() f:set_mode("imds", "ok") end)
+      local code = ([[
+        local cjson = require "cjson"
+        local socket = require "socket"
+        local rds = require "kong_rds_iam"
+        local conf = %s
+        local t0 = socket.gettime()
+        local c, err = rds.connect(conf)
+        local out = { elapsed = socket.gettime() - t0, err = err, token = rds.token(conf) }
+        out.user = c and c:query("select current_user")[1].current_user
+        io.write("RESULT ", cjson.encode(out), "\n")
+      ]]):format(conf_source { pg_timeout = 1500 })
+      local out = lua_process.run(code, merge(env_keys(static), { AWS_EC2_METADATA_SERVICE_ENDPOINT = f.imds_url }))
+      local res = result_of(out)
+      assert.equal(0, #requests("imds"), "IMDS was asked:\n" .. out)
+      assert.is_nil(res.err, out)
+      assert.equal("iam_user", res.user)
+      assert.is_true(res.elapsed < 1, out)
+    end)
+
+    -- aws-sdk-sts takes a service-specific endpoint from the environment
+    -- (AWS_ENDPOINT_URL_STS) over the SdkConfig endpoint the module sets from
+    -- pg_iam_auth_sts_endpoint_url, so the conf key is silently ignored when
+    -- the variable is set (e.g. by an IRSA setup pointing at another endpoint).
+    it("pg_iam_auth_sts_endpoint_url wins over AWS_ENDPOINT_URL_STS for assume role", function()
+      local res, out = probe(env_with(env_keys(static), { AWS_ENDPOINT_URL_STS = "http://127.0.0.1:9/",
+        AWS_REGION = "us-west-2", AWS_STS_REGIONAL_ENDPOINTS = "regional" }),
+        { pg_iam_auth_assume_role_arn = ROLE_ARN, pg_iam_auth_sts_endpoint_url = f.sts_url })
+      assert_end_to_end(res, out, "assume_role(environment)")
+      local r = sts_requests("AssumeRole")
+      assert.equal(1, #r)
+      assert.equal("us-west-2", r[1].signing_region)
+    end)
+  end)
+end)
