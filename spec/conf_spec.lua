@@ -20,7 +20,7 @@ describe("connect() conf validation", function()
     { { pg_ro_iam_auth = 1 }, "pg_ro_iam_auth must be a boolean (on/off, true/false, yes/no), got 1", "ro" },
     { { pg_ssl_version = "tlsv1_1" }, 'pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got "tlsv1_1"' },
     { { pg_ssl_version = 1.2 }, "pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got 1.2" },
-    { { pg_database = "" }, 'pg_database must be a non-empty string, got ""' },
+    { { pg_database = " " }, 'pg_database must be a non-empty string, got " "' },
     { { pg_database = false }, "pg_database must be a non-empty string, got false" },
     { { pg_schema = true }, "pg_schema must be a string, got true" },
     { { pg_password = 1234 }, "pg_password must be a string, got a number" },

@@ -223,11 +223,11 @@ describe("conf validation names the key", function()
     { { pg_port = 5432.5 }, "pg_port must be an integer 1-65535, got 5432.5" },
     { { pg_port = true }, "pg_port must be an integer 1-65535, got true" },
     { { pg_port = {} }, "pg_port must be an integer 1-65535, got a table" },
-    { { pg_host = "" }, 'pg_host must be a non-empty string, got ""' },
+    { { pg_host = " " }, 'pg_host must be a non-empty string, got " "' },
     { { pg_host = 12 }, "pg_host must be a non-empty string, got 12" },
     { { pg_host = "a b.example" }, 'pg_host must be a host name or address, got "a b.example"' },
     { { pg_user = false }, "pg_user must be a non-empty string, got false" },
-    { { pg_user = "" }, 'pg_user must be a non-empty string, got ""' },
+    { { pg_user = "  " }, 'pg_user must be a non-empty string, got "  "' },
     { { pg_timeout = 0 }, "pg_timeout must be an integer 1-3600000, got 0" },
     { { pg_timeout = "soon" }, 'pg_timeout must be an integer 1-3600000, got "soon"' },
     { { pg_iam_auth_region = "US-EAST-1" }, 'pg_iam_auth_region must be an AWS region like us-east-1, got "US-EAST-1"' },
@@ -247,6 +247,12 @@ describe("conf validation names the key", function()
       assert.equal(want, err)
     end)
   end
+
+  it("takes an empty string as unset, as kong.conf does", function()
+    local token = assert(rds.token({ pg_host = RDS_HOST, pg_user = "writer", pg_ro_user = "", pg_port = "" }, "ro"))
+    assert.equal("writer", param(token, "DBUser"))
+    assert.truthy(token:find(":5432/", 1, true))
+  end)
 
   it("names the pg_ro_ key it read in read-only mode", function()
     local tok, err = rds.token({ pg_host = RDS_HOST, pg_ro_port = "x" }, "ro")

@@ -202,6 +202,8 @@ pub struct TlsConf {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`.
     pub trusted: Vec<CaSource>,
+    /// `pg_ssl_cafile` as given (it is also the only entry of `trusted`).
+    pub cafile: Option<PathBuf>,
 }
 
 /// Everything `connect()` needs.
@@ -259,18 +261,14 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// The value of `key` for this side (read-only falling back to
-    /// read-write), with the name it was read under.
+    /// read-write), with the name it was read under. An empty string is
+    /// unset, as an empty kong.conf value is.
     fn lookup(&self, key: Key) -> Option<(&'static str, RawValue)> {
-        let own = key.name(self.side);
-        if let Some(v) = self.src.get(own) {
-            return Some((own, v));
+        let get = |name: &'static str| self.src.get(name).filter(|v| !is_empty_string(v)).map(|v| (name, v));
+        match self.side {
+            Side::ReadWrite => get(key.rw),
+            Side::ReadOnly => get(key.ro).or_else(|| get(key.rw)),
         }
-        if self.side == Side::ReadOnly {
-            if let Some(v) = self.src.get(key.rw) {
-                return Some((key.rw, v));
-            }
-        }
-        None
     }
 
     fn key_name(&self, key: Key) -> &'static str {
@@ -359,13 +357,14 @@ impl Reader<'_> {
 
     /// IAM for this side: `pg_iam_auth`, or for read-only also `pg_ro_iam_auth`.
     fn iam(&self) -> Result<bool> {
-        let rw = match self.src.get(key::IAM_AUTH.rw) {
+        let get = |name: &str| self.src.get(name).filter(|v| !is_empty_string(v));
+        let rw = match get(key::IAM_AUTH.rw) {
             None => false,
             Some(v) => boolean(key::IAM_AUTH.rw, v)?,
         };
         match self.side {
             Side::ReadWrite => Ok(rw),
-            Side::ReadOnly => match self.src.get(key::IAM_AUTH.ro) {
+            Side::ReadOnly => match get(key::IAM_AUTH.ro) {
                 None => Ok(rw),
                 Some(v) => Ok(boolean(key::IAM_AUTH.ro, v)? || rw),
             },
@@ -411,11 +410,12 @@ impl Reader<'_> {
                 )))
             }
         };
-        let trusted = match self.lookup(key::SSL_CAFILE) {
-            Some((name, v)) => match optional_string(name, v, false)? {
-                Some(path) => vec![CaSource::File(PathBuf::from(path))],
-                None => self.trusted_certificates()?,
-            },
+        let cafile = match self.lookup(key::SSL_CAFILE) {
+            Some((name, v)) => optional_string(name, v, false)?.map(PathBuf::from),
+            None => None,
+        };
+        let trusted = match &cafile {
+            Some(path) => vec![CaSource::File(path.clone())],
             None => self.trusted_certificates()?,
         };
         let tls = TlsConf {
@@ -425,6 +425,7 @@ impl Reader<'_> {
             version,
             client_cert,
             trusted,
+            cafile,
         };
         Ok(ConnectConf {
             endpoint,
@@ -456,6 +457,10 @@ impl Reader<'_> {
             .map(|p| if p == "system" { CaSource::System } else { CaSource::File(PathBuf::from(p)) })
             .collect())
     }
+}
+
+fn is_empty_string(v: &RawValue) -> bool {
+    matches!(v, RawValue::Str(s) if s.is_empty())
 }
 
 fn boolean(key: &str, v: RawValue) -> Result<bool> {
@@ -637,7 +642,7 @@ mod tests {
             (vec![("pg_iam_auth", s("maybe"))], Side::ReadWrite, "pg_iam_auth must be a boolean (on/off, true/false, yes/no), got \"maybe\""),
             (vec![("pg_ssl", RawValue::Int(1))], Side::ReadWrite, "pg_ssl must be a boolean (on/off, true/false, yes/no), got 1"),
             (vec![("pg_ssl_verify", RawValue::Other("function"))], Side::ReadWrite, "pg_ssl_verify must be a boolean (on/off, true/false, yes/no), got a function"),
-            (vec![("pg_host", s(""))], Side::ReadWrite, "pg_host must be a non-empty string, got \"\""),
+            (vec![("pg_host", s("  "))], Side::ReadWrite, "pg_host must be a non-empty string, got \"  \""),
             (vec![("pg_host", RawValue::Bool(true))], Side::ReadWrite, "pg_host must be a non-empty string, got true"),
             (vec![("pg_host", s("a b"))], Side::ReadWrite, "pg_host must be a host name or address, got \"a b\""),
             (vec![("pg_user", RawValue::Int(3))], Side::ReadWrite, "pg_user must be a non-empty string, got 3"),
@@ -684,6 +689,13 @@ mod tests {
         assert_eq!(c.tls.trusted, vec![CaSource::File("/x.pem".into())]);
         let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system")), ("pg_ssl_cafile", s("/rds.pem"))]), Side::ReadWrite).unwrap();
         assert_eq!(c.tls.trusted, vec![CaSource::File("/rds.pem".into())]);
+    }
+
+    #[test]
+    fn empty_strings_mean_unset_and_fall_back() {
+        let c = ConnectConf::parse(&src(&[("pg_host", s("")), ("pg_user", s("writer")), ("pg_ro_user", s(""))]), Side::ReadOnly).unwrap();
+        assert_eq!(c.endpoint.host, "127.0.0.1");
+        assert_eq!(c.endpoint.user, "writer");
     }
 
     #[test]

@@ -61,6 +61,13 @@ function M.connect(conf, mode)
   return core.connect(conf, mode)
 end
 
+--- settings, err = rds.settings(conf, mode)
+function M.settings(conf, mode)
+  check("settings", 1, conf, "table")
+  check("settings", 2, mode, "string", true)
+  return core.settings(conf, mode)
+end
+
 --- source, err = rds.credentials_source([conf[, mode]])
 function M.credentials_source(conf, mode)
   check("credentials_source", 1, conf, "table", true)

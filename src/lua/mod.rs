@@ -32,6 +32,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("connect", lua.create_function(lua_connect)?)?;
     core.set("token", lua.create_function(lua_token)?)?;
     core.set("credentials_source", lua.create_function(lua_credentials_source)?)?;
+    core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("token_keys", token_keys(lua)?)?;
     lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
@@ -102,6 +103,57 @@ fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lua
         Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle))?)])),
         Err(e) => failure(lua, &e),
     }
+}
+
+/// `settings, err = core.settings(conf, mode)`: the parse connect() uses,
+/// as a table (pgmoon's option names where they exist).
+fn lua_settings(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let parsed = guarded(|| ConnectConf::parse(&LuaConf(conf), side(mode)?));
+    let c = match parsed {
+        Ok(c) => c,
+        Err(e) => return failure(lua, &e),
+    };
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let t = lua.create_table()?;
+    t.set("host", c.endpoint.host.as_str())?;
+    t.set("port", c.endpoint.port)?;
+    t.set("user", c.endpoint.user.as_str())?;
+    t.set("database", c.database.as_str())?;
+    t.set("schema", c.schema.as_deref())?;
+    t.set("timeout", c.endpoint.timeout.as_millis() as i64)?;
+    t.set("iam", c.iam)?;
+    t.set("password", c.password.as_deref())?;
+    t.set("region", c.endpoint.region.as_deref())?;
+    if let Some(role) = &c.endpoint.assume_role {
+        t.set("assume_role_arn", role.role_arn.as_str())?;
+        t.set("role_session_name", role.session_name.as_str())?;
+        t.set("sts_endpoint_url", role.sts_endpoint_url.as_deref())?;
+    }
+    t.set("ssl", c.tls.enabled)?;
+    t.set("ssl_required", c.tls.required)?;
+    t.set("ssl_verify", c.tls.verify)?;
+    t.set(
+        "ssl_version",
+        match c.tls.version {
+            crate::conf::TlsVersion::Tls12 => "tlsv1_2",
+            crate::conf::TlsVersion::Tls13 => "tlsv1_3",
+            crate::conf::TlsVersion::Any => "any",
+        },
+    )?;
+    if let Some((cert, key)) = &c.tls.client_cert {
+        t.set("cert", path(cert))?;
+        t.set("key", path(key))?;
+    }
+    t.set("cafile", c.tls.cafile.as_deref().map(path))?;
+    let trusted = lua.create_table()?;
+    for source in &c.tls.trusted {
+        trusted.raw_push(match source {
+            crate::conf::CaSource::System => "system".to_owned(),
+            crate::conf::CaSource::File(p) => path(p),
+        })?;
+    }
+    t.set("trusted", trusted)?;
+    Ok(MultiValue::from_iter([Value::Table(t)]))
 }
 
 /// `source, err = core.credentials_source(conf, mode)`
