@@ -10,6 +10,10 @@
 -- Network: only 127.0.0.1. A case either sets AWS_EC2_METADATA_DISABLED=true
 -- or points IMDS at the fake; the regional-STS case runs in a private network
 -- namespace (loopback only) behind a recording proxy that tunnels nothing.
+local util = require "spec.support.util"
+local shell_quote = util.shell_quote
+local read_file = util.read_file
+local write_file = util.write_file
 
 local rds = require "kong_rds_iam"
 local emu = require "spec.support.emulator"
@@ -27,24 +31,8 @@ local e, f, tmp
 
 ---------------------------------------------------------------- helpers --
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
-local function read_file(path)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local s = fh:read("*a")
-  fh:close()
-  return s
-end
 
-local function write_file(path, text)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(text)
-  fh:close()
-  return path
-end
 
 local function exists(path)
   local fh = io.open(path, "rb")

@@ -61,11 +61,7 @@ local function param(token, name)
   return token:match("[?&]" .. name .. "=([^&]*)")
 end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write_file = require("spec.support.util").write_file
 
 -- Checks a token with the emulator's independent verifier (offline mode):
 -- "ACCEPT" or "REJECT: reason".

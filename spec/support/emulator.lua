@@ -11,11 +11,11 @@
 -- Needs root (the script creates a PostgreSQL cluster and a PAM service file).
 -- Specs run from the repository root; set RDS_EMULATOR to override the script.
 
+local util = require "spec.support.util"
+local quote = util.shell_quote
+local read_file = util.read_file
 local M = {}
 
-local function quote(s)
-  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
-end
 
 local function script_path()
   local env = os.getenv("RDS_EMULATOR")
@@ -34,15 +34,6 @@ end
 
 M.script = script_path()
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
 -- Run a shell command; returns stdout, exit code, stderr.
 local function run(cmd)

@@ -22,21 +22,12 @@ local http = require "socket.http"
 local ltn12 = require "ltn12"
 local socket = require "socket"
 
+local util = require "spec.support.util"
+local quote = util.shell_quote
+local read_file = util.read_file
 local M = {}
 
-local function quote(s)
-  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
-end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
 local function here()
   local src = debug.getinfo(1, "S").source or ""

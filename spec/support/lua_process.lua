@@ -1,10 +1,9 @@
 -- Runs Lua code in a fresh LuaJIT process with exactly the environment given
 -- (plus PATH), so each case freezes its own AWS configuration at load.
+local util = require "spec.support.util"
+local shell_quote = util.shell_quote
 local M = {}
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 local function cwd()
   local p = assert(io.popen("pwd"))

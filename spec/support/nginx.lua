@@ -27,30 +27,17 @@
 
 local socket = require "socket"
 
+local util = require "spec.support.util"
+local quote = util.shell_quote
+local read_file = util.read_file
+local write_file = util.write_file
 local M = {}
 
 M.bin = os.getenv("NGINX_BIN") or "/usr/sbin/nginx"
 M.modules_dir = os.getenv("NGINX_MODULES_DIR") or "/usr/lib/nginx/modules"
 
-local function quote(s)
-  return "'" .. (tostring(s):gsub("'", "'\\''")) .. "'"
-end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
 
 -- stdout, exit code of a shell command (stderr folded into stdout).
 local function run(cmd)
