@@ -82,6 +82,10 @@ describe("sign_token reproduces the published vectors", function()
     assert.is_nil((rds.sign_token(p)))
     p.time = -1
     assert.is_nil((rds.sign_token(p)))
+    p.time, p.user = nil, "caf\233"
+    tok, err = rds.sign_token(p)
+    assert.is_nil(tok)
+    assert.equal("user must be valid utf-8", err)
   end)
 
   it("raises for wrong argument types", function()

@@ -15,7 +15,8 @@ use crate::{process, token};
 /// A connection opened by [`Handle::open`].
 pub struct Handle {
     conn: Option<pg::Connection>,
-    pid: u32,
+    /// The [`process::generation`] that opened it.
+    owner: u64,
     timeout: Duration,
     label: String,
 }
@@ -41,7 +42,7 @@ impl Handle {
                     format!("timeout: no connection to {}:{} within {} ms", conf.endpoint.host, conf.endpoint.port, timeout.as_millis()),
                 )
             })??;
-        Ok(Handle { conn: Some(conn), pid: std::process::id(), timeout, label })
+        Ok(Handle { conn: Some(conn), owner: process::generation(), timeout, label })
     }
 
     /// Runs `sql`. A server error leaves the connection usable; a timeout
@@ -71,7 +72,7 @@ impl Handle {
     /// Closes the connection; a second close says `closed`.
     pub fn close(&mut self) -> Result<()> {
         let conn = self.conn.take().ok_or_else(Error::closed)?;
-        if self.pid != std::process::id() {
+        if self.owner != process::generation() {
             // Inherited across fork: close our descriptor, leave the parent's session alone.
             conn.abandon();
             return Ok(());
@@ -102,7 +103,7 @@ impl Handle {
     }
 
     fn check_owner(&self) -> Result<()> {
-        if self.pid != std::process::id() {
+        if self.owner != process::generation() {
             return Err(Error::new(
                 ErrorKind::Closed,
                 "connection belongs to another process (opened before fork): open a new one in this process",
@@ -114,7 +115,7 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if self.pid != std::process::id() {
+        if self.owner != process::generation() {
             if let Some(conn) = self.conn.take() {
                 conn.abandon();
             }

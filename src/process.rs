@@ -3,20 +3,44 @@
 //! A tokio runtime (and any HTTP client or socket registered with it) made
 //! before `fork` is dead in the child: nginx's master loads the module, then
 //! forks workers. So nothing here is created at load time; each piece is
-//! created on first use in a process and remembered with the process id. A
-//! different pid means a forked child: it gets new ones, and the inherited
-//! ones are leaked on purpose (dropping them would try to stop threads that
-//! do not exist in the child).
+//! created on first use in a process and remembered with the process
+//! [`generation`]. A new generation means a forked child: it gets new ones,
+//! and the inherited ones are leaked on purpose (dropping them would try to
+//! stop threads that do not exist in the child).
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static WATCH_FORKS: Once = Once::new();
+
+extern "C" fn forked_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Which process this is, cheaply: a number that changes in the child of
+/// every `fork`. A `pthread_atfork` child handler bumps it, so checking it
+/// costs an atomic load where `getpid` costs a system call (once per query
+/// and per token). The handler is registered before any per-process value
+/// exists, so no value can predate it.
+pub fn generation() -> u64 {
+    WATCH_FORKS.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic; the library
+        // is never unmapped (see the Lua binding's pin), so it stays valid.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forked_child));
+        }
+    });
+    GENERATION.load(Ordering::Relaxed)
+}
 
 use crate::error::{Error, ErrorKind, Result};
 
 /// A value created once per process, on first use.
 pub struct PerProcess<T: 'static> {
-    slot: Mutex<Option<(u32, &'static T)>>,
+    slot: Mutex<Option<(u64, &'static T)>>,
 }
 
 impl<T: Send + Sync + 'static> PerProcess<T> {
@@ -27,15 +51,15 @@ impl<T: Send + Sync + 'static> PerProcess<T> {
 
     /// This process's value, created with `init` if this process has none.
     pub fn get_or_try_init(&self, init: impl FnOnce() -> Result<T>) -> Result<&'static T> {
-        let pid = std::process::id();
+        let generation = generation();
         let mut slot = self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((owner, value)) = *slot {
-            if owner == pid {
+            if owner == generation {
                 return Ok(value);
             }
         }
         let value: &'static T = Box::leak(Box::new(init()?));
-        *slot = Some((pid, value));
+        *slot = Some((generation, value));
         Ok(value)
     }
 }
@@ -83,6 +107,24 @@ mod tests {
         let a = SLOT.get_or_try_init(|| Ok(1)).unwrap();
         let b = SLOT.get_or_try_init(|| Ok(2)).unwrap();
         assert_eq!((*a, *b), (1, 1));
+    }
+
+    #[test]
+    fn generation_changes_in_a_forked_child_only() {
+        let before = generation();
+        assert_eq!(generation(), before);
+        // SAFETY: the child only reads an atomic and calls _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::_exit(if generation() != before { 0 } else { 1 });
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child saw the same generation");
+        }
+        assert_eq!(generation(), before);
     }
 
     #[test]

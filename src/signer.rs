@@ -12,7 +12,6 @@
 //! the canonical request and one HMAC.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,7 +96,7 @@ impl Signer {
     /// The token for `p`.
     pub fn sign(&self, p: &SigningParams<'_>) -> String {
         let stamp = Timestamp::of(p.time);
-        let key = self.signing_key(p, &stamp.date);
+        let key = self.signing_key(p, stamp.date());
         presign(p, &stamp, &key)
     }
 
@@ -120,6 +119,12 @@ impl Signer {
     }
 }
 
+/// The process-wide signer (plain data: safe to share across fork).
+pub fn shared() -> &'static Signer {
+    static SHARED: once_cell::sync::Lazy<Signer> = once_cell::sync::Lazy::new(Signer::new);
+    &SHARED
+}
+
 /// Signs one token without caching the signing key.
 pub fn sign(p: &SigningParams<'_>) -> String {
     let stamp = Timestamp::of(p.time);
@@ -130,37 +135,65 @@ fn derive_key(p: &SigningParams<'_>) -> Vec<u8> {
     generate_signing_key(p.secret_access_key, p.time, p.region, SERVICE).as_ref().to_vec()
 }
 
-/// `X-Amz-Date` and the credential scope date of a signing time.
-struct Timestamp {
-    /// `YYYYMMDDTHHMMSSZ`
-    amz: String,
-    /// `YYYYMMDD`
-    date: String,
-}
+/// `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`) of a signing time; its first 8 bytes
+/// are the credential scope date.
+struct Timestamp([u8; 16]);
 
 impl Timestamp {
     fn of(time: SystemTime) -> Timestamp {
         let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let date = format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day());
-        let amz = format!("{date}T{:02}{:02}{:02}Z", t.hour(), t.minute(), t.second());
-        Timestamp { amz, date }
+        let mut out = *b"00000000T000000Z";
+        digits(&mut out[0..4], t.year().clamp(0, 9999) as u32);
+        digits(&mut out[4..6], u8::from(t.month()) as u32);
+        digits(&mut out[6..8], t.day() as u32);
+        digits(&mut out[9..11], t.hour() as u32);
+        digits(&mut out[11..13], t.minute() as u32);
+        digits(&mut out[13..15], t.second() as u32);
+        Timestamp(out)
+    }
+
+    fn amz(&self) -> &str {
+        // Only ASCII digits, 'T' and 'Z' are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("19700101T000000Z")
+    }
+
+    fn date(&self) -> &str {
+        &self.amz()[..8]
+    }
+}
+
+/// Writes `n` as zero-padded decimal filling `out`.
+fn digits(out: &mut [u8], mut n: u32) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
 fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &[u8]) -> String {
     let host = p.host.to_ascii_lowercase();
-    let scope = format!("{}/{}/{}/aws4_request", stamp.date, p.region, SERVICE);
+    let mut port_buf = [0u8; 5];
+    let port = decimal(p.port, &mut port_buf);
+
+    // <date>/<region>/rds-db/aws4_request
+    let mut scope = String::with_capacity(48);
+    scope.push_str(stamp.date());
+    scope.push('/');
+    scope.push_str(p.region);
+    scope.push_str("/rds-db/aws4_request");
 
     // The canonical query string, in sorted order; it is also the token's query.
     let mut query = String::with_capacity(256 + p.session_token.map_or(0, |t| t.len() * 3));
     query.push_str("Action=connect&DBUser=");
     query.extend(utf8_percent_encode(p.user, QUERY_ENCODE));
-    let _ = write!(query, "&X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential=");
+    query.push_str("&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=");
     query.extend(utf8_percent_encode(p.access_key_id, QUERY_ENCODE));
     query.push_str("%2F");
     query.extend(utf8_percent_encode(&scope, QUERY_ENCODE));
-    let _ = write!(query, "&X-Amz-Date={}&X-Amz-Expires={TOKEN_LIFETIME_SECS}", stamp.amz);
+    query.push_str("&X-Amz-Date=");
+    query.push_str(stamp.amz());
+    query.push_str("&X-Amz-Expires=900");
     if let Some(token) = p.session_token {
         query.push_str("&X-Amz-Security-Token=");
         query.extend(utf8_percent_encode(token, QUERY_ENCODE));
@@ -172,27 +205,46 @@ fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &[u8]) -> String {
     canonical.update(query.as_bytes());
     canonical.update(b"\nhost:");
     canonical.update(host.as_bytes());
-    let _ = write!(HashWriter(&mut canonical), ":{}", p.port);
+    canonical.update(b":");
+    canonical.update(port.as_bytes());
     canonical.update(b"\n\nhost\n");
     canonical.update(EMPTY_PAYLOAD_SHA256.as_bytes());
-    let canonical_hash = hex::encode(canonical.finalize());
+    let mut canonical_hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(canonical.finalize(), &mut canonical_hex);
 
-    let string_to_sign = format!("{ALGORITHM}\n{}\n{scope}\n{canonical_hash}", stamp.amz);
-    let signature = calculate_signature(key, string_to_sign.as_bytes());
+    let mut string_to_sign = Vec::with_capacity(ALGORITHM.len() + 1 + 16 + 1 + scope.len() + 1 + 64);
+    string_to_sign.extend_from_slice(ALGORITHM.as_bytes());
+    string_to_sign.push(b'\n');
+    string_to_sign.extend_from_slice(stamp.amz().as_bytes());
+    string_to_sign.push(b'\n');
+    string_to_sign.extend_from_slice(scope.as_bytes());
+    string_to_sign.push(b'\n');
+    string_to_sign.extend_from_slice(&canonical_hex);
+    let signature = calculate_signature(key, &string_to_sign);
 
-    let mut token = String::with_capacity(host.len() + 8 + query.len() + 80);
-    let _ = write!(token, "{host}:{}/?{query}&X-Amz-Signature={signature}", p.port);
+    let mut token = String::with_capacity(host.len() + port.len() + 2 + query.len() + 18 + signature.len());
+    token.push_str(&host);
+    token.push(':');
+    token.push_str(port);
+    token.push_str("/?");
+    token.push_str(&query);
+    token.push_str("&X-Amz-Signature=");
+    token.push_str(&signature);
     token
 }
 
-/// Lets `write!` feed a hasher without an intermediate string.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::fmt::Write for HashWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.update(s.as_bytes());
-        Ok(())
-    }
+/// `n` in decimal, written into `buf`.
+fn decimal(n: u16, buf: &mut [u8; 5]) -> &str {
+    let len = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    digits(&mut buf[..len], n as u32);
+    std::str::from_utf8(&buf[..len]).unwrap_or("0")
 }
 
 #[cfg(test)]
@@ -305,6 +357,17 @@ mod tests {
             base,
         ] {
             assert_eq!(signer.sign(&p), sign(&p));
+        }
+    }
+
+    #[test]
+    fn timestamps_and_ports_are_written_in_full() {
+        assert_eq!(Timestamp::of(at(0)).amz(), "19700101T000000Z");
+        assert_eq!(Timestamp::of(at(1724709600)).amz(), "20240826T220000Z");
+        assert_eq!(Timestamp::of(at(253402300799)).amz(), "99991231T235959Z");
+        let mut buf = [0u8; 5];
+        for n in [1u16, 9, 10, 443, 5432, 65535] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
         }
     }
 

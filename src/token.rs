@@ -17,7 +17,7 @@ use crate::credentials::{self, REFRESH_MARGIN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::PerProcess;
 use crate::region;
-use crate::signer::{Signer, SigningParams, TOKEN_LIFETIME_SECS};
+use crate::signer::{self, SigningParams, TOKEN_LIFETIME_SECS};
 
 /// A signed token and when it stops working.
 #[derive(Clone)]
@@ -96,7 +96,6 @@ impl Wanted<'_> {
 const MAX_CACHED_TOKENS: usize = 1024;
 
 static HASH_STATE: Lazy<std::collections::hash_map::RandomState> = Lazy::new(Default::default);
-static SIGNER: Lazy<Signer> = Lazy::new(Signer::new);
 static CACHE: PerProcess<Mutex<HashMap<u64, (Signed, Arc<Token>)>>> = PerProcess::new();
 
 /// A token for `endpoint`, from the cache when one has long enough to live.
@@ -129,7 +128,7 @@ pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Arc<Token>> {
             return Ok(token);
         }
     }
-    let token = SIGNER.sign(&SigningParams {
+    let token = signer::shared().sign(&SigningParams {
         host: wanted.host,
         port: wanted.port,
         user: wanted.user,

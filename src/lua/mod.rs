@@ -190,19 +190,33 @@ fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
         Some(t) if (0.0..253_402_300_800.0).contains(&t) => UNIX_EPOCH + Duration::from_secs(t as u64),
         Some(t) => return failure(lua, &Error::config(format!("time must be a unix timestamp from 0 to 253402300799, got {t}"))),
     };
-    let host: String = p.get("host")?;
-    let user: String = p.get("user")?;
-    let region: String = p.get("region")?;
-    let access_key_id: String = p.get("access_key_id")?;
-    let secret_access_key: String = p.get("secret_access_key")?;
-    let session_token: Option<String> = p.get("session_token")?;
-    let token = signer::sign(&SigningParams {
-        host: &host,
+    // Types were checked by api.lua; text that is not UTF-8 is a bad value.
+    let mut fields: Vec<mlua::LuaString> = Vec::with_capacity(6);
+    for name in ["host", "user", "region", "access_key_id", "secret_access_key"] {
+        fields.push(p.get(name)?);
+    }
+    let session: Option<mlua::LuaString> = p.get("session_token")?;
+    let mut text = Vec::with_capacity(6);
+    for (field, name) in fields.iter().zip(["host", "user", "region", "access_key_id", "secret_access_key"]) {
+        match field.to_str() {
+            Ok(s) => text.push(s),
+            Err(_) => return failure(lua, &Error::config(format!("{name} must be valid utf-8"))),
+        }
+    }
+    let session_token = match &session {
+        None => None,
+        Some(t) => match t.to_str() {
+            Ok(s) => Some(s),
+            Err(_) => return failure(lua, &Error::config("session_token must be valid utf-8")),
+        },
+    };
+    let token = signer::shared().sign(&SigningParams {
+        host: &text[0],
         port: port as u16,
-        user: &user,
-        region: &region,
-        access_key_id: &access_key_id,
-        secret_access_key: &secret_access_key,
+        user: &text[1],
+        region: &text[2],
+        access_key_id: &text[3],
+        secret_access_key: &text[4],
         session_token: session_token.as_deref(),
         time,
     });
