@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SignatureLocation, SigningInstructions, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use kong_rds_iam::signer::{self, Signer, SigningParams};
@@ -34,8 +34,9 @@ fn settings() -> SigningSettings {
     s
 }
 
-/// aws-sigv4 presign, token assembled by hand (what an SDK's auth-token helper does).
-fn sigv4_token(identity: &Identity, settings: &SigningSettings, time: SystemTime) -> String {
+/// The request URL and aws-sigv4's presign instructions for it: the work every
+/// aws-sigv4 token costs, whatever assembles the token afterwards.
+fn presign_instructions(identity: &Identity, settings: &SigningSettings, time: SystemTime) -> (String, SigningInstructions) {
     let params = v4::SigningParams::builder()
         .identity(identity)
         .region(REGION)
@@ -48,6 +49,12 @@ fn sigv4_token(identity: &Identity, settings: &SigningSettings, time: SystemTime
     let url = format!("https://{HOST}:{PORT}/?Action=connect&DBUser={}", utf8_percent_encode(USER, STRICT));
     let req = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::Bytes(&[])).unwrap();
     let (instructions, _sig) = sign(req, &params).unwrap().into_parts();
+    (url, instructions)
+}
+
+/// aws-sigv4 presign, token assembled by hand (what an SDK's auth-token helper does).
+fn sigv4_token(identity: &Identity, settings: &SigningSettings, time: SystemTime) -> String {
+    let (url, instructions) = presign_instructions(identity, settings, time);
     let mut token = String::with_capacity(url.len() + 400);
     token.push_str(&url["https://".len()..]);
     for (name, value) in instructions.params() {
@@ -61,18 +68,7 @@ fn sigv4_token(identity: &Identity, settings: &SigningSettings, time: SystemTime
 
 /// The same through `apply_to_request_http1x`.
 fn sigv4_http_token(identity: &Identity, settings: &SigningSettings, time: SystemTime) -> String {
-    let params = v4::SigningParams::builder()
-        .identity(identity)
-        .region(REGION)
-        .name("rds-db")
-        .time(time)
-        .settings(settings.clone())
-        .build()
-        .unwrap()
-        .into();
-    let url = format!("https://{HOST}:{PORT}/?Action=connect&DBUser={}", utf8_percent_encode(USER, STRICT));
-    let req = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::Bytes(&[])).unwrap();
-    let (instructions, _sig) = sign(req, &params).unwrap().into_parts();
+    let (url, instructions) = presign_instructions(identity, settings, time);
     let mut http_req = http::Request::builder().uri(url.as_str()).body(()).unwrap();
     instructions.apply_to_request_http1x(&mut http_req);
     http_req.uri().to_string()["https://".len()..].to_owned()
