@@ -305,7 +305,8 @@ impl Reader<'_> {
 
     fn endpoint(&self) -> Result<Endpoint> {
         let host = self.string(key::HOST, "127.0.0.1")?;
-        if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        // 253: the longest DNS name. Bounding it here also bounds every message that names the host.
+        if host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
             return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name(key::HOST), quote(&host))));
         }
         let port = self.integer(key::PORT, 5432, 1, 65535)? as u16;
@@ -645,6 +646,11 @@ mod tests {
             (vec![("pg_host", s("  "))], Side::ReadWrite, "pg_host must be a non-empty string, got \"  \""),
             (vec![("pg_host", RawValue::Bool(true))], Side::ReadWrite, "pg_host must be a non-empty string, got true"),
             (vec![("pg_host", s("a b"))], Side::ReadWrite, "pg_host must be a host name or address, got \"a b\""),
+            (
+                vec![("pg_host", s(&"h".repeat(254)))],
+                Side::ReadWrite,
+                "pg_host must be a host name or address, got \"hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh...\"",
+            ),
             (vec![("pg_user", RawValue::Int(3))], Side::ReadWrite, "pg_user must be a non-empty string, got 3"),
             (vec![("pg_database", RawValue::List(vec![]))], Side::ReadWrite, "pg_database must be a non-empty string, got a table"),
             (vec![("pg_ssl_version", s("tlsv1_1"))], Side::ReadWrite, "pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got \"tlsv1_1\""),
