@@ -494,7 +494,7 @@ describe("credentials", function()
 
     -- Runs `conf` in a private network namespace (loopback only) with
     -- HTTPS_PROXY pointing at connect_proxy.py; returns the proxy's log lines.
-    local function through_proxy(env, conf_extra)
+    local function through_proxy(env, conf_extra, after_require)
       local log = os.tmpname()
       local ready = os.tmpname()
       os.remove(ready)
@@ -509,12 +509,13 @@ describe("credentials", function()
           socket.sleep(0.02)
         end
         local rds = require "kong_rds_iam"
+        %s
         local t0 = socket.gettime()
         local tok, err = rds.token(%s)
         io.write("RESULT ", cjson.encode { token = tok, err = err, elapsed = socket.gettime() - t0 }, "\n")
         proxy:close()
       ]]):format(("%s spec/support/connect_proxy.py 3128 %s %s"):format(PYTHON, shell_quote(log), shell_quote(ready)),
-        ready, conf_source(merge({ pg_timeout = 3000 }, conf_extra)))
+        ready, after_require or "", conf_source(merge({ pg_timeout = 3000 }, conf_extra)))
       local out = lua_process.run(code, merge(env, { HTTPS_PROXY = "http://127.0.0.1:3128" }),
         { prefix = [[unshare -n sh -c 'ip link set lo up && exec "$@"' sh]] })
       local lines = {}
@@ -552,6 +553,15 @@ describe("credentials", function()
       local _, lines, out = through_proxy(irsa_without_endpoint {
         AWS_REGION = "us-west-2", AWS_STS_REGIONAL_ENDPOINTS = "legacy" })
       assert_only_connects_to(lines, "sts.us-west-2.amazonaws.com:443", out)
+    end)
+
+    it("keeps the proxy of the environment frozen at load, after it is wiped", function()
+      if not netns then return pending("needs root and unshare -n") end
+      local res, lines, out = through_proxy(env_with(env_keys(static)),
+        { pg_iam_auth_region = "eu-west-3", pg_iam_auth_assume_role_arn = ROLE_ARN },
+        [[local ffi = require "ffi"; ffi.cdef "int clearenv(void);"; ffi.C.clearenv()]])
+      assert_only_connects_to(lines, "sts.eu-west-3.amazonaws.com:443", out)
+      assert.truthy(res.err:find("sts assume role " .. ROLE_ARN, 1, true), res.err)
     end)
 
     it("for assume role without AWS_REGION is the database's region", function()

@@ -18,7 +18,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::credential_feature::AwsCredentialFeature;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_types::os_shim_internal::Fs;
+use aws_types::sdk_config::SharedHttpClient;
 use aws_types::region::Region;
 
 use crate::conf::AssumeRole;
@@ -170,7 +172,10 @@ impl ProcessCredentials {
         if let Some(sdk) = self.sdks.lock().ok().and_then(|m| m.get(&region).cloned()) {
             return sdk;
         }
-        let loader = aws_config::defaults(BehaviorVersion::latest()).env(snapshot.to_aws_env()).fs(Fs::real());
+        let loader = aws_config::defaults(BehaviorVersion::latest())
+            .env(snapshot.to_aws_env())
+            .fs(Fs::real())
+            .http_client(http_client(proxy_config(snapshot)));
         let loader = if region.is_empty() { loader } else { loader.region(Region::new(region.clone())) };
         let sdk = loader.load().await;
         if let Ok(mut m) = self.sdks.lock() {
@@ -245,6 +250,46 @@ impl ProcessCredentials {
         }
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
         error.redacted(&refs)
+    }
+}
+
+/// aws-config's default HTTPS client (hyper, rustls with aws-lc), built the
+/// way aws-smithy-runtime builds it, but with the proxy settings of the
+/// frozen environment: left alone it reads the live one, which nginx empties
+/// in workers.
+fn http_client(proxy: ProxyConfig) -> SharedHttpClient {
+    use aws_smithy_http_client::{tls, Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(proxy.clone()));
+        connector.build()
+    })
+}
+
+/// The proxy the frozen environment names. One configuration holds one
+/// proxy: `ALL_PROXY`, or `HTTPS_PROXY` equal to `HTTP_PROXY`, proxies all
+/// traffic; else `HTTPS_PROXY` proxies HTTPS (STS, SSO) and `HTTP_PROXY`
+/// alone plain HTTP (IMDS, container endpoints). `NO_PROXY` applies to each.
+/// An unparsable URL means no proxy, as with the live environment.
+fn proxy_config(snapshot: &Snapshot) -> ProxyConfig {
+    let https = snapshot.first_var(&["HTTPS_PROXY", "https_proxy"]);
+    let http = snapshot.first_var(&["HTTP_PROXY", "http_proxy"]);
+    let config = match (snapshot.first_var(&["ALL_PROXY", "all_proxy"]), https, http) {
+        (Some(all), _, _) => ProxyConfig::all(all),
+        (None, Some(s), Some(h)) if s == h => ProxyConfig::all(s),
+        (None, Some(s), _) => ProxyConfig::https(s),
+        (None, None, Some(h)) => ProxyConfig::http(h),
+        (None, None, None) => return ProxyConfig::disabled(),
+    };
+    match (config, snapshot.first_var(&["NO_PROXY", "no_proxy"])) {
+        (Ok(config), Some(rules)) => config.no_proxy(rules),
+        (Ok(config), None) => config,
+        (Err(_), _) => ProxyConfig::disabled(),
     }
 }
 

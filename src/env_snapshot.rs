@@ -2,9 +2,10 @@
 //!
 //! nginx wipes the environment of its workers (only variables declared with
 //! `env` survive) and Kong documents that changing AWS variables after boot
-//! has no effect. So the module copies every `AWS_*` variable, and `HOME`
-//! (where the default `~/.aws` files live), once, as plain data, when it is
-//! first loaded (in nginx: the master, in `init_by_lua`). Every later
+//! has no effect. So the module copies every `AWS_*` variable, `HOME` (where
+//! the default `~/.aws` files live) and the proxy variables the AWS HTTP
+//! client follows, once, as plain data, when it is first loaded (in nginx:
+//! the master, in `init_by_lua`). Every later
 //! credential or region lookup reads this copy, never the live environment.
 //! Taking the copy starts no thread and no runtime, so it is fork-safe.
 
@@ -20,6 +21,10 @@ pub struct Snapshot {
 
 static FROZEN: OnceCell<Snapshot> = OnceCell::new();
 
+/// Proxy variables, in both spellings.
+const PROXY_VARS: &[&str] =
+    &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+
 /// Takes the snapshot if it was not taken yet; later calls change nothing.
 pub fn freeze() -> &'static Snapshot {
     FROZEN.get_or_init(Snapshot::from_process)
@@ -31,14 +36,19 @@ pub fn get() -> &'static Snapshot {
 }
 
 impl Snapshot {
-    /// Copies `AWS_*` and `HOME` from the process environment.
+    /// Copies `AWS_*`, `HOME` and the proxy variables from the process environment.
     pub fn from_process() -> Snapshot {
         Self::from_vars(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
     }
 
-    /// Keeps the `AWS_*` and `HOME` entries of `vars`.
+    /// Keeps the `AWS_*`, `HOME` and proxy entries of `vars`.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Snapshot {
-        Snapshot { vars: vars.into_iter().filter(|(k, _)| k.starts_with("AWS_") || k == "HOME").collect() }
+        Snapshot { vars: vars.into_iter().filter(|(k, _)| k.starts_with("AWS_") || k == "HOME" || PROXY_VARS.contains(&k.as_str())).collect() }
+    }
+
+    /// The first set variable of `names` (e.g. `HTTPS_PROXY`, `https_proxy`).
+    pub fn first_var(&self, names: &[&str]) -> Option<&str> {
+        names.iter().find_map(|n| self.var(n))
     }
 
     /// A frozen variable, if it was set (and non-empty).
@@ -98,8 +108,9 @@ mod tests {
     }
 
     #[test]
-    fn keeps_only_aws_and_home() {
-        let s = snap(&[("AWS_REGION", "eu-west-1"), ("HOME", "/root"), ("PATH", "/bin"), ("AWSX", "no")]);
+    fn keeps_only_aws_home_and_proxies() {
+        let s = snap(&[("AWS_REGION", "eu-west-1"), ("HOME", "/root"), ("PATH", "/bin"), ("AWSX", "no"), ("https_proxy", "http://p:3128")]);
+        assert_eq!(s.first_var(&["HTTPS_PROXY", "https_proxy"]), Some("http://p:3128"));
         assert_eq!(s.var("AWS_REGION"), Some("eu-west-1"));
         assert_eq!(s.var("HOME"), Some("/root"));
         assert_eq!(s.var("PATH"), None);
