@@ -100,12 +100,6 @@ static CACHE: PerProcess<Mutex<HashMap<u64, (Signed, Arc<Token>)>>> = PerProcess
 
 /// A token for `endpoint`, from the cache when one has long enough to live.
 pub fn issue(endpoint: &Endpoint) -> Result<Arc<Token>> {
-    issue_with(endpoint, true)
-}
-
-/// A token for `endpoint`; `use_cache = false` always signs a fresh one
-/// (benchmarks use it to measure signing).
-pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Arc<Token>> {
     let region = resolve_region(endpoint)?;
     let identity = credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout)?;
     let wanted = Wanted {
@@ -120,13 +114,11 @@ pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Arc<Token>> {
     let fingerprint = wanted.fingerprint();
     let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(HashMap::new())))?;
     let now = SystemTime::now();
-    if use_cache {
-        let hit = cache.lock().ok().and_then(|c| {
-            c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone())
-        });
-        if let Some(token) = hit {
-            return Ok(token);
-        }
+    let hit = cache.lock().ok().and_then(|c| {
+        c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone())
+    });
+    if let Some(token) = hit {
+        return Ok(token);
     }
     let token = signer::shared().sign(&SigningParams {
         host: wanted.host,
@@ -143,16 +135,14 @@ pub fn issue_with(endpoint: &Endpoint, use_cache: bool) -> Result<Arc<Token>> {
         expires_at = expires_at.min(expiry);
     }
     let token = Arc::new(Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN });
-    if use_cache {
-        if let Ok(mut c) = cache.lock() {
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= MAX_CACHED_TOKENS {
+            c.retain(|_, (_, t)| now < t.valid_until);
             if c.len() >= MAX_CACHED_TOKENS {
-                c.retain(|_, (_, t)| now < t.valid_until);
-                if c.len() >= MAX_CACHED_TOKENS {
-                    c.clear();
-                }
+                c.clear();
             }
-            c.insert(fingerprint, (wanted.to_owned(), token.clone()));
         }
+        c.insert(fingerprint, (wanted.to_owned(), token.clone()));
     }
     Ok(token)
 }
