@@ -7,15 +7,16 @@
 //! percent-encoded except `A-Z a-z 0-9 - . _ ~` (uppercase hex). The host is
 //! lowercased and the signed `host` header is always `host:port`.
 //!
-//! The SigV4 primitives (signing-key derivation, HMAC) come from aws-sigv4;
-//! the day's signing key is cached, so a fresh token costs one SHA-256 of
-//! the canonical request and one HMAC.
+//! The signing-key derivation comes from aws-sigv4; the day's signing key
+//! is cached, so a fresh token costs one SHA-256 of the canonical request
+//! and one HMAC-SHA256 (the `hmac` and `sha2` crates aws-sigv4 itself uses),
+//! written into the token's one buffer.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
+use aws_sigv4::sign::v4::generate_signing_key;
+use hmac::{Hmac, KeyInit, Mac};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
@@ -69,20 +70,21 @@ impl std::fmt::Debug for SigningParams<'_> {
 /// Signs tokens, caching each day's signing key per (key id, region).
 #[derive(Default)]
 pub struct Signer {
-    keys: Mutex<HashMap<KeyScope, CachedKey>>,
+    keys: Mutex<Vec<CachedKey>>,
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct KeyScope {
+/// A derived signing key and what it was derived from. Looked up by
+/// comparing borrowed strings: a hit allocates nothing.
+struct CachedKey {
     access_key_id: String,
     region: String,
-    date: String,
+    date: [u8; 8],
+    secret: String,
+    key: SigningKey,
 }
 
-struct CachedKey {
-    secret: String,
-    key: Vec<u8>,
-}
+/// A SigV4 signing key: an HMAC-SHA256 output.
+type SigningKey = [u8; 32];
 
 /// A cache holds at most this many signing keys (days x regions x keys).
 const MAX_CACHED_KEYS: usize = 64;
@@ -96,25 +98,31 @@ impl Signer {
     /// The token for `p`.
     pub fn sign(&self, p: &SigningParams<'_>) -> String {
         let stamp = Timestamp::of(p.time);
-        let key = self.signing_key(p, stamp.date());
+        let key = self.signing_key(p, &stamp);
         presign(p, &stamp, &key)
     }
 
-    fn signing_key(&self, p: &SigningParams<'_>, date: &str) -> Vec<u8> {
-        let scope = KeyScope { access_key_id: p.access_key_id.to_owned(), region: p.region.to_owned(), date: date.to_owned() };
+    fn signing_key(&self, p: &SigningParams<'_>, stamp: &Timestamp) -> SigningKey {
         let Ok(mut keys) = self.keys.lock() else {
             return derive_key(p);
         };
-        if let Some(cached) = keys.get(&scope) {
-            if cached.secret == p.secret_access_key {
-                return cached.key.clone();
-            }
+        let same_scope = |k: &CachedKey| k.access_key_id == p.access_key_id && k.region == p.region;
+        if let Some(k) = keys.iter().find(|k| k.date == stamp.date_bytes() && same_scope(k) && k.secret == p.secret_access_key) {
+            return k.key;
         }
         let key = derive_key(p);
+        // Yesterday's key (or one for a rotated secret) is of no more use.
+        keys.retain(|k| !same_scope(k));
         if keys.len() >= MAX_CACHED_KEYS {
             keys.clear();
         }
-        keys.insert(scope, CachedKey { secret: p.secret_access_key.to_owned(), key: key.clone() });
+        keys.push(CachedKey {
+            access_key_id: p.access_key_id.to_owned(),
+            region: p.region.to_owned(),
+            date: stamp.date_bytes(),
+            secret: p.secret_access_key.to_owned(),
+            key,
+        });
         key
     }
 }
@@ -131,8 +139,13 @@ pub fn sign(p: &SigningParams<'_>) -> String {
     presign(p, &stamp, &derive_key(p))
 }
 
-fn derive_key(p: &SigningParams<'_>) -> Vec<u8> {
-    generate_signing_key(p.secret_access_key, p.time, p.region, SERVICE).as_ref().to_vec()
+fn derive_key(p: &SigningParams<'_>) -> SigningKey {
+    let derived = generate_signing_key(p.secret_access_key, p.time, p.region, SERVICE);
+    let mut key = [0u8; 32];
+    // HMAC-SHA256 output: always 32 bytes.
+    let n = derived.as_ref().len().min(32);
+    key[..n].copy_from_slice(&derived.as_ref()[..n]);
+    key
 }
 
 /// `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`) of a signing time; its first 8 bytes
@@ -161,6 +174,12 @@ impl Timestamp {
     fn date(&self) -> &str {
         &self.amz()[..8]
     }
+
+    fn date_bytes(&self) -> [u8; 8] {
+        let mut date = [0u8; 8];
+        date.copy_from_slice(&self.0[..8]);
+        date
+    }
 }
 
 /// Writes `n` as zero-padded decimal filling `out`.
@@ -171,66 +190,68 @@ fn digits(out: &mut [u8], mut n: u32) {
     }
 }
 
-fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &[u8]) -> String {
-    let host = p.host.to_ascii_lowercase();
+fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &SigningKey) -> String {
     let mut port_buf = [0u8; 5];
     let port = decimal(p.port, &mut port_buf);
 
-    // <date>/<region>/rds-db/aws4_request
-    let mut scope = String::with_capacity(48);
-    scope.push_str(stamp.date());
-    scope.push('/');
-    scope.push_str(p.region);
-    scope.push_str("/rds-db/aws4_request");
-
-    // The canonical query string, in sorted order; it is also the token's query.
-    let mut query = String::with_capacity(256 + p.session_token.map_or(0, |t| t.len() * 3));
-    query.push_str("Action=connect&DBUser=");
-    query.extend(utf8_percent_encode(p.user, QUERY_ENCODE));
-    query.push_str("&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=");
-    query.extend(utf8_percent_encode(p.access_key_id, QUERY_ENCODE));
-    query.push_str("%2F");
-    query.extend(utf8_percent_encode(&scope, QUERY_ENCODE));
-    query.push_str("&X-Amz-Date=");
-    query.push_str(stamp.amz());
-    query.push_str("&X-Amz-Expires=900");
-    if let Some(token) = p.session_token {
-        query.push_str("&X-Amz-Security-Token=");
-        query.extend(utf8_percent_encode(token, QUERY_ENCODE));
+    // The token is built in one buffer: `host:port/?` + query, then the
+    // signature. The canonical request hashes the query in place.
+    let mut token = String::with_capacity(
+        p.host.len() + 8 + 280 + p.user.len() * 3 + p.access_key_id.len() * 3 + p.session_token.map_or(0, |t| t.len() * 3),
+    );
+    token.push_str(p.host);
+    token.make_ascii_lowercase();
+    let host_len = token.len();
+    token.push(':');
+    token.push_str(port);
+    let host_port_len = token.len();
+    token.push_str("/?");
+    let query_start = token.len();
+    token.push_str("Action=connect&DBUser=");
+    token.extend(utf8_percent_encode(p.user, QUERY_ENCODE));
+    token.push_str("&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=");
+    token.extend(utf8_percent_encode(p.access_key_id, QUERY_ENCODE));
+    // %2F<date>%2F<region>%2Frds-db%2Faws4_request
+    token.push_str("%2F");
+    token.push_str(stamp.date());
+    token.push_str("%2F");
+    token.extend(utf8_percent_encode(p.region, QUERY_ENCODE));
+    token.push_str("%2Frds-db%2Faws4_request&X-Amz-Date=");
+    token.push_str(stamp.amz());
+    token.push_str("&X-Amz-Expires=900");
+    if let Some(session_token) = p.session_token {
+        token.push_str("&X-Amz-Security-Token=");
+        token.extend(utf8_percent_encode(session_token, QUERY_ENCODE));
     }
-    query.push_str("&X-Amz-SignedHeaders=host");
+    token.push_str("&X-Amz-SignedHeaders=host");
 
     let mut canonical = Sha256::new();
     canonical.update(b"GET\n/\n");
-    canonical.update(query.as_bytes());
+    canonical.update(&token.as_bytes()[query_start..]);
     canonical.update(b"\nhost:");
-    canonical.update(host.as_bytes());
-    canonical.update(b":");
-    canonical.update(port.as_bytes());
+    canonical.update(&token.as_bytes()[..host_port_len]);
     canonical.update(b"\n\nhost\n");
     canonical.update(EMPTY_PAYLOAD_SHA256.as_bytes());
     let mut canonical_hex = [0u8; 64];
-    // 32 bytes always fit 64 hex digits.
     let _ = hex::encode_to_slice(canonical.finalize(), &mut canonical_hex);
+    debug_assert!(host_len <= host_port_len);
 
-    let mut string_to_sign = Vec::with_capacity(ALGORITHM.len() + 1 + 16 + 1 + scope.len() + 1 + 64);
-    string_to_sign.extend_from_slice(ALGORITHM.as_bytes());
-    string_to_sign.push(b'\n');
-    string_to_sign.extend_from_slice(stamp.amz().as_bytes());
-    string_to_sign.push(b'\n');
-    string_to_sign.extend_from_slice(scope.as_bytes());
-    string_to_sign.push(b'\n');
-    string_to_sign.extend_from_slice(&canonical_hex);
-    let signature = calculate_signature(key, &string_to_sign);
+    // String to sign: algorithm, time, scope, hash of the canonical request.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(ALGORITHM.as_bytes());
+    mac.update(b"\n");
+    mac.update(stamp.amz().as_bytes());
+    mac.update(b"\n");
+    mac.update(stamp.date().as_bytes());
+    mac.update(b"/");
+    mac.update(p.region.as_bytes());
+    mac.update(b"/rds-db/aws4_request\n");
+    mac.update(&canonical_hex);
+    let mut signature = [0u8; 64];
+    let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut signature);
 
-    let mut token = String::with_capacity(host.len() + port.len() + 2 + query.len() + 18 + signature.len());
-    token.push_str(&host);
-    token.push(':');
-    token.push_str(port);
-    token.push_str("/?");
-    token.push_str(&query);
     token.push_str("&X-Amz-Signature=");
-    token.push_str(&signature);
+    token.push_str(std::str::from_utf8(&signature).unwrap_or_default());
     token
 }
 
