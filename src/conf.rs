@@ -100,6 +100,37 @@ pub mod key {
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
     pub const TOKEN: &[Key] = &[HOST, PORT, USER, TIMEOUT, REGION, ASSUME_ROLE_ARN, ROLE_SESSION_NAME, STS_ENDPOINT_URL];
+
+    /// The names [`Endpoint::parse`](super::Endpoint::parse) reads on
+    /// `side`, in order: each [`TOKEN`] key, on the read-only side followed
+    /// by the read-write name it falls back to.
+    pub fn token_names(side: super::Side) -> &'static [&'static str] {
+        match side {
+            super::Side::ReadWrite => &TOKEN_RW,
+            super::Side::ReadOnly => &TOKEN_RO,
+        }
+    }
+
+    const TOKEN_RW: [&str; TOKEN.len()] = {
+        let mut out = [""; TOKEN.len()];
+        let mut i = 0;
+        while i < TOKEN.len() {
+            out[i] = TOKEN[i].rw;
+            i += 1;
+        }
+        out
+    };
+
+    const TOKEN_RO: [&str; 2 * TOKEN.len()] = {
+        let mut out = [""; 2 * TOKEN.len()];
+        let mut i = 0;
+        while i < TOKEN.len() {
+            out[2 * i] = TOKEN[i].ro;
+            out[2 * i + 1] = TOKEN[i].rw;
+            i += 1;
+        }
+        out
+    };
 }
 
 impl Key {
@@ -490,8 +521,17 @@ fn integer(key: &str, v: RawValue, min: i64, max: i64) -> Result<i64> {
 
 fn non_empty_string(key: &str, v: RawValue) -> Result<String> {
     match v {
-        RawValue::Str(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        RawValue::Str(s) if !s.trim().is_empty() => Ok(trimmed(s)),
         other => Err(Error::config(format!("{key} must be a non-empty string, got {}", show(&other)))),
+    }
+}
+
+/// `s` without surrounding whitespace, reusing its buffer when it has none.
+fn trimmed(s: String) -> String {
+    if s.trim().len() == s.len() {
+        s
+    } else {
+        s.trim().to_owned()
     }
 }
 
@@ -501,7 +541,7 @@ fn optional_string(key: &str, v: RawValue, secret: bool) -> Result<Option<String
     match v {
         RawValue::Str(s) if s.is_empty() => Ok(None),
         RawValue::Str(s) if secret => Ok(Some(s)),
-        RawValue::Str(s) => Ok(Some(s.trim().to_owned())),
+        RawValue::Str(s) => Ok(Some(trimmed(s))),
         other if secret => Err(Error::config(format!("{key} must be a string, got a {}", type_name(&other)))),
         other => Err(Error::config(format!("{key} must be a string, got {}", show(&other)))),
     }
@@ -548,6 +588,38 @@ mod tests {
 
     fn s(v: &str) -> RawValue {
         RawValue::Str(v.to_owned())
+    }
+
+    /// Records every name asked for, answering from `values`.
+    struct Recording {
+        values: HashMap<String, RawValue>,
+        asked: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl ConfSource for Recording {
+        fn get(&self, key: &str) -> Option<RawValue> {
+            self.asked.borrow_mut().push(key.to_owned());
+            self.values.get(key).cloned()
+        }
+    }
+
+    #[test]
+    fn endpoint_reads_exactly_the_token_names() {
+        // api.lua hands the Rust side only these values: a name read outside
+        // the list would silently read as unset.
+        // (Only pg_* set, so the read-only side falls back on every key.)
+        let role = [("pg_iam_auth_assume_role_arn", s("arn:aws:iam::1:role/r"))];
+        for side in [Side::ReadWrite, Side::ReadOnly] {
+            let names = key::token_names(side);
+            let conf = Recording { values: src(&role), asked: Default::default() };
+            Endpoint::parse(&conf, side).unwrap();
+            let mut asked = conf.asked.into_inner();
+            asked.sort();
+            asked.dedup();
+            let mut listed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            listed.sort();
+            assert_eq!(asked, listed, "{side:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `min(signed + 900 s, credentials expiry) - 15 s`. It is never signed with,
 //! or served after, credentials that have expired.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -149,15 +150,15 @@ pub fn issue(endpoint: &Endpoint) -> Result<Arc<Token>> {
 
 /// The region: explicit key, else the host name, else the frozen
 /// environment or profile.
-pub fn resolve_region(endpoint: &Endpoint) -> Result<String> {
+pub fn resolve_region(endpoint: &Endpoint) -> Result<Cow<'_, str>> {
     if let Some(r) = &endpoint.region {
-        return Ok(r.clone());
+        return Ok(Cow::Borrowed(r));
     }
     if let Some(r) = region::from_host(&endpoint.host) {
-        return Ok(r);
+        return Ok(Cow::Owned(r));
     }
     match credentials::default_region(endpoint.timeout)? {
-        Some(r) => Ok(r),
+        Some(r) => Ok(Cow::Owned(r)),
         None => Err(Error::new(
             ErrorKind::Region,
             format!(

@@ -3,7 +3,8 @@
 -- (as Lua libraries do), and leaves runtime failures as `nil, err` returns.
 local core = ...
 
-local type, error, format, setmetatable = type, error, string.format, setmetatable
+local type, error, format, setmetatable, getmetatable, pcall, tostring =
+  type, error, string.format, setmetatable, getmetatable, pcall, tostring
 -- Whole seconds: ngx.time() is nginx's cached clock; os.time() elsewhere.
 local now = (ngx and ngx.time) or os.time
 
@@ -21,11 +22,15 @@ local M = {
 }
 
 -- The token cache lives in Rust. In front of it, a memo per conf table lets
--- a repeated token(conf) skip reading conf into Rust: it serves the token last
+-- a repeated token(conf) skip the call into Rust: it serves the token last
 -- issued for this table while every key the token depends on (core.token_keys,
--- the list the Rust parser reads) still holds the same value, and until the
+-- the names the Rust parser reads) still holds the same value, and until the
 -- token's valid_until (min(900 s, credentials expiry) - 15 s), as Rust would.
+-- On a miss the same values go to Rust as an array, read once, here: Lua
+-- reads a table (or a proxy such as kong.configuration) far faster than Rust
+-- can through the C API.
 local token_keys = core.token_keys
+local no_keys = {}
 local memo = setmetatable({}, { __mode = "k" })
 
 local function unchanged(conf, keys, values)
@@ -35,22 +40,46 @@ local function unchanged(conf, keys, values)
   return true
 end
 
+local function read(conf, keys, values)
+  for i = 1, #keys do values[i] = conf[keys[i]] end
+end
+
 --- token, err, expires_at = rds.token(conf, mode)
 function M.token(conf, mode)
   check("token", 1, conf, "table")
   check("token", 2, mode, "string", true)
+  -- A proxy's __index may raise: that fails this call (nil, err), it does
+  -- not raise from it.
+  local proxy = getmetatable(conf) ~= nil
   local entry = memo[conf]
-  if entry and entry.mode == mode and now() < entry.valid_until
-      and unchanged(conf, entry.keys, entry.values) then
-    return entry.token, nil, entry.expires_at
+  if entry and entry.mode == mode and now() < entry.valid_until then
+    local ok, same
+    if proxy then ok, same = pcall(unchanged, conf, entry.keys, entry.values)
+    else ok, same = true, unchanged(conf, entry.keys, entry.values) end
+    if ok and same then return entry.token, nil, entry.expires_at end
   end
-  local token, err, expires_at, valid_until = core.token(conf, mode)
-  if not token then return nil, err end
-  local keys = token_keys[mode or "rw"]
-  local values = {}
-  for i = 1, #keys do values[i] = conf[keys[i]] end
-  memo[conf] = { mode = mode, keys = keys, values = values, token = token,
-                 expires_at = expires_at, valid_until = valid_until }
+  -- An unknown mode reads nothing; Rust names the mistake.
+  local keys = token_keys[mode or "rw"] or no_keys
+  if not entry or entry.mode ~= mode then
+    entry = { mode = mode, keys = keys, values = {} }
+  end
+  local values = entry.values
+  if proxy then
+    local ok, err = pcall(read, conf, keys, values)
+    if not ok then
+      memo[conf] = nil
+      return nil, "cannot read conf: its __index raised: " .. tostring(err):sub(1, 200)
+    end
+  else
+    read(conf, keys, values)
+  end
+  local token, err, expires_at, valid_until = core.token(values, mode)
+  if not token then
+    memo[conf] = nil
+    return nil, err
+  end
+  entry.token, entry.expires_at, entry.valid_until = token, expires_at, valid_until
+  memo[conf] = entry
   return token, nil, expires_at
 end
 

@@ -17,6 +17,29 @@ impl ConfSource for LuaConf {
     }
 }
 
+/// Values read by Lua (api.lua) in the order of `names`, one per name, as a
+/// plain array: the Rust side reads them by index, which costs far less than
+/// a keyed read of the conf table. (Lua reads the conf once anyway, for its
+/// memo, and handles `__index` proxies natively.)
+pub struct LuaValues {
+    /// What each index holds ([`key::token_names`](crate::conf::key::token_names)).
+    pub names: &'static [&'static str],
+    /// `values[i + 1]` is the value of `names[i]`.
+    pub values: Table,
+}
+
+impl ConfSource for LuaValues {
+    fn get(&self, key: &str) -> Option<RawValue> {
+        // A name outside the list reads as unset; conf.rs's tests hold the
+        // parser to the list.
+        let i = self.names.iter().position(|name| *name == key)?;
+        match self.values.raw_get::<Value>(i + 1) {
+            Ok(value) => raw_value(value),
+            Err(_) => Some(RawValue::Other("value")),
+        }
+    }
+}
+
 /// `None` for nil and the null sentinel (`ngx.null`, `cjson.null`).
 pub fn raw_value(value: Value) -> Option<RawValue> {
     Some(match value {

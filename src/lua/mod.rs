@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
-use crate::conf::{ConnectConf, Endpoint, Side};
+use crate::conf::{key, ConnectConf, Endpoint, Side};
 use crate::connection::Handle;
 use crate::error::Error;
 use crate::signer::{self, SigningParams};
 use crate::{credentials, env_snapshot, token};
-use conf_source::LuaConf;
+use conf_source::{LuaConf, LuaValues};
 
 /// The module entry point, `require "kong_rds_iam"`.
 #[mlua::lua_module(skip_memory_check)]
@@ -46,18 +46,12 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
 }
 
 /// `{ rw = {...}, ro = {...} }`: the conf keys a token depends on, in the
-/// order each side reads them (api.lua's memo compares exactly these).
+/// order `core.token` takes their values (api.lua's memo compares exactly
+/// these).
 fn token_keys(lua: &Lua) -> LuaResult<Table> {
     let sides = lua.create_table()?;
     for side in [Side::ReadWrite, Side::ReadOnly] {
-        let names = lua.create_table()?;
-        for key in crate::conf::key::TOKEN {
-            names.raw_push(key.name(side))?;
-            if side == Side::ReadOnly {
-                names.raw_push(key.rw)?;
-            }
-        }
-        sides.set(side.as_str(), names)?;
+        sides.set(side.as_str(), lua.create_sequence_from(key::token_names(side).iter().copied())?)?;
     }
     Ok(sides)
 }
@@ -80,21 +74,28 @@ fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// `token, err, expires_at, valid_until = core.token(conf, mode)`
+/// `token, err, expires_at, valid_until = core.token(values, mode)`, where
+/// `values` holds the conf's values for `core.token_keys[mode]`, in order
 /// (`valid_until` feeds api.lua's memo; it is not part of the public API).
-fn lua_token(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
-    let conf = LuaConf(conf);
-    let issued = guarded(|| token::issue(&Endpoint::parse(&conf, side(mode)?)?));
-    match issued {
-        Ok(t) => Ok(MultiValue::from_iter([
-            Value::String(lua.create_string(&t.token)?),
-            Value::Nil,
-            Value::Integer(unix_seconds(t.expires_at)),
-            Value::Integer(unix_seconds(t.valid_until)),
-        ])),
-        Err(e) => failure(lua, &e),
-    }
+fn lua_token(lua: &Lua, (values, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<TokenResult> {
+    let issued = guarded(|| {
+        let side = side(mode)?;
+        token::issue(&Endpoint::parse(&LuaValues { names: key::token_names(side), values }, side)?)
+    });
+    // A tuple goes onto the Lua stack as is (no MultiValue in between).
+    Ok(match issued {
+        Ok(t) => (
+            Some(lua.create_string(&t.token)?),
+            None,
+            Some(unix_seconds(t.expires_at)),
+            Some(unix_seconds(t.valid_until)),
+        ),
+        Err(e) => (None, Some(lua.create_string(e.message())?), None, None),
+    })
 }
+
+/// `token, err, expires_at, valid_until`.
+type TokenResult = (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64>, Option<i64>);
 
 /// `conn, err, sqlstate = core.connect(conf, mode)`
 fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
