@@ -33,13 +33,13 @@ pub fn from_host(host: &str) -> Option<String> {
 /// `<area>-<words>-<number>` such as `us-east-1`, `us-gov-west-1`,
 /// `cn-north-1`, `us-isob-east-1`, `eusc-de-east-1`.
 pub fn is_valid(region: &str) -> bool {
-    let parts: Vec<&str> = region.split('-').collect();
-    let Some((number, words)) = parts.split_last() else { return false };
-    words.len() >= 2
-        && region.len() <= 32
+    let Some((words, number)) = region.rsplit_once('-') else { return false };
+    let mut words = words.split('-');
+    region.len() <= 32
         && !number.is_empty()
         && number.bytes().all(|b| b.is_ascii_digit())
-        && words.iter().all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && words.clone().count() >= 2
+        && words.all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
 #[cfg(test)]

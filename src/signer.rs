@@ -83,8 +83,9 @@ struct CachedKey {
     key: SigningKey,
 }
 
-/// A SigV4 signing key: an HMAC-SHA256 output.
-type SigningKey = [u8; 32];
+/// A SigV4 signing key, as an HMAC already keyed with it: the key's inner
+/// and outer pads are hashed once per day, not once per token.
+type SigningKey = Hmac<Sha256>;
 
 /// A cache holds at most this many signing keys (days x regions x keys).
 const MAX_CACHED_KEYS: usize = 64;
@@ -108,7 +109,7 @@ impl Signer {
         };
         let same_scope = |k: &CachedKey| k.access_key_id == p.access_key_id && k.region == p.region;
         if let Some(k) = keys.iter().find(|k| k.date == stamp.date_bytes() && same_scope(k) && k.secret == p.secret_access_key) {
-            return k.key;
+            return k.key.clone();
         }
         let key = derive_key(p);
         // Yesterday's key (or one for a rotated secret) is of no more use.
@@ -121,7 +122,7 @@ impl Signer {
             region: p.region.to_owned(),
             date: stamp.date_bytes(),
             secret: p.secret_access_key.to_owned(),
-            key,
+            key: key.clone(),
         });
         key
     }
@@ -141,11 +142,7 @@ pub fn sign(p: &SigningParams<'_>) -> String {
 
 fn derive_key(p: &SigningParams<'_>) -> SigningKey {
     let derived = generate_signing_key(p.secret_access_key, p.time, p.region, SERVICE);
-    let mut key = [0u8; 32];
-    // HMAC-SHA256 output: always 32 bytes.
-    let n = derived.as_ref().len().min(32);
-    key[..n].copy_from_slice(&derived.as_ref()[..n]);
-    key
+    <Hmac<Sha256> as KeyInit>::new_from_slice(derived.as_ref()).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
 /// `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`) of a signing time; its first 8 bytes
@@ -237,7 +234,7 @@ fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &SigningKey) -> String
     debug_assert!(host_len <= host_port_len);
 
     // String to sign: algorithm, time, scope, hash of the canonical request.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = key.clone();
     mac.update(ALGORITHM.as_bytes());
     mac.update(b"\n");
     mac.update(stamp.amz().as_bytes());
