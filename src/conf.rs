@@ -33,6 +33,18 @@ pub enum RawValue {
     Other(&'static str),
 }
 
+impl RawValue {
+    /// A Lua number: integral values (all of them below 2^53 exactly
+    /// representable) are [`RawValue::Int`].
+    pub fn from_number(n: f64) -> RawValue {
+        if n.fract() == 0.0 && n.abs() < 9.0e15 {
+            RawValue::Int(n as i64)
+        } else {
+            RawValue::Float(n)
+        }
+    }
+}
+
 /// Where configuration values are read from: a Lua table in production,
 /// a map in tests. `None` means the key is unset.
 pub trait ConfSource {
@@ -377,8 +389,10 @@ impl Reader<'_> {
                 Some(AssumeRole { role_arn, session_name, sts_endpoint_url })
             }
         };
+        let mut host = host;
+        host.make_ascii_lowercase();
         Ok(Endpoint {
-            host: host.to_ascii_lowercase(),
+            host,
             port,
             user,
             region,

@@ -5,6 +5,7 @@
 //! A handle works only in the process that opened it: its socket is
 //! registered with that process's runtime, which a forked child cannot run.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::conf::ConnectConf;
@@ -25,7 +26,7 @@ impl Handle {
     /// Opens a connection as `conf` says: with an IAM token when IAM is on,
     /// else with `pg_password`.
     pub fn open(conf: &ConnectConf) -> Result<Handle> {
-        let token = if conf.iam { Some(token::issue(&conf.endpoint)?) } else { None };
+        let token = if conf.iam { Some(token::issue(Cow::Borrowed(&conf.endpoint))?) } else { None };
         let password = match &token {
             Some(t) => Some(t.token.as_str()),
             None => conf.password.as_deref(),

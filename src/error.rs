@@ -148,6 +148,13 @@ pub fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
+/// Runs `f`, turning a panic (a bug) into an error, so that a caller in Lua
+/// still gets `nil, err` and no unwind crosses into C.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::new(ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

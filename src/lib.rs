@@ -4,6 +4,7 @@ pub mod connection;
 pub mod credentials;
 pub mod env_snapshot;
 pub mod error;
+pub mod ffi_token;
 pub mod process;
 pub mod region;
 pub mod signer;

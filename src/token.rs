@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use once_cell::sync::Lazy;
 
 use crate::conf::{AssumeRole, Endpoint};
-use crate::credentials::{self, REFRESH_MARGIN};
+use crate::credentials::{self, Identity, REFRESH_MARGIN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::process::PerProcess;
 use crate::region;
@@ -38,19 +38,22 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// What a cached token was signed for; compared in full on every hit.
-#[derive(PartialEq, Eq)]
+/// What a cached token was signed for; compared in full on every hit. It
+/// owns the endpoint the token was issued for (moved in, not copied).
 struct Signed {
-    host: String,
-    port: u16,
-    user: String,
-    region: String,
-    access_key_id: String,
-    credentials_expiry: Option<SystemTime>,
-    role: Option<AssumeRole>,
+    endpoint: Endpoint,
+    /// The region when the endpoint does not name one (host or environment).
+    derived_region: Option<String>,
+    identity: Arc<Identity>,
 }
 
-/// The borrowed form of [`Signed`], for look-ups that allocate nothing.
+impl Signed {
+    fn region(&self) -> &str {
+        self.endpoint.region.as_deref().or(self.derived_region.as_deref()).unwrap_or_default()
+    }
+}
+
+/// What a token is wanted for, borrowed: look-ups allocate nothing.
 #[derive(Hash)]
 struct Wanted<'a> {
     host: &'a str,
@@ -71,25 +74,13 @@ impl Wanted<'_> {
     }
 
     fn matches(&self, s: &Signed) -> bool {
-        self.host == s.host
-            && self.port == s.port
-            && self.user == s.user
-            && self.region == s.region
-            && self.access_key_id == s.access_key_id
-            && self.credentials_expiry == s.credentials_expiry
-            && self.role == s.role.as_ref()
-    }
-
-    fn to_owned(&self) -> Signed {
-        Signed {
-            host: self.host.to_owned(),
-            port: self.port,
-            user: self.user.to_owned(),
-            region: self.region.to_owned(),
-            access_key_id: self.access_key_id.to_owned(),
-            credentials_expiry: self.credentials_expiry,
-            role: self.role.cloned(),
-        }
+        self.host == s.endpoint.host
+            && self.port == s.endpoint.port
+            && self.user == s.endpoint.user
+            && self.region == s.region()
+            && self.access_key_id == s.identity.access_key_id()
+            && self.credentials_expiry == s.identity.expiry()
+            && self.role == s.endpoint.assume_role.as_ref()
     }
 }
 
@@ -100,14 +91,20 @@ static HASH_STATE: Lazy<std::collections::hash_map::RandomState> = Lazy::new(Def
 static CACHE: PerProcess<Mutex<HashMap<u64, (Signed, Arc<Token>)>>> = PerProcess::new();
 
 /// A token for `endpoint`, from the cache when one has long enough to live.
-pub fn issue(endpoint: &Endpoint) -> Result<Arc<Token>> {
-    let region = resolve_region(endpoint)?;
-    let identity = credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout)?;
+/// An owned endpoint is kept by the cache as is; a borrowed one is copied
+/// when a new token is cached.
+pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
+    let derived_region = match resolve_region(&endpoint)? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(region) => Some(region),
+    };
+    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+    let identity = credentials::get(endpoint.assume_role.as_ref(), region, endpoint.timeout)?;
     let wanted = Wanted {
         host: &endpoint.host,
         port: endpoint.port,
         user: &endpoint.user,
-        region: &region,
+        region,
         access_key_id: identity.access_key_id(),
         credentials_expiry: identity.expiry(),
         role: endpoint.assume_role.as_ref(),
@@ -143,7 +140,8 @@ pub fn issue(endpoint: &Endpoint) -> Result<Arc<Token>> {
                 c.clear();
             }
         }
-        c.insert(fingerprint, (wanted.to_owned(), token.clone()));
+        let signed = Signed { endpoint: endpoint.into_owned(), derived_region, identity };
+        c.insert(fingerprint, (signed, token.clone()));
     }
     Ok(token)
 }

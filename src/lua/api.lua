@@ -31,6 +31,9 @@ local M = {
 -- can through the C API.
 local token_keys = core.token_keys
 local no_keys = {}
+-- LuaJIT: the same call through the FFI, several times cheaper (nil on PUC Lua).
+local ffi_token = core.ffi_token
+local SIDE = { rw = 0, ro = 1 }
 local memo = setmetatable({}, { __mode = "k" })
 
 local function unchanged(conf, keys, values)
@@ -73,7 +76,13 @@ function M.token(conf, mode)
   else
     read(conf, keys, values)
   end
-  local token, err, expires_at, valid_until = core.token(values, mode)
+  local token, err, expires_at, valid_until
+  local side = SIDE[mode or "rw"]
+  if ffi_token and side then
+    token, err, expires_at, valid_until = ffi_token(values, #keys, side)
+  else
+    token, err, expires_at, valid_until = core.token(values, mode)
+  end
   if not token then
     memo[conf] = nil
     return nil, err

@@ -47,8 +47,7 @@ pub fn raw_value(value: Value) -> Option<RawValue> {
         Value::LightUserData(ud) if ud.0.is_null() => return None,
         Value::Boolean(b) => RawValue::Bool(b),
         Value::Integer(i) => RawValue::Int(i),
-        Value::Number(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => RawValue::Int(n as i64),
-        Value::Number(n) => RawValue::Float(n),
+        Value::Number(n) => RawValue::from_number(n),
         Value::String(s) => match s.to_str() {
             Ok(s) => RawValue::Str(s.to_owned()),
             Err(_) => RawValue::Other("non-utf-8 string"),

@@ -10,13 +10,14 @@
 mod conf_source;
 mod connection;
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
 use crate::conf::{key, ConnectConf, Endpoint, Side};
 use crate::connection::Handle;
-use crate::error::Error;
+use crate::error::{guarded, Error};
 use crate::signer::{self, SigningParams};
 use crate::{credentials, env_snapshot, token};
 use conf_source::{LuaConf, LuaValues};
@@ -25,8 +26,12 @@ use conf_source::{LuaConf, LuaValues};
 #[mlua::lua_module(skip_memory_check)]
 fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     env_snapshot::freeze();
-    pin_library();
+    let library_path = pin_library();
     let core = lua.create_table()?;
+    // For ffi_token.lua: where LuaJIT's ffi.load finds kong_rds_iam_token.
+    if let Some(path) = library_path {
+        core.set("library_path", lua.create_string(path.as_bytes())?)?;
+    }
     core.set("version", env!("CARGO_PKG_VERSION"))?;
     core.set("null", connection::null())?;
     core.set("connect", lua.create_function(lua_connect)?)?;
@@ -35,14 +40,10 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("token_keys", token_keys(lua)?)?;
+    // LuaJIT's FFI route to token() (nil elsewhere): see src/ffi_token.rs.
+    let ffi_token: Value = lua.load(include_str!("ffi_token.lua")).set_name("=kong_rds_iam.ffi_token").call(&core)?;
+    core.set("ffi_token", ffi_token)?;
     lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
-}
-
-/// Runs `f`, turning a panic (a bug) into an error instead of a raised Lua
-/// error, so the caller still gets `nil, err`.
-fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(Error::new(crate::error::ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")))
 }
 
 /// `{ rw = {...}, ro = {...} }`: the conf keys a token depends on, in the
@@ -80,7 +81,7 @@ fn unix_seconds(t: SystemTime) -> i64 {
 fn lua_token(lua: &Lua, (values, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<TokenResult> {
     let issued = guarded(|| {
         let side = side(mode)?;
-        token::issue(&Endpoint::parse(&LuaValues { names: key::token_names(side), values }, side)?)
+        token::issue(Cow::Owned(Endpoint::parse(&LuaValues { names: key::token_names(side), values }, side)?))
     });
     // A tuple goes onto the Lua stack as is (no MultiValue in between).
     Ok(match issued {
@@ -224,13 +225,14 @@ fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
     Ok(MultiValue::from_iter([Value::String(lua.create_string(&token)?)]))
 }
 
-/// Keeps this library mapped for the life of the process.
+/// Keeps this library mapped for the life of the process; returns the path
+/// it was loaded from.
 ///
 /// `lua_close` (an nginx HUP reload, a test re-requiring the module) unloads
 /// C modules with `dlclose`. Blocking-pool threads of a runtime may still be
 /// winding down then; if the code under them were unmapped the process would
 /// crash. Re-opening ourselves with `RTLD_NODELETE` makes the unload a no-op.
-fn pin_library() {
+fn pin_library() -> Option<std::ffi::CString> {
     // SAFETY: dladdr only reads the loader's tables for an address inside
     // this library; dlopen of the path it reports bumps a reference count on
     // an object that is already loaded.
@@ -239,6 +241,8 @@ fn pin_library() {
         let addr = pin_library as *const () as *const libc::c_void;
         if libc::dladdr(addr, &mut info) != 0 && !info.dli_fname.is_null() {
             libc::dlopen(info.dli_fname, libc::RTLD_NOW | libc::RTLD_NODELETE | libc::RTLD_NOLOAD);
+            return Some(std::ffi::CStr::from_ptr(info.dli_fname).to_owned());
         }
     }
+    None
 }
