@@ -349,7 +349,7 @@ impl Reader<'_> {
     fn endpoint(&self) -> Result<Endpoint> {
         let host = self.string(key::HOST, "127.0.0.1")?;
         // 253: the longest DNS name. Bounding it here also bounds every message that names the host.
-        if host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        if host.len() > 253 || !is_host_text(&host) {
             return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name(key::HOST), quote(&host))));
         }
         let port = self.integer(key::PORT, 5432, 1, 65535)? as u16;
@@ -540,6 +540,13 @@ fn non_empty_string(key: &str, v: RawValue) -> Result<String> {
     }
 }
 
+/// No whitespace, control character or `/`: could be a host name or address.
+fn is_host_text(host: &str) -> bool {
+    // Printable ASCII (every real host name) is decided byte by byte.
+    host.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        || !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+}
+
 /// `s` without surrounding whitespace, reusing its buffer when it has none.
 fn trimmed(s: String) -> String {
     if s.trim().len() == s.len() {
@@ -614,6 +621,16 @@ mod tests {
         fn get(&self, key: &str) -> Option<RawValue> {
             self.asked.borrow_mut().push(key.to_owned());
             self.values.get(key).cloned()
+        }
+    }
+
+    #[test]
+    fn host_text() {
+        for ok in ["db.example", "10.0.0.1", "::1", "bücher.example"] {
+            assert!(is_host_text(ok), "{ok}");
+        }
+        for bad in ["a b", "a\tb", "a/b", "a\u{2003}b", "a\u{85}b", "bü/cher", "\0"] {
+            assert!(!is_host_text(bad), "{bad:?}");
         }
     }
 

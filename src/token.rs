@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -67,7 +68,7 @@ struct Wanted<'a> {
 
 impl Wanted<'_> {
     fn fingerprint(&self) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::{BuildHasher, Hash};
         let mut h = HASH_STATE.build_hasher();
         self.hash(&mut h);
         h.finish()
@@ -88,7 +89,31 @@ impl Wanted<'_> {
 const MAX_CACHED_TOKENS: usize = 1024;
 
 static HASH_STATE: Lazy<std::collections::hash_map::RandomState> = Lazy::new(Default::default);
-static CACHE: PerProcess<Mutex<HashMap<u64, (Signed, Arc<Token>)>>> = PerProcess::new();
+static CACHE: PerProcess<Mutex<TokenCache>> = PerProcess::new();
+
+/// Tokens by the fingerprint of what they were signed for.
+type TokenCache = HashMap<u64, (Signed, Arc<Token>), BuildHasherDefault<Prehashed>>;
+
+/// The hasher of [`TokenCache`]: its keys are already hashes (SipHash with
+/// a random key), so hashing them again would be wasted work.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// A token for `endpoint`, from the cache when one has long enough to live.
 /// An owned endpoint is kept by the cache as is; a borrowed one is copied
@@ -110,7 +135,7 @@ pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
         role: endpoint.assume_role.as_ref(),
     };
     let fingerprint = wanted.fingerprint();
-    let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(HashMap::new())))?;
+    let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(TokenCache::default())))?;
     let now = SystemTime::now();
     let hit = cache.lock().ok().and_then(|c| {
         c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone())
