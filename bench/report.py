@@ -284,7 +284,7 @@ md.append("""- Tokens: host `bench-db.abc123.us-east-1.rds.amazonaws.com`, port 
   region us-east-1, the same access key and secret everywhere, current time, no session token.
   `lua_sign_token`: `rds.sign_token{...}` (fresh signature, signing key derived each call, like the peers).
   `lua_token_fresh`: `rds.token(conf)` with a user never seen before on every call (token cache miss; the
-  day's signing key is cached). `lua_token_cached`: `rds.token(conf)` with one conf. botocore: one client,
+  day's signing key is cached; LuaJIT, so through the FFI route). `lua_token_cached`: `rds.token(conf)` with one conf. botocore: one client,
   `generate_db_auth_token` in a loop. rds-signer: one `Signer`, `await getAuthToken()` in a loop. Rust: `bench/rust`
   (aws-sigv4 `http_request::sign`, `SignatureLocation::QueryParams`, `expires_in` 900 s, service `rds-db`, token
   string assembled from the returned params; it checks that all Rust variants produce byte-identical tokens).
