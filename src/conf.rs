@@ -123,6 +123,11 @@ pub mod key {
         }
     }
 
+    /// Where `name` stands in [`token_names`] of `side`.
+    pub fn token_index(side: super::Side, name: &str) -> Option<usize> {
+        token_names(side).iter().position(|n| *n == name)
+    }
+
     const TOKEN_RW: [&str; TOKEN.len()] = {
         let mut out = [""; TOKEN.len()];
         let mut i = 0;

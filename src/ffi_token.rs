@@ -17,7 +17,6 @@
 
 use std::borrow::Cow;
 use std::ffi::c_int;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::conf::{key, ConfSource, Endpoint, RawValue, Side};
 use crate::error::{guarded, Error};
@@ -88,15 +87,14 @@ pub unsafe extern "C" fn kong_rds_iam_token(
     // SAFETY: the caller's contract (non-null was checked above).
     let (values, out, result) =
         unsafe { (std::slice::from_raw_parts(values, n), std::slice::from_raw_parts_mut(out, cap), &mut *result) };
-    let names = key::token_names(side);
-    if values.len() != names.len() {
+    if values.len() != key::token_names(side).len() {
         return write(out, result, b"internal error: token values do not match the token keys", RESULT_ERROR);
     }
-    let issued = guarded(|| token::issue(Cow::Owned(Endpoint::parse(&FfiValues { names, values }, side)?)));
+    let issued = guarded(|| token::issue(Cow::Owned(Endpoint::parse(&FfiValues { side, values }, side)?)));
     match issued {
         Ok(t) => {
-            result.expires_at = unix_seconds(t.expires_at);
-            result.valid_until = unix_seconds(t.valid_until);
+            result.expires_at = token::unix_seconds(t.expires_at) as f64;
+            result.valid_until = token::unix_seconds(t.valid_until) as f64;
             write(out, result, t.token.as_bytes(), RESULT_TOKEN)
         }
         Err(e) => error(out, result, &e),
@@ -121,19 +119,15 @@ fn write(out: &mut [u8], result: &mut FfiResult, bytes: &[u8], status: c_int) ->
     }
 }
 
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as f64).unwrap_or(0.0)
-}
-
-/// The values as a [`ConfSource`]: `values[i]` is the value of `names[i]`.
+/// The values as a [`ConfSource`]: `values[i]` is the value of `key::token_names(side)[i]`.
 struct FfiValues<'a> {
-    names: &'static [&'static str],
+    side: Side,
     values: &'a [FfiValue],
 }
 
 impl ConfSource for FfiValues<'_> {
     fn get(&self, key: &str) -> Option<RawValue> {
-        let i = self.names.iter().position(|name| *name == key)?;
+        let i = key::token_index(self.side, key)?;
         let v = self.values.get(i)?;
         Some(match v.kind {
             KIND_NIL => return None,
@@ -177,7 +171,7 @@ mod tests {
         values[1] = FfiValue { kind: KIND_NUMBER, number: 6432.0, ptr: std::ptr::null(), len: 0 };
         values[2] = FfiValue { kind: KIND_BOOLEAN, number: 1.0, ptr: std::ptr::null(), len: 0 };
         values[3] = FfiValue { kind: KIND_STRING, number: 0.0, ptr: b"\xff".as_ptr(), len: 1 };
-        let src = FfiValues { names, values: &values };
+        let src = FfiValues { side: Side::ReadWrite, values: &values };
         assert_eq!(src.get("pg_host"), Some(RawValue::Str("db.example".into())));
         assert_eq!(src.get("pg_port"), Some(RawValue::Int(6432)));
         assert_eq!(src.get("pg_user"), Some(RawValue::Bool(true)));

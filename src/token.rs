@@ -39,6 +39,11 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// `t` in whole seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// What a cached token was signed for; compared in full on every hit. It
 /// owns the endpoint the token was issued for (moved in, not copied).
 struct Signed {
@@ -68,10 +73,8 @@ struct Wanted<'a> {
 
 impl Wanted<'_> {
     fn fingerprint(&self) -> u64 {
-        use std::hash::{BuildHasher, Hash};
-        let mut h = HASH_STATE.build_hasher();
-        self.hash(&mut h);
-        h.finish()
+        use std::hash::BuildHasher;
+        HASH_STATE.hash_one(self)
     }
 
     fn matches(&self, s: &Signed) -> bool {

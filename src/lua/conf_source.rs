@@ -3,7 +3,7 @@
 
 use mlua::{Table, Value};
 
-use crate::conf::{ConfSource, RawValue};
+use crate::conf::{key, ConfSource, RawValue, Side};
 
 /// A Lua table seen as a [`ConfSource`].
 pub struct LuaConf(pub Table);
@@ -22,9 +22,9 @@ impl ConfSource for LuaConf {
 /// a keyed read of the conf table. (Lua reads the conf once anyway, for its
 /// memo, and handles `__index` proxies natively.)
 pub struct LuaValues {
-    /// What each index holds ([`key::token_names`](crate::conf::key::token_names)).
-    pub names: &'static [&'static str],
-    /// `values[i + 1]` is the value of `names[i]`.
+    /// Whose names the values are ([`key::token_names`] of this side).
+    pub side: Side,
+    /// `values[i + 1]` is the value of `key::token_names(side)[i]`.
     pub values: Table,
 }
 
@@ -32,7 +32,7 @@ impl ConfSource for LuaValues {
     fn get(&self, key: &str) -> Option<RawValue> {
         // A name outside the list reads as unset; conf.rs's tests hold the
         // parser to the list.
-        let i = self.names.iter().position(|name| *name == key)?;
+        let i = key::token_index(self.side, key)?;
         match self.values.raw_get::<Value>(i + 1) {
             Ok(value) => raw_value(value),
             Err(_) => Some(RawValue::Other("value")),

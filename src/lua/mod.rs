@@ -71,25 +71,21 @@ fn side(mode: Option<mlua::LuaString>) -> Result<Side, Error> {
     Side::parse(mode.as_deref())
 }
 
-fn unix_seconds(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 /// `token, err, expires_at, valid_until = core.token(values, mode)`, where
 /// `values` holds the conf's values for `core.token_keys[mode]`, in order
 /// (`valid_until` feeds api.lua's memo; it is not part of the public API).
 fn lua_token(lua: &Lua, (values, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<TokenResult> {
     let issued = guarded(|| {
         let side = side(mode)?;
-        token::issue(Cow::Owned(Endpoint::parse(&LuaValues { names: key::token_names(side), values }, side)?))
+        token::issue(Cow::Owned(Endpoint::parse(&LuaValues { side, values }, side)?))
     });
     // A tuple goes onto the Lua stack as is (no MultiValue in between).
     Ok(match issued {
         Ok(t) => (
             Some(lua.create_string(&t.token)?),
             None,
-            Some(unix_seconds(t.expires_at)),
-            Some(unix_seconds(t.valid_until)),
+            Some(token::unix_seconds(t.expires_at)),
+            Some(token::unix_seconds(t.valid_until)),
         ),
         Err(e) => (None, Some(lua.create_string(e.message())?), None, None),
     })
