@@ -1,6 +1,7 @@
 -- token(): published vectors, the kong.conf model, regions, the cache, the
 -- frozen environment, and secrets kept out of errors.
 local rds = require "kong_rds_iam"
+local socket = require "socket"
 local test_env = require "spec.support.test_env"
 local lua_process = require "spec.support.lua_process"
 
@@ -13,6 +14,13 @@ local function credential_scope(token)
 end
 
 local RDS_HOST = "mydb.abcdefghijkl.us-east-1.rds.amazonaws.com"
+
+-- Sleeps past the next whole second: a token signed after this carries another
+-- X-Amz-Date (and signature) than one signed before, unless it came from the cache.
+local function next_second()
+  local now = socket.gettime()
+  socket.sleep(math.floor(now) + 1.05 - now)
+end
 
 describe("sign_token reproduces the published vectors", function()
   local kong_host = "test_database.test_cluster.us-east-1.rds.amazonaws.com"
@@ -124,10 +132,13 @@ describe("token(conf)", function()
   it("reuses a cached token and keys the cache by user, host, port and region", function()
     local conf = { pg_host = RDS_HOST, pg_user = "cache_user" }
     local a, _, exp_a = rds.token(conf)
+    next_second()
     local b, _, exp_b = rds.token(conf)
     assert.equal(a, b)
     assert.equal(exp_a, exp_b)
-    assert.not_equal(a, rds.token { pg_host = RDS_HOST, pg_user = "cache_user2" })
+    local other = rds.token { pg_host = RDS_HOST, pg_user = "cache_user2" }
+    assert.not_equal(a, other)
+    assert.not_equal(param(a, "X%-Amz%-Date"), param(other, "X%-Amz%-Date")) -- a second went by
     assert.not_equal(a, rds.token { pg_host = RDS_HOST, pg_user = "cache_user", pg_port = 5433 })
     assert.not_equal(a, rds.token { pg_host = RDS_HOST, pg_user = "cache_user", pg_iam_auth_region = "eu-west-1" })
   end)
