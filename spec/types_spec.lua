@@ -83,8 +83,9 @@ describe("conn:query()", function()
       assert.equal(10000, res[10000].x)
     end)
 
-    it("ignores notices", function()
-      assert.same({ true, 1 }, { conn:query("do $$ begin raise notice 'hello'; end $$") })
+    it("returns notices as the 4th value, as pgmoon does (no notification: 3rd nil)", function()
+      assert.same({ true, 1, nil, { "NOTICE: hello" } }, { conn:query("do $$ begin raise notice 'hello'; end $$") })
+      assert.same({ true, 1 }, { conn:query("do $$ begin perform 1; end $$") })
     end)
   end)
 
@@ -169,8 +170,11 @@ describe("conn:query()", function()
   end)
 
   describe("errors", function()
-    it("gives nil, the server's message, no partial, 0, and the SQLSTATE", function()
-      assert.same({ nil, 'relation "nope" does not exist', nil, 0, "42P01" }, { conn:query("select * from nope") })
+    it("gives nil, the server's message, no partial, 0, the SQLSTATE and the server's fields", function()
+      assert.same({ nil, 'relation "nope" does not exist', nil, 0, "42P01",
+        { severity = "ERROR", severity_nonlocalized = "ERROR", code = "42P01",
+          message = 'relation "nope" does not exist', position = "15" } },
+        { conn:query("select * from nope") })
     end)
 
     it("keeps the connection usable after a server error", function()
@@ -231,35 +235,83 @@ describe("conn:query()", function()
   end)
 
   describe("escaping", function()
-    it("escape_literal quotes as pgmoon does", function()
+    it("escape_literal quotes as libpq does", function()
       assert.equal("'it''s'", conn:escape_literal("it's"))
       assert.equal("''", conn:escape_literal(""))
+      assert.equal(" E'a\\\\b'", conn:escape_literal("a\\b"))
       assert.equal("12", conn:escape_literal(12))
-      assert.equal("-3.5", conn:escape_literal(-3.5))
+      -- a space first, so that `x-` .. literal never starts a `--` comment
+      assert.equal(" -3.5", conn:escape_literal(-3.5))
+      assert.equal("'NaN'::float8", conn:escape_literal(0 / 0))
+      assert.equal("'Infinity'::float8", conn:escape_literal(math.huge))
+      assert.equal("'-Infinity'::float8", conn:escape_literal(-math.huge))
       assert.equal("TRUE", conn:escape_literal(true))
       assert.equal("FALSE", conn:escape_literal(false))
       assert.equal("NULL", conn:escape_literal(nil))
       assert.equal("NULL", conn:escape_literal(rds.null))
-      assert.has_error(function() conn:escape_literal({}) end)
+      local ok, err = pcall(conn.escape_literal, conn, {})
+      assert.is_false(ok)
+      assert.equal("string", type(err))
     end)
 
     it("escape_literal round-trips through the server", function()
       for _, v in ipairs { "it's", "a\\b", "''", "ünï", "--", "x'; drop table y; --", "", 12, -3.5, 2 ^ 53, true, false } do
         assert.same(v, value(conn, conn:escape_literal(v)))
       end
+      -- glued after a minus sign, a negative number is still a number, not a comment
+      assert.same(4.5, value(conn, "1-" .. conn:escape_literal(-3.5)))
       assert.equal(NULL, value(conn, conn:escape_literal(nil)))
     end)
 
-    it("escape_literal and escape_identifier take any bytes, as pgmoon does", function()
-      assert.equal("'caf\233 l''\255'", conn:escape_literal("caf\233 l'\255"))
-      assert.equal('"caf\233 ""\255"', conn:escape_identifier('caf\233 "\255'))
+    it("refuse bytes that are not characters of the client encoding, as libpq does", function()
+      local lit, err = conn:escape_literal("caf\233 l'\255")
+      assert.is_nil(lit)
+      assert.matches("multibyte", err)
+      local id, ierr = conn:escape_identifier('caf\233 "\255')
+      assert.is_nil(id)
+      assert.matches("multibyte", ierr)
+      assert.is_nil((conn:escape_literal("a\0b")))
     end)
 
-    it("escape_identifier doubles quotes", function()
+    it("escape_identifier doubles quotes and takes strings only", function()
       assert.equal('"a""b"', conn:escape_identifier('a"b'))
       assert.equal('"select"', conn:escape_identifier("select"))
-      assert.equal('"1"', conn:escape_identifier(1))
+      for _, bad in ipairs { 1, {}, true } do
+        local ok, err = pcall(conn.escape_identifier, conn, bad)
+        assert.is_false(ok)
+        assert.equal("string", type(err))
+      end
+      local ok, err = pcall(conn.escape_identifier, conn, nil)
+      assert.is_false(ok)
+      assert.matches("string expected, got nil", err)
     end)
+
+    -- libpq's rules hold where doubling quotes alone breaks: with
+    -- standard_conforming_strings off a backslash escapes the closing
+    -- quote; in SJIS, GBK and BIG5 a character's second byte can be 0x5C.
+    -- Each hostile value must come back from the server byte for byte and
+    -- run nothing else.
+    local HOSTILE = {
+      UTF8 = { "\\'; select 1/0; --", "ünï\\'", "'||pg_sleep(0)||'" },
+      SJIS = { "\131\92'; select 1/0; --", "\131\92\\'" },   -- ソ = 0x83 0x5C
+      GBK = { "\129\92'; select 1/0; --", "\129\92\\'" },
+      BIG5 = { "\179\92'; select 1/0; --", "\179\92\\'" },  -- 許 = 0xB3 0x5C
+    }
+    for _, scs in ipairs { "on", "off" } do
+      for _, encoding in ipairs { "UTF8", "SJIS", "GBK", "BIG5" } do
+        it(("escape_literal is safe with standard_conforming_strings %s in %s"):format(scs, encoding), function()
+          assert(conn:query(("set client_encoding = '%s'; set standard_conforming_strings = %s"):format(encoding, scs)))
+          for _, v in ipairs(HOSTILE[encoding]) do
+            local lit = assert(conn:escape_literal(v))
+            local res, n = conn:query("select " .. lit .. " as v")
+            assert.is_table(res, n)
+            assert.equal(1, n)
+            assert.equal(v, res[1].v)
+          end
+          assert(conn:query("set client_encoding = 'UTF8'; set standard_conforming_strings = on"))
+        end)
+      end
+    end
 
     it("escape_identifier round-trips through the server", function()
       local name = 'Odd "col" name'

@@ -108,6 +108,10 @@ pub mod key {
         SSL_CERT = "ssl_cert",
         SSL_CERT_KEY = "ssl_cert_key",
         SSL_CAFILE = "ssl_cafile",
+        KEEPALIVE_TIMEOUT = "keepalive_timeout",
+        POOL_SIZE = "pool_size",
+        BACKLOG = "backlog",
+        MAX_LIFETIME = "max_lifetime",
     }
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
@@ -269,6 +273,30 @@ pub struct ConnectConf {
     pub schema: Option<String>,
     /// TLS settings (forced on and required under IAM).
     pub tls: TlsConf,
+    /// Keep-alive pool settings.
+    pub pool: PoolConf,
+}
+
+/// How connections are kept alive (see [`crate::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConf {
+    /// `pg_keepalive_timeout` (ms, default 60000): how long an idle
+    /// connection is kept; zero keeps it until the server closes it.
+    pub keepalive_timeout: Duration,
+    /// `pg_pool_size` (default 256): idle connections kept per pool key.
+    pub size: usize,
+    /// `pg_backlog`: when set, at most `size` connections of a key are in
+    /// use at once and up to this many callers wait for one.
+    pub backlog: Option<usize>,
+    /// `pg_max_lifetime` (ms): connections older than this (+-10%) are
+    /// closed instead of kept alive.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolConf {
+    fn default() -> Self {
+        PoolConf { keepalive_timeout: Duration::from_secs(60), size: 256, backlog: None, max_lifetime: None }
+    }
 }
 
 impl std::fmt::Debug for ConnectConf {
@@ -280,6 +308,7 @@ impl std::fmt::Debug for ConnectConf {
             .field("database", &self.database)
             .field("schema", &self.schema)
             .field("tls", &self.tls)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -478,6 +507,18 @@ impl Reader<'_> {
             trusted,
             cafile,
         };
+        let pool = PoolConf {
+            keepalive_timeout: Duration::from_millis(self.integer(key::KEEPALIVE_TIMEOUT, 60_000, 0, 86_400_000)? as u64),
+            size: self.integer(key::POOL_SIZE, 256, 1, 100_000)? as usize,
+            backlog: match self.lookup(key::BACKLOG) {
+                None => None,
+                Some((name, v)) => Some(integer(name, v, 0, 100_000)? as usize),
+            },
+            max_lifetime: match self.lookup(key::MAX_LIFETIME) {
+                None => None,
+                Some((name, v)) => Some(Duration::from_millis(integer(name, v, 1, 86_400_000 * 30)? as u64)),
+            },
+        };
         Ok(ConnectConf {
             endpoint,
             iam,
@@ -485,6 +526,7 @@ impl Reader<'_> {
             database,
             schema,
             tls,
+            pool,
         })
     }
 

@@ -1,86 +1,288 @@
 //! `connect()`: a token (or the password), then a TLS PostgreSQL session,
 //! all bounded by `pg_timeout`, wrapped in a handle that callers drive
-//! synchronously (nginx init phases, timers, the CLI).
+//! either blocking (nginx init phases, the CLI) or as jobs for the I/O
+//! thread (yielding nginx phases): the same futures either way.
 //!
 //! A handle works only in the process that opened it: its socket is
 //! registered with that process's runtime, which a forked child cannot run.
+//! While a query runs as a job, the job owns the connection and the handle
+//! is busy; the job hands it back with its result.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::conf::ConnectConf;
+use crate::conf::{ConnectConf, PoolConf};
 use crate::error::{Error, ErrorKind, Result};
+use crate::jobs::{self, Abandon, First};
 use crate::pg::{self, QueryFailure, QueryOutput};
+use crate::pool::{self, Checkout, Idle, Lease};
 use crate::{process, token};
 
-/// A connection opened by [`Handle::open`].
+/// A connection opened by [`Handle::open`] or [`Handle::open_job`].
 pub struct Handle {
-    conn: Option<pg::Connection>,
+    state: State,
     /// The [`process::generation`] that opened it.
     owner: u64,
     timeout: Duration,
     label: String,
+    /// Counts it as busy in its pool key while it is open.
+    lease: Option<Lease>,
+    /// How many times the pool handed this physical connection out before.
+    reused: u32,
+    /// When `pg_max_lifetime` (jittered) says to stop reusing it.
+    retire_at: Option<Instant>,
+    pool: PoolConf,
+    /// Why it must not go back to the pool (a shutdown or failover error).
+    not_reusable: Option<String>,
+    /// The escaping session last seen, for escapes while a query runs.
+    last_session: pg::escape::Session,
+}
+
+enum State {
+    Open(pg::Connection),
+    /// A query job owns the connection.
+    Busy,
+    Closed,
+}
+
+/// What a query job hands back: the connection when it is still usable,
+/// and the outcome.
+pub struct QueryDone {
+    conn: Option<pg::Connection>,
+    result: std::result::Result<QueryOutput, QueryFailure>,
 }
 
 impl Handle {
-    /// Opens a connection as `conf` says: with an IAM token when IAM is on,
-    /// else with `pg_password`.
+    /// A connection as `conf` says, blocking the caller: an idle one from
+    /// this process's pool when there is one, else a new one.
     pub fn open(conf: &ConnectConf) -> Result<Handle> {
-        let token = if conf.iam { Some(token::issue(Cow::Borrowed(&conf.endpoint))?) } else { None };
-        let password = match &token {
-            Some(t) => Some(t.token.as_str()),
-            None => conf.password.as_deref(),
-        };
         let timeout = conf.endpoint.timeout;
-        let label = format!(
-            "{}@{}:{}/{}",
-            conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database
-        );
-        let conn = process::block_on_timeout(timeout, pg::connect(conf, password))?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!("timeout: no connection to {}:{} within {} ms", conf.endpoint.host, conf.endpoint.port, timeout.as_millis()),
-                )
-            })??;
-        Ok(Handle { conn: Some(conn), owner: process::generation(), timeout, label })
+        let lease = match process::block_on(pool::checkout(pool::Key::of(conf), &conf.pool, false, timeout))?? {
+            Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, conf)),
+            Checkout::Open(lease) => lease,
+        };
+        let token = if conf.iam { Some(token::issue(Cow::Borrowed(&conf.endpoint))?) } else { None };
+        let password = token.as_ref().map(|t| t.token.as_str()).or(conf.password.as_deref());
+        let conn = process::block_on_timeout(timeout, pg::connect(conf, password))?.ok_or_else(|| connect_timeout(conf))??;
+        Ok(Handle::new(conn, conf, lease))
     }
 
-    /// Runs `sql`. A server error leaves the connection usable; a timeout
-    /// or I/O failure closes it.
-    pub fn query(&mut self, sql: &[u8]) -> std::result::Result<QueryOutput, QueryFailure> {
-        let fail = |error: Error| QueryFailure { error, partial: Vec::new(), usable: false };
-        self.check_owner().map_err(fail)?;
-        let Some(conn) = self.conn.as_mut() else { return Err(fail(Error::closed())) };
-        let timeout = self.timeout;
-        let outcome = process::block_on_timeout(timeout, conn.query(sql)).map_err(fail)?;
-        match outcome {
-            Some(Ok(out)) => Ok(out),
-            Some(Err(failure)) => {
-                if !failure.usable {
-                    self.conn = None;
-                }
-                Err(failure)
+    /// The same as a job: with an IAM token when IAM is on (credentials
+    /// fetched without blocking), else with `pg_password`. Waiting for a
+    /// pooled connection (`pg_backlog`), the token and the session each get
+    /// `pg_timeout`, as in [`Handle::open`].
+    pub fn open_job(conf: ConnectConf) -> impl Future<Output = Result<Handle>> + Send + 'static {
+        async move {
+            let timeout = conf.endpoint.timeout;
+            let lease = match pool::checkout(pool::Key::of(&conf), &conf.pool, true, timeout).await? {
+                Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, &conf)),
+                Checkout::Open(lease) => lease,
+            };
+            let token = if conf.iam { Some(token::issue_async(&conf.endpoint).await?) } else { None };
+            let password = token.as_ref().map(|t| t.token.as_str()).or(conf.password.as_deref());
+            let conn = tokio::time::timeout(timeout, pg::connect(&conf, password)).await.map_err(|_| connect_timeout(&conf))??;
+            Ok(Handle::new(conn, &conf, lease))
+        }
+    }
+
+    /// How long a caller may wait for [`Handle::open_job`]: a pooled
+    /// connection, a token, then a session.
+    pub fn open_bound(conf: &ConnectConf) -> Duration {
+        conf.endpoint.timeout * 3
+    }
+
+    fn new(conn: pg::Connection, conf: &ConnectConf, lease: Lease) -> Handle {
+        let label = format!("{}@{}:{}/{}", conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database);
+        let last_session = conn.escape_session().unwrap_or_default();
+        Handle {
+            last_session,
+            state: State::Open(conn),
+            owner: process::generation(),
+            timeout: conf.endpoint.timeout,
+            label,
+            lease: Some(lease),
+            reused: 0,
+            retire_at: pool::retire_at(conf.pool.max_lifetime),
+            pool: conf.pool,
+            not_reusable: None,
+        }
+    }
+
+    fn reused(idle: Idle, lease: Lease, conf: &ConnectConf) -> Handle {
+        let mut handle = Handle::new(idle.conn, conf, lease);
+        handle.reused = idle.reused + 1;
+        handle.retire_at = idle.retire_at;
+        handle
+    }
+
+    /// How many times the pool handed this physical connection out before
+    /// (0 for a new one), as a cosocket's `getreusedtimes`.
+    pub fn reused_times(&self) -> u32 {
+        self.reused
+    }
+
+    /// Puts the connection into this process's pool (then this handle is
+    /// closed): for `max_idle` (zero: no limit; default `pg_keepalive_timeout`),
+    /// keeping at most `size` idle ones of its key (default `pg_pool_size`).
+    /// Where nothing may be pooled (`in_master`: the nginx master, which
+    /// forks), or the connection is past `pg_max_lifetime`, it is closed
+    /// instead, which is not an error; one in a transaction, or one that saw
+    /// a shutdown or failover error, is closed and the error says why.
+    pub fn keepalive(&mut self, max_idle: Option<Duration>, size: Option<usize>, in_master: bool) -> Result<()> {
+        let conn = self.take_open()?;
+        let lease = self.lease.take();
+        if self.owner != process::generation() {
+            conn.abandon();
+            return Ok(());
+        }
+        let (Some(lease), None, false) = (lease, &self.not_reusable, in_master) else {
+            process::block_on_timeout(self.timeout, conn.close())?;
+            return match self.not_reusable.take() {
+                Some(why) => Err(Error::new(ErrorKind::Closed, format!("connection closed instead of kept alive: {why}"))),
+                None => Ok(()),
+            };
+        };
+        let max_idle = max_idle.unwrap_or(self.pool.keepalive_timeout);
+        let size = size.unwrap_or(self.pool.size);
+        process::block_on(pool::put_back(lease, conn, self.reused, self.retire_at, max_idle, size))?
+    }
+
+    /// The open connection, taken out (the handle is closed after this).
+    fn take_open(&mut self) -> Result<pg::Connection> {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Open(conn) => Ok(conn),
+            State::Busy => {
+                self.state = State::Busy;
+                Err(Error::busy())
             }
-            None => {
-                // The exchange stopped midway: the connection cannot be trusted any more.
-                self.conn = None;
-                Err(fail(Error::new(ErrorKind::Timeout, format!("timeout: no result within {} ms", timeout.as_millis()))))
+            State::Closed => Err(Error::closed()),
+        }
+    }
+
+    /// Runs `sql`, blocking the caller. A server error leaves the connection
+    /// usable; a timeout (after which the statement is cancelled) or an I/O
+    /// failure closes it.
+    pub fn query(&mut self, sql: &[u8]) -> std::result::Result<QueryOutput, QueryFailure> {
+        let job = self.query_job(sql.to_vec(), Abandon::never())?;
+        match process::block_on(job) {
+            Ok(done) => self.finish_query(done),
+            Err(e) => {
+                // No runtime: the connection went with the job.
+                self.state = State::Closed;
+                self.lease = None;
+                Err(failure(e))
             }
         }
     }
 
-    /// Closes the connection; a second close says `closed`.
+    /// Takes the connection out for a query job, which hands it back in its
+    /// [`QueryDone`] (see [`Handle::finish_query`]). When `abandon` is
+    /// raised (the caller went away), or `pg_timeout` passes, the job cancels
+    /// the statement and closes the connection.
+    pub fn query_job(
+        &mut self,
+        sql: Vec<u8>,
+        abandon: Arc<Abandon>,
+    ) -> std::result::Result<impl Future<Output = QueryDone> + Send + 'static, QueryFailure> {
+        self.check_owner().map_err(failure)?;
+        let mut conn = match std::mem::replace(&mut self.state, State::Busy) {
+            State::Open(conn) => conn,
+            other => {
+                let busy = matches!(other, State::Busy);
+                self.state = other;
+                return Err(failure(if busy { Error::busy() } else { Error::closed() }));
+            }
+        };
+        let timeout = self.timeout;
+        Ok(async move {
+            let cancel = conn.cancel_token();
+            let outcome = match jobs::first(tokio::time::timeout(timeout, conn.query(&sql)), abandon.raised()).await {
+                First::Left(outcome) => outcome.ok(),
+                First::Right(()) => None,
+            };
+            match outcome {
+                Some(Ok(out)) => QueryDone { conn: Some(conn), result: Ok(out) },
+                Some(Err(f)) => {
+                    let usable = f.usable;
+                    QueryDone { conn: usable.then_some(conn), result: Err(f) }
+                }
+                None => {
+                    // The exchange stopped midway: stop the statement, and
+                    // drop the connection, whose state is unknown.
+                    cancel.cancel().await;
+                    drop(conn);
+                    let e = Error::new(ErrorKind::Timeout, format!("timeout: no result within {} ms", timeout.as_millis()));
+                    QueryDone { conn: None, result: Err(failure(e)) }
+                }
+            }
+        })
+    }
+
+    /// How long a caller may wait for a query job: `pg_timeout`, then the cancel.
+    pub fn query_bound(&self) -> Duration {
+        self.timeout + Duration::from_secs(2)
+    }
+
+    /// Puts the connection a query job handed back into place, and gives the
+    /// job's outcome.
+    pub fn finish_query(&mut self, done: QueryDone) -> std::result::Result<QueryOutput, QueryFailure> {
+        self.state = match (done.conn, &self.state) {
+            (Some(conn), State::Busy) => {
+                self.last_session = conn.escape_session().unwrap_or(self.last_session);
+                State::Open(conn)
+            }
+            _ => {
+                self.lease = None;
+                State::Closed
+            }
+        };
+        if let Err(f) = &done.result {
+            if let Some(state) = f.error.sqlstate().filter(|s| NOT_REUSABLE.contains(s)) {
+                self.not_reusable = Some(format!("the server reported {state} ({})", f.error.message()));
+            }
+        }
+        done.result
+    }
+
+    /// The query job's caller went away: the job closes the connection.
+    pub fn abandon_query(&mut self) {
+        if matches!(self.state, State::Busy) {
+            self.state = State::Closed;
+            self.lease = None;
+        }
+    }
+
+    /// Closes the connection; a second close says `closed`, a close while a
+    /// query runs `connection busy`.
     pub fn close(&mut self) -> Result<()> {
-        let conn = self.conn.take().ok_or_else(Error::closed)?;
+        let conn = self.take_open()?;
+        self.lease = None;
         if self.owner != process::generation() {
             // Inherited across fork: close our descriptor, leave the parent's session alone.
             conn.abandon();
             return Ok(());
         }
-        let timeout = self.timeout;
-        process::block_on_timeout(timeout, conn.close())?;
+        process::block_on_timeout(self.timeout, conn.close())?;
         Ok(())
+    }
+
+    /// How to escape values for this connection (see [`pg::escape`]): its
+    /// session's encoding as last seen, or UTF-8 while a query runs.
+    pub fn escape_session(&self) -> Result<pg::escape::Session> {
+        match &self.state {
+            State::Open(conn) => conn.escape_session(),
+            _ => Ok(self.last_session),
+        }
+    }
+
+    /// The notices and notifications the connection received so far.
+    pub fn take_messages(&mut self) -> pg::Messages {
+        match &mut self.state {
+            State::Open(conn) => conn.take_messages(),
+            _ => pg::Messages::default(),
+        }
     }
 
     /// Sets the timeout for later queries.
@@ -88,9 +290,9 @@ impl Handle {
         self.timeout = timeout;
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is open (a running query counts as open).
     pub fn is_open(&self) -> bool {
-        self.conn.is_some()
+        !matches!(self.state, State::Closed)
     }
 
     /// `user@host:port/database`, for `tostring`.
@@ -100,7 +302,7 @@ impl Handle {
 
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        self.conn.as_ref().is_some_and(pg::Connection::is_tls)
+        matches!(&self.state, State::Open(conn) if conn.is_tls())
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -114,10 +316,31 @@ impl Handle {
     }
 }
 
+/// SQLSTATEs after which a session is not reused: the server is shutting
+/// down (admin, crash, cannot connect now) or the endpoint now points at a
+/// read-only instance (an Aurora failover seen through a writer endpoint).
+const NOT_REUSABLE: &[&str] = &["57P01", "57P02", "57P03", "25006"];
+
+fn failure(error: Error) -> QueryFailure {
+    QueryFailure { error, partial: Vec::new(), usable: false }
+}
+
+fn connect_timeout(conf: &ConnectConf) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "timeout: no connection to {}:{} within {} ms",
+            conf.endpoint.host,
+            conf.endpoint.port,
+            conf.endpoint.timeout.as_millis()
+        ),
+    )
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
         if self.owner != process::generation() {
-            if let Some(conn) = self.conn.take() {
+            if let State::Open(conn) = std::mem::replace(&mut self.state, State::Closed) {
                 conn.abandon();
             }
         }

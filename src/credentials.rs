@@ -32,6 +32,10 @@ use crate::process::{self, PerProcess};
 /// a token is never cached past `expiry - REFRESH_MARGIN`.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(15);
 
+/// Temporary credentials are refreshed in the background this long before
+/// [`REFRESH_MARGIN`] would make callers wait for a fetch.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+
 /// How long credentials that carry no expiry are reused.
 pub const STATIC_CACHE_TIME: Duration = Duration::from_secs(15 * 60);
 
@@ -41,6 +45,8 @@ pub struct Identity {
     credentials: Credentials,
     source: String,
     fetched_at: SystemTime,
+    /// The region they were fetched with (for a background refresh).
+    region: String,
 }
 
 impl Identity {
@@ -78,6 +84,18 @@ impl Identity {
             None => now < self.fetched_at + STATIC_CACHE_TIME,
         }
     }
+
+    /// Whether temporary credentials are close enough to their end to be
+    /// refreshed ahead: within [`REFRESH_AHEAD`] (or the last quarter of
+    /// their life, when shorter) of the point where they stop being served,
+    /// and past half their life (so short-lived ones are not refetched
+    /// over and over).
+    fn wants_refresh(&self, now: SystemTime) -> bool {
+        let Some(expiry) = self.expiry() else { return false };
+        let life = expiry.duration_since(self.fetched_at).unwrap_or_default();
+        let ahead = REFRESH_AHEAD.min(life / 4);
+        expiry <= now + REFRESH_MARGIN + ahead && now >= self.fetched_at + life / 2
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -95,44 +113,84 @@ type ChainKey = Option<AssumeRole>;
 
 /// This process's AWS state: the SDK configuration (holding an HTTP client
 /// bound to this process's runtime) and the credential cache.
+#[derive(Default)]
 struct ProcessCredentials {
     /// SDK configurations by region (usually just one).
     sdks: Mutex<HashMap<String, SdkConfig>>,
     cache: Mutex<HashMap<ChainKey, Arc<Identity>>>,
+    /// One lock per source: the fetch in flight holds it.
+    flights: Mutex<HashMap<ChainKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 static STATE: PerProcess<ProcessCredentials> = PerProcess::new();
 
 fn state() -> Result<&'static ProcessCredentials> {
-    STATE.get_or_try_init(|| Ok(ProcessCredentials { sdks: Mutex::new(HashMap::new()), cache: Mutex::new(HashMap::new()) }))
+    STATE.get_or_try_init(|| Ok(ProcessCredentials::default()))
 }
 
 /// Credentials for `role` (or the base chain), from the cache if still
-/// fresh, else fetched within `timeout`. `region` is the database's region,
-/// used for STS when the environment names none.
+/// fresh, else fetched within `timeout`, blocking the caller. `region` is
+/// the database's region, used for STS when the environment names none.
 pub fn get(role: Option<&AssumeRole>, region: &str, timeout: Duration) -> Result<Arc<Identity>> {
-    let state = state()?;
-    let key: ChainKey = role.cloned();
-    if let Some(cached) = state.cached(&key, SystemTime::now()) {
+    if let Some(cached) = cached(role) {
         return Ok(cached);
     }
-    let identity = process::block_on_timeout(timeout, state.fetch(role, region))?.ok_or_else(|| {
-        Error::new(ErrorKind::Timeout, format!("timed out after {} ms getting aws credentials from {}", timeout.as_millis(), describe(role)))
-    })??;
-    let identity = Arc::new(identity);
-    if let Ok(mut cache) = state.cache.lock() {
-        cache.insert(key, identity.clone());
-    }
-    Ok(identity)
+    process::block_on(get_async(role.cloned(), region.to_owned(), timeout))?
 }
 
-/// The region named by the frozen environment or the profile files, if any.
+/// Credentials for `role` from the cache, if they are fresh: never waits.
+///
+/// Temporary credentials that are fresh but near their end are refreshed in
+/// the background on the I/O thread (when this process runs one), so that
+/// at steady state no caller waits for a fetch.
+pub fn cached(role: Option<&AssumeRole>) -> Option<Arc<Identity>> {
+    let state = state().ok()?;
+    let now = SystemTime::now();
+    let key: ChainKey = role.cloned();
+    let identity = state.cached(&key, now)?;
+    if identity.wants_refresh(now) {
+        let region = identity.region.clone();
+        process::spawn_background(async move {
+            let _ = state.refresh(key, region, true).await;
+        });
+    }
+    Some(identity)
+}
+
+/// Credentials for `role`, fetched if the cache has none that are fresh.
+/// One fetch per process and source is in flight at a time: concurrent
+/// callers wait for it and share its result.
+pub async fn get_async(role: Option<AssumeRole>, region: String, timeout: Duration) -> Result<Arc<Identity>> {
+    let state = state()?;
+    let what = describe(role.as_ref());
+    let fetch = async move {
+        match state.cached(&role, SystemTime::now()) {
+            Some(cached) => Ok(cached),
+            None => state.refresh(role, region, false).await,
+        }
+    };
+    tokio::time::timeout(timeout, fetch).await.map_err(|_| {
+        Error::new(ErrorKind::Timeout, format!("timed out after {} ms getting aws credentials from {what}", timeout.as_millis()))
+    })?
+}
+
+/// The region named by the frozen environment or the profile files, if
+/// any, blocking the caller.
 pub fn default_region(timeout: Duration) -> Result<Option<String>> {
     let snapshot = env_snapshot::get();
     if let Some(region) = snapshot.region() {
         return Ok(Some(region.to_owned()));
     }
     Ok(process::block_on_timeout(timeout, profile_region(snapshot))?.flatten())
+}
+
+/// [`default_region`] for a job.
+pub async fn default_region_async(timeout: Duration) -> Result<Option<String>> {
+    let snapshot = env_snapshot::get();
+    if let Some(region) = snapshot.region() {
+        return Ok(Some(region.to_owned()));
+    }
+    Ok(tokio::time::timeout(timeout, profile_region(snapshot)).await.ok().flatten())
 }
 
 async fn profile_region(snapshot: &Snapshot) -> Option<String> {
@@ -153,6 +211,32 @@ impl ProcessCredentials {
     fn cached(&self, key: &ChainKey, now: SystemTime) -> Option<Arc<Identity>> {
         let cache = self.cache.lock().ok()?;
         cache.get(key).filter(|id| id.is_fresh(now)).cloned()
+    }
+
+    fn flight(&self, key: &ChainKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.entry(key.clone()).or_default().clone()
+    }
+
+    /// Fetches and caches new credentials for `key`, one fetch at a time
+    /// per source. A caller that waited for another's fetch takes its
+    /// result; a background refresh that finds one in flight leaves it be.
+    async fn refresh(&self, key: ChainKey, region: String, background: bool) -> Result<Arc<Identity>> {
+        let flight = self.flight(&key);
+        let _one_at_a_time = match flight.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if background => return Err(Error::new(ErrorKind::Credentials, "a fetch is in flight")),
+            Err(_) => flight.lock().await,
+        };
+        let now = SystemTime::now();
+        if let Some(cached) = self.cached(&key, now).filter(|id| !(background && id.wants_refresh(now))) {
+            return Ok(cached);
+        }
+        let identity = Arc::new(self.fetch(key.as_ref(), &region).await?);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, identity.clone());
+        }
+        Ok(identity)
     }
 
     /// The SDK configuration for `database_region`, built on first use
@@ -227,7 +311,7 @@ impl ProcessCredentials {
                 ));
             }
         }
-        Ok(Identity { credentials, source, fetched_at: now })
+        Ok(Identity { credentials, source, fetched_at: now, region: region.to_owned() })
     }
 }
 
@@ -267,7 +351,7 @@ fn http_client(proxy: ProxyConfig) -> SharedHttpClient {
             connector.set_sleep_impl(components.sleep_impl());
         }
         connector.set_proxy_config(Some(proxy.clone()));
-        connector.build()
+        connector.build_with_resolver(crate::net::Resolver)
     })
 }
 
@@ -334,7 +418,7 @@ mod tests {
         if let Some(e) = expiry {
             b = b.expiry(e);
         }
-        Identity { credentials: b.build(), source: "environment".into(), fetched_at }
+        Identity { credentials: b.build(), source: "environment".into(), fetched_at, region: String::new() }
     }
 
     #[test]
@@ -348,6 +432,19 @@ mod tests {
     }
 
     #[test]
+    fn temporary_credentials_are_refreshed_ahead_of_their_end() {
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        assert!(!identity(Some(now + hour), now).wants_refresh(now));
+        assert!(identity(Some(now + hour), now).wants_refresh(now + hour - Duration::from_secs(200)));
+        // Short-lived: the last quarter of their life.
+        let short = identity(Some(now + Duration::from_secs(100)), now);
+        assert!(!short.wants_refresh(now + Duration::from_secs(50)));
+        assert!(short.wants_refresh(now + Duration::from_secs(70)));
+        assert!(!identity(None, now).wants_refresh(now + hour));
+    }
+
+    #[test]
     fn debug_never_shows_the_secret() {
         let d = format!("{:?}", identity(None, SystemTime::now()));
         assert!(d.contains("AKID") && !d.contains("SECRET"));
@@ -355,11 +452,12 @@ mod tests {
 
     #[test]
     fn scrub_removes_cached_secrets_from_errors() {
-        let state = ProcessCredentials { sdks: Mutex::new(HashMap::new()), cache: Mutex::new(HashMap::new()) };
+        let state = ProcessCredentials::default();
         let id = Identity {
             credentials: Credentials::new("AKID", "SECRET-KEY-123", Some("SESSION-TOKEN-456".into()), None, "test"),
             source: "environment".into(),
             fetched_at: SystemTime::now(),
+            region: String::new(),
         };
         state.cache.lock().unwrap().insert(None, Arc::new(id));
         let e = state.scrub(Error::new(ErrorKind::Credentials, "body was {\"Secret\":\"SECRET-KEY-123\",\"Token\":\"SESSION-TOKEN-456\"}"));

@@ -4,7 +4,7 @@
 //! `env` survive) and Kong documents that changing AWS variables after boot
 //! has no effect. So the module copies every `AWS_*` variable, `HOME` (where
 //! the default `~/.aws` files live) and the proxy variables the AWS HTTP
-//! client follows, once, as plain data, when it is first loaded (in nginx:
+//! client follows (and the module's own `KONG_RDS_IAM_*` settings), once, as plain data, when it is first loaded (in nginx:
 //! the master, in `init_by_lua`). Every later
 //! credential or region lookup reads this copy, never the live environment.
 //! Taking the copy starts no thread and no runtime, so it is fork-safe.
@@ -20,6 +20,10 @@ pub struct Snapshot {
 }
 
 static FROZEN: OnceCell<Snapshot> = OnceCell::new();
+
+/// The module's own settings (`KONG_RDS_IAM_*`) and `TMPDIR` (where the
+/// wake socket goes when nginx's prefix is not writable) are frozen too.
+const OWN_PREFIX: &str = "KONG_RDS_IAM_";
 
 /// Proxy variables, in both spellings.
 const PROXY_VARS: &[&str] =
@@ -41,9 +45,16 @@ impl Snapshot {
         Self::from_vars(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))))
     }
 
-    /// Keeps the `AWS_*`, `HOME` and proxy entries of `vars`.
+    /// Keeps the `AWS_*`, `KONG_RDS_IAM_*`, `HOME`, `TMPDIR` and proxy entries of `vars`.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Snapshot {
-        Snapshot { vars: vars.into_iter().filter(|(k, _)| k.starts_with("AWS_") || k == "HOME" || PROXY_VARS.contains(&k.as_str())).collect() }
+        let kept = |k: &str| k.starts_with("AWS_") || k.starts_with(OWN_PREFIX) || k == "HOME" || k == "TMPDIR" || PROXY_VARS.contains(&k);
+        Snapshot { vars: vars.into_iter().filter(|(k, _)| kept(k)).collect() }
+    }
+
+    /// Whether the non-blocking path may be used: `KONG_RDS_IAM_YIELD=off`
+    /// (or `false`, `no`, `0`) makes every call block, everywhere.
+    pub fn yield_enabled(&self) -> bool {
+        !self.var("KONG_RDS_IAM_YIELD").is_some_and(|v| ["off", "false", "no", "0"].iter().any(|no| v.eq_ignore_ascii_case(no)))
     }
 
     /// The first set variable of `names` (e.g. `HTTPS_PROXY`, `https_proxy`).
@@ -115,6 +126,18 @@ mod tests {
         assert_eq!(s.var("HOME"), Some("/root"));
         assert_eq!(s.var("PATH"), None);
         assert_eq!(s.var("AWSX"), None);
+        let own = snap(&[("KONG_RDS_IAM_SOCKET_DIR", "/run/k"), ("TMPDIR", "/var/tmp"), ("KONG_PG_HOST", "x")]);
+        assert_eq!(own.var("KONG_RDS_IAM_SOCKET_DIR"), Some("/run/k"));
+        assert_eq!(own.var("TMPDIR"), Some("/var/tmp"));
+        assert_eq!(own.var("KONG_PG_HOST"), None);
+    }
+
+    #[test]
+    fn yield_is_on_unless_switched_off() {
+        assert!(snap(&[]).yield_enabled());
+        assert!(snap(&[("KONG_RDS_IAM_YIELD", "on")]).yield_enabled());
+        assert!(!snap(&[("KONG_RDS_IAM_YIELD", "off")]).yield_enabled());
+        assert!(!snap(&[("KONG_RDS_IAM_YIELD", "False")]).yield_enabled());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Protocol,
     /// The connection is closed, broken, or belongs to another process.
     Closed,
+    /// The connection is in use by another call.
+    Busy,
     /// The process could not start its runtime.
     Runtime,
 }
@@ -40,6 +42,30 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     sqlstate: Option<String>,
+    fields: Option<Box<ServerFields>>,
+}
+
+/// The fields of a server's `ErrorResponse` (severity, code, message,
+/// detail, hint, position, table, constraint, ...), by name, in the order
+/// sent. Server text, never a secret of ours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFields(Vec<(&'static str, String)>);
+
+impl ServerFields {
+    /// Adds a field.
+    pub fn push(&mut self, name: &'static str, value: String) {
+        self.0.push((name, value));
+    }
+
+    /// The value of field `name`, if sent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every field, in the order sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.iter().map(|(n, v)| (*n, v.as_str()))
+    }
 }
 
 /// Shorthand for results in this crate.
@@ -48,12 +74,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with a message (lowercase by convention).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), sqlstate: None }
+        Error { kind, message: message.into(), sqlstate: None, fields: None }
     }
 
     /// A server error with its SQLSTATE.
     pub fn db(message: impl Into<String>, sqlstate: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()) }
+        Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()), fields: None }
+    }
+
+    /// The same error with the server's fields.
+    pub fn with_fields(mut self, fields: ServerFields) -> Self {
+        self.fields = Some(Box::new(fields));
+        self
+    }
+
+    /// The server's fields, for an error the server sent.
+    pub fn server_fields(&self) -> Option<&ServerFields> {
+        self.fields.as_deref()
     }
 
     /// The same error with another kind.
@@ -70,6 +107,16 @@ impl Error {
     /// The connection cannot be used any more.
     pub fn closed() -> Self {
         Self::new(ErrorKind::Closed, "closed")
+    }
+
+    /// The connection is in use by another call (as a cosocket says).
+    pub fn busy() -> Self {
+        Self::new(ErrorKind::Busy, "connection busy")
+    }
+
+    /// A bug: a panic, or a state that should not happen.
+    pub fn internal() -> Self {
+        Self::new(ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")
     }
 
     /// What failed.
@@ -152,7 +199,7 @@ pub fn one_line(text: &str) -> String {
 /// still gets `nil, err` and no unwind crosses into C.
 pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(Error::new(ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")))
+        .unwrap_or_else(|_| Err(Error::internal()))
 }
 
 #[cfg(test)]

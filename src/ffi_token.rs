@@ -20,7 +20,7 @@ use std::ffi::c_int;
 
 use crate::conf::{key, ConfSource, Endpoint, RawValue, Side};
 use crate::error::{guarded, Error};
-use crate::token;
+use crate::token::{self, Issued};
 
 /// One conf value (the `kong_rds_iam_value` C struct in `ffi_token.lua`).
 #[repr(C)]
@@ -62,9 +62,16 @@ const RESULT_TOO_SMALL: c_int = -1;
 const RESULT_ERROR: c_int = 0;
 /// `out` holds the token.
 const RESULT_TOKEN: c_int = 1;
+/// Credentials must be fetched first: `out` holds `"<job> <wait_ms>"`, the
+/// fetch to wait for (see `crate::jobs`); then call again.
+const RESULT_FETCHING: c_int = 2;
+
+/// Added to `side`: the caller can wait for a fetch job instead of blocking.
+const SIDE_DEFER: c_int = 2;
 
 /// Issues the token for `values` (the conf's values for
-/// [`key::token_names`] of `side`: 0 read-write, 1 read-only, in order).
+/// [`key::token_names`] of `side`: 0 read-write, 1 read-only, in order;
+/// plus [`SIDE_DEFER`] when the caller can wait for a credential fetch).
 ///
 /// # Safety
 ///
@@ -83,16 +90,30 @@ pub unsafe extern "C" fn kong_rds_iam_token(
     if values.is_null() || out.is_null() || result.is_null() {
         return RESULT_ERROR;
     }
-    let side = if side == 1 { Side::ReadOnly } else { Side::ReadWrite };
+    let defer = side & SIDE_DEFER != 0;
+    let side = if side & 1 == 1 { Side::ReadOnly } else { Side::ReadWrite };
     // SAFETY: the caller's contract (non-null was checked above).
     let (values, out, result) =
         unsafe { (std::slice::from_raw_parts(values, n), std::slice::from_raw_parts_mut(out, cap), &mut *result) };
     if values.len() != key::token_names(side).len() {
         return write(out, result, b"internal error: token values do not match the token keys", RESULT_ERROR);
     }
-    let issued = guarded(|| token::issue(Cow::Owned(Endpoint::parse(&FfiValues { side, values }, side)?)));
+    let issued = guarded(|| {
+        let endpoint: Cow<'_, Endpoint> = Cow::Owned(Endpoint::parse(&FfiValues { side, values }, side)?);
+        let timeout = endpoint.timeout;
+        if defer {
+            token::issue_or_fetch(endpoint).map(|i| (i, timeout))
+        } else {
+            token::issue(endpoint).map(|t| (Issued::Token(t), timeout))
+        }
+    });
     match issued {
-        Ok(t) => {
+        Ok((Issued::Fetching(job), timeout)) => {
+            result.expires_at = 0.0;
+            result.valid_until = 0.0;
+            write(out, result, format!("{job} {}", timeout.as_millis()).as_bytes(), RESULT_FETCHING)
+        }
+        Ok((Issued::Token(t), _)) => {
             result.expires_at = token::unix_seconds(t.expires_at) as f64;
             result.valid_until = token::unix_seconds(t.valid_until) as f64;
             write(out, result, t.token.as_bytes(), RESULT_TOKEN)

@@ -5,10 +5,14 @@ pub mod credentials;
 pub mod env_snapshot;
 pub mod error;
 pub mod ffi_token;
+pub mod io_thread;
+pub mod jobs;
+pub mod net;
 pub mod process;
 pub mod region;
 pub mod signer;
 pub mod pg;
+pub mod pool;
 pub mod tls;
 pub mod token;
 #[cfg(any(feature = "luajit", feature = "lua51", feature = "lua54"))]

@@ -49,6 +49,16 @@ impl<T: Send + Sync + 'static> PerProcess<T> {
         PerProcess { slot: Mutex::new(None) }
     }
 
+    /// This process's value, if it was created.
+    pub fn get(&self) -> Option<&'static T> {
+        let generation = generation();
+        let slot = self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *slot {
+            Some((owner, value)) if owner == generation => Some(value),
+            _ => None,
+        }
+    }
+
     /// This process's value, created with `init` if this process has none.
     pub fn get_or_try_init(&self, init: impl FnOnce() -> Result<T>) -> Result<&'static T> {
         let generation = generation();
@@ -72,23 +82,48 @@ impl<T: Send + Sync + 'static> Default for PerProcess<T> {
 
 static RUNTIME: PerProcess<tokio::runtime::Runtime> = PerProcess::new();
 
-/// Runs `future` to completion on this process's runtime, blocking the caller.
+/// This process's runtime, created on first use.
 ///
 /// The runtime is current-thread: it starts no worker thread, and runs only
-/// while a call blocks on it. Blocking DNS look-ups use tokio's blocking
-/// pool, whose threads exit after a second idle.
+/// while a thread blocks on it: a blocking caller, or this process's I/O
+/// thread once a yielding call started it (see [`io_thread`](crate::io_thread)).
+/// With the I/O thread running, a blocking caller still works: it polls its
+/// own future while the I/O thread drives timers and sockets. Blocking DNS
+/// look-ups on the I/O thread use tokio's blocking pool, whose threads exit
+/// after a second idle; a blocking caller resolves inline.
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    RUNTIME.get_or_try_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // Blocking-pool threads (DNS on the I/O thread), named for /proc.
+            .thread_name("kong_rds_iam-dns")
+            .thread_keep_alive(Duration::from_secs(1))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Runtime, format!("could not start the async runtime: {e}")))
+    })
+}
+
+/// Runs `future` to completion on this process's runtime, blocking the caller.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(Error::new(ErrorKind::Runtime, "cannot block inside an async context"));
     }
-    let runtime = RUNTIME.get_or_try_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_keep_alive(Duration::from_secs(1))
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Runtime, format!("could not start the async runtime: {e}")))
-    })?;
-    Ok(runtime.block_on(future))
+    Ok(runtime()?.block_on(future))
+}
+
+/// Runs `future` in the background on the I/O thread; false (and nothing
+/// runs) when this process has no I/O thread to drive it.
+pub fn spawn_background<F: Future<Output = ()> + Send + 'static>(future: F) -> bool {
+    if !crate::io_thread::running() {
+        return false;
+    }
+    match RUNTIME.get() {
+        Some(runtime) => {
+            drop(runtime.spawn(future));
+            true
+        }
+        None => false,
+    }
 }
 
 /// Runs `future` with a deadline; `None` when it did not finish in time.

@@ -118,16 +118,55 @@ impl Hasher for Prehashed {
     }
 }
 
-/// A token for `endpoint`, from the cache when one has long enough to live.
-/// An owned endpoint is kept by the cache as is; a borrowed one is copied
-/// when a new token is cached.
+/// A token for `endpoint`, from the cache when one has long enough to live,
+/// blocking the caller when credentials must be fetched. An owned endpoint
+/// is kept by the cache as is; a borrowed one is copied when a new token is
+/// cached.
 pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
-    let derived_region = match resolve_region(&endpoint)? {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(region) => Some(region),
-    };
+    let derived_region = derived_region(&endpoint, credentials::default_region)?;
     let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
     let identity = credentials::get(endpoint.assume_role.as_ref(), region, endpoint.timeout)?;
+    issue_with(endpoint, derived_region, identity)
+}
+
+/// What [`issue_or_fetch`] gives.
+pub enum Issued {
+    /// The token.
+    Token(Arc<Token>),
+    /// Credentials must be fetched first: job number (see [`crate::jobs`]) of
+    /// the fetch; its output is `Result<()>`. Ask again when it is done.
+    Fetching(u64),
+}
+
+/// A token for `endpoint` if it can be had without waiting for the network;
+/// else the credential fetch to wait for, as a job.
+pub fn issue_or_fetch(endpoint: Cow<'_, Endpoint>) -> Result<Issued> {
+    let derived_region = derived_region(&endpoint, credentials::default_region)?;
+    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+    match credentials::cached(endpoint.assume_role.as_ref()) {
+        Some(identity) => Ok(Issued::Token(issue_with(endpoint, derived_region, identity)?)),
+        None => {
+            let (role, region, timeout) = (endpoint.assume_role.clone(), region.to_owned(), endpoint.timeout);
+            let job = crate::jobs::submit(move |_| async move { credentials::get_async(role, region, timeout).await.map(drop) })?;
+            Ok(Issued::Fetching(job))
+        }
+    }
+}
+
+/// [`issue`] for a job: credentials are fetched without blocking.
+pub async fn issue_async(endpoint: &Endpoint) -> Result<Arc<Token>> {
+    let derived_region = match region_from_conf(endpoint) {
+        Some(r) => r,
+        None => Some(credentials::default_region_async(endpoint.timeout).await?.ok_or_else(|| no_region(endpoint))?),
+    };
+    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+    let identity = credentials::get_async(endpoint.assume_role.clone(), region.to_owned(), endpoint.timeout).await?;
+    issue_with(Cow::Borrowed(endpoint), derived_region, identity)
+}
+
+/// Signs (or takes from the cache) the token for `endpoint` with `identity`.
+fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, identity: Arc<Identity>) -> Result<Arc<Token>> {
+    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
     let wanted = Wanted {
         host: &endpoint.host,
         port: endpoint.port,
@@ -174,24 +213,40 @@ pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
     Ok(token)
 }
 
+/// The region when the endpoint does not name one: from the host name, else
+/// `default` (the frozen environment or profile).
+fn derived_region(endpoint: &Endpoint, default: impl FnOnce(Duration) -> Result<Option<String>>) -> Result<Option<String>> {
+    match region_from_conf(endpoint) {
+        Some(r) => Ok(r),
+        None => Ok(Some(default(endpoint.timeout)?.ok_or_else(|| no_region(endpoint))?)),
+    }
+}
+
+/// `Some(None)`: the conf names the region; `Some(Some(r))`: the host does;
+/// `None`: neither.
+fn region_from_conf(endpoint: &Endpoint) -> Option<Option<String>> {
+    if endpoint.region.is_some() {
+        return Some(None);
+    }
+    region::from_host(&endpoint.host).map(Some)
+}
+
 /// The region: explicit key, else the host name, else the frozen
 /// environment or profile.
 pub fn resolve_region(endpoint: &Endpoint) -> Result<Cow<'_, str>> {
     if let Some(r) = &endpoint.region {
         return Ok(Cow::Borrowed(r));
     }
-    if let Some(r) = region::from_host(&endpoint.host) {
-        return Ok(Cow::Owned(r));
-    }
-    match credentials::default_region(endpoint.timeout)? {
-        Some(r) => Ok(Cow::Owned(r)),
-        None => Err(Error::new(
-            ErrorKind::Region,
-            format!(
-                "cannot tell the aws region of {}: set pg_iam_auth_region (pg_ro_iam_auth_region for read-only), \
-                 use the rds endpoint host name, or set AWS_REGION before the module is loaded",
-                endpoint.host
-            ),
-        )),
-    }
+    Ok(Cow::Owned(derived_region(endpoint, credentials::default_region)?.unwrap_or_default()))
+}
+
+fn no_region(endpoint: &Endpoint) -> Error {
+    Error::new(
+        ErrorKind::Region,
+        format!(
+            "cannot tell the aws region of {}: set pg_iam_auth_region (pg_ro_iam_auth_region for read-only), \
+             use the rds endpoint host name, or set AWS_REGION before the module is loaded",
+            endpoint.host
+        ),
+    )
 }

@@ -13,6 +13,7 @@
 --   })
 --   local status, body = n:get("/t")
 --   n:master_pid(); n:worker_pids(); n:threads(pid); n:reload(); n:error_log()
+--   n:tasks(pid)                      -- { {tid=, comm=, sigblk=}, ... } of /proc/PID/task
 --   local ok, secs = n:quit(5)         -- nginx -s quit, wait for the master to go
 --   n:stop()                           -- quit, then SIGKILL if still running; removes the prefix
 --
@@ -243,6 +244,26 @@ function Nginx:threads(pid)
     n = n + 1
   end
   return n > 0 and n or nil
+end
+
+--- The threads of a process, sorted by id: { { tid = n, comm = "name",
+--- sigblk = "hex mask of blocked signals" }, ... }; {} when it is gone.
+function Nginx:tasks(pid)
+  local p = io.popen("ls /proc/" .. pid .. "/task 2>/dev/null")
+  local s = p:read("*a")
+  p:close()
+  local list = {}
+  for tid in s:gmatch("%d+") do
+    local dir = ("/proc/%d/task/%s/"):format(pid, tid)
+    local comm = read_file(dir .. "comm")
+    local status = read_file(dir .. "status")
+    if comm then
+      list[#list + 1] = { tid = tonumber(tid), comm = (comm:gsub("\n$", "")),
+                          sigblk = status and status:match("SigBlk:%s*(%x+)") }
+    end
+  end
+  table.sort(list, function(a, b) return a.tid < b.tid end)
+  return list
 end
 
 --- Waits (up to `timeout` s) until process `pid` has at most `max` threads;

@@ -3,14 +3,15 @@
 -- (as Lua libraries do), and leaves runtime failures as `nil, err` returns.
 local core = ...
 
-local type, error, format, setmetatable, getmetatable, pcall, tostring =
-  type, error, string.format, setmetatable, getmetatable, pcall, tostring
+local type, error, format, setmetatable, getmetatable, pcall, tostring, rawequal =
+  type, error, string.format, setmetatable, getmetatable, pcall, tostring, rawequal
 -- Whole seconds: ngx.time() is nginx's cached clock; os.time() elsewhere.
 local now = (ngx and ngx.time) or os.time
 
+-- `rawequal(value, nil)`: a NULL cdata equals nil under `==`.
 local function check(fname, n, value, wanted, optional)
   local t = type(value)
-  if t ~= wanted and not (optional and value == nil) then
+  if t ~= wanted and not (optional and rawequal(value, nil)) then
     error(format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, wanted, t), 3)
   end
 end
@@ -19,7 +20,77 @@ local M = {
   version = core.version,
   -- SQL NULL and JSON null: the NULL light userdata, equal to ngx.null and cjson.null.
   null = core.null,
+  -- The wake cosocket times out this long after the job's own bound (a
+  -- safety net: Rust enforces pg_timeout). Tests lower it to exercise a
+  -- waiter that goes away.
+  _wait_slack_ms = 1000,
 }
+
+-- Yielding or blocking, decided per call. In the nginx phases where
+-- cosockets work, and where the running coroutine can yield (not inside a
+-- metamethod, a table.sort callback or a module's top level during
+-- require), a call hands its work to this process's I/O thread as a job and
+-- waits on a cosocket (see src/io_thread.rs), so the worker serves other
+-- requests meanwhile. Everywhere else (init, init_worker, filters, log,
+-- balancer, plain Lua) it blocks, as Lua libraries do there.
+local YIELDING = {
+  rewrite = true, server_rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
+}
+local get_phase = ngx and ngx.get_phase
+local socket_tcp = ngx and ngx.socket and ngx.socket.tcp
+-- nginx's coroutine table has no isyieldable; the core brings LuaJIT's.
+local isyieldable = core.isyieldable or coroutine.isyieldable or function() return true end
+local prefix = ngx and ngx.config and ngx.config.prefix and ngx.config.prefix() or nil
+
+local function yieldable()
+  return YIELDING[get_phase()] == true and isyieldable()
+end
+if not (core.yield_enabled and get_phase and socket_tcp) then
+  yieldable = function() return false end
+end
+
+local WAKE_POOL_SIZE = 256
+
+-- Waits (yielding) until job `job` is done; true, or nil, err after
+-- abandoning it. `bound_ms` is how long the job may take.
+local function wait(job, bound_ms)
+  local address, err = core.wake_address(prefix)
+  if not address then
+    core.abandon(job)
+    return nil, err
+  end
+  local sock = socket_tcp()
+  local slack = tonumber(M._wait_slack_ms) or 1000
+  sock:settimeout(math.max(1, bound_ms + slack))
+  local ok
+  ok, err = sock:connect(address)
+  if not ok then
+    core.abandon(job)
+    return nil, "cannot reach the i/o thread: " .. tostring(err)
+  end
+  local byte
+  ok, err = sock:send(format("%d\n", job))
+  if ok then byte, err = sock:receive(1) end
+  if not byte then
+    sock:close()
+    core.abandon(job)
+    if err == "timeout" then
+      return nil, format("timeout: no result within %d ms", math.max(1, bound_ms + slack))
+    end
+    return nil, "waiting for the i/o thread failed: " .. tostring(err)
+  end
+  sock:setkeepalive(0, WAKE_POOL_SIZE)
+  if byte ~= "1" then return nil, "internal error: job lost" end
+  return true
+end
+
+-- Waits for a credential fetch job; true, or nil, err.
+local function fetched(job, bound_ms)
+  local ok, err = wait(job, bound_ms)
+  if not ok then return nil, err end
+  return core.fetch_finish(job)
+end
 
 -- The token cache lives in Rust. In front of it, a memo per conf table lets
 -- a repeated token(conf) skip the call into Rust: it serves the token last
@@ -76,12 +147,25 @@ function M.token(conf, mode)
   else
     read(conf, keys, values)
   end
-  local token, err, expires_at, valid_until
+  local token, err, expires_at, valid_until, job, bound_ms
   local side = SIDE[mode or "rw"]
+  local defer = yieldable()
   if ffi_token and side then
-    token, err, expires_at, valid_until = ffi_token(values, #keys, side)
+    token, err, expires_at, valid_until, job, bound_ms = ffi_token(values, #keys, side, defer)
   else
-    token, err, expires_at, valid_until = core.token(values, mode)
+    token, err, expires_at, valid_until, job, bound_ms = core.token(values, mode, defer)
+  end
+  if job then
+    -- The credentials are being fetched: wait, then sign with them.
+    local ok
+    ok, err = fetched(job, bound_ms)
+    if ok then
+      if ffi_token and side then
+        token, err, expires_at, valid_until = ffi_token(values, #keys, side)
+      else
+        token, err, expires_at, valid_until = core.token(values, mode)
+      end
+    end
   end
   if not token then
     memo[conf] = nil
@@ -92,11 +176,133 @@ function M.token(conf, mode)
   return token, nil, expires_at
 end
 
+-- The connection object: Lua methods in front of the Rust handle, so that
+-- argument mistakes raise Lua strings and each call chooses its path.
+local Connection = {}
+Connection.__index = Connection
+local HANDLE = {} -- private key of the Rust handle in a connection table
+
+local function handle_of(fname, self)
+  if type(self) ~= "table" or getmetatable(self) ~= Connection then
+    error(format("bad argument #1 to '%s' (connection expected, got %s)", fname, type(self)), 3)
+  end
+  return self[HANDLE]
+end
+
+--- res, err, partial, num_queries, sqlstate = conn:query(sql)
+function Connection.query(self, sql)
+  local h = handle_of("query", self)
+  check("query", 1, sql, "string")
+  if not yieldable() then return h:query(sql) end
+  local job, bound_ms = h:query_start(sql)
+  if not job then return nil, bound_ms end -- busy or closed: nothing was sent
+  local ok, err = wait(job, bound_ms)
+  if not ok then
+    h:query_abandon(job) -- the job cancels the statement and closes the connection
+    return nil, err
+  end
+  return h:query_finish(job)
+end
+
+--- ok, err = conn:close()
+function Connection.close(self)
+  return handle_of("close", self):close()
+end
+
+--- ok, err = conn:disconnect()
+function Connection.disconnect(self)
+  return handle_of("disconnect", self):close()
+end
+
+local function optional_count(fname, n, value, max)
+  if rawequal(value, nil) then return nil end
+  if type(value) ~= "number" or value < 0 or value > max or value ~= value then
+    error(format("bad argument #%d to '%s' (number 0-%d expected, got %s)", n, fname, max, type(value)), 3)
+  end
+  return value
+end
+
+--- ok, err = conn:keepalive(max_idle_ms?, pool_size?)
+--- Puts the connection into this process's pool (then `conn` is closed);
+--- in the nginx master, which forks, it is closed instead.
+function Connection.keepalive(self, max_idle_ms, pool_size)
+  local h = handle_of("keepalive", self)
+  max_idle_ms = optional_count("keepalive", 1, max_idle_ms, 86400000)
+  pool_size = optional_count("keepalive", 2, pool_size, 100000)
+  if pool_size == 0 then pool_size = nil end
+  return h:keepalive(max_idle_ms, pool_size, get_phase ~= nil and get_phase() == "init")
+end
+Connection.setkeepalive = Connection.keepalive
+
+--- n = conn:getreusedtimes(): 0 for a new physical connection.
+function Connection.getreusedtimes(self)
+  return handle_of("getreusedtimes", self):getreusedtimes()
+end
+
+--- conn:settimeout(ms)
+function Connection.settimeout(self, ms)
+  local h = handle_of("settimeout", self)
+  if type(ms) ~= "number" or not (ms >= 1 and ms <= 3600000) then
+    error("bad argument #1 to 'settimeout' (milliseconds 1-3600000 expected)", 2)
+  end
+  return h:settimeout(ms)
+end
+
+local LITERALS = { ["nil"] = true, boolean = true, number = true, string = true }
+
+--- sql = conn:escape_literal(value): as libpq quotes it for this
+--- connection's client encoding; nil, err for a value that cannot be quoted
+--- (a zero byte, a broken multibyte character).
+function Connection.escape_literal(self, value)
+  local h = handle_of("escape_literal", self)
+  if not LITERALS[type(value)] and not rawequal(value, M.null) then
+    error(format("bad argument #1 to 'escape_literal' (cannot escape a %s)", type(value)), 2)
+  end
+  return h:escape_literal(value)
+end
+
+--- sql = conn:escape_identifier(name)
+function Connection.escape_identifier(self, name)
+  local h = handle_of("escape_identifier", self)
+  check("escape_identifier", 1, name, "string")
+  return h:escape_identifier(name)
+end
+
+function Connection.__tostring(self)
+  return tostring(self[HANDLE])
+end
+
 --- conn, err, sqlstate = rds.connect(conf, mode)
 function M.connect(conf, mode)
   check("connect", 1, conf, "table")
   check("connect", 2, mode, "string", true)
-  return core.connect(conf, mode)
+  local h, err, sqlstate
+  if yieldable() then
+    local job, bound_ms = core.connect_start(conf, mode)
+    if not job then return nil, bound_ms end
+    local ok, werr = wait(job, bound_ms)
+    if not ok then return nil, werr end
+    h, err, sqlstate = core.connect_finish(job)
+  else
+    h, err, sqlstate = core.connect(conf, mode)
+  end
+  if not h then return nil, err, sqlstate end
+  return setmetatable({ [HANDLE] = h }, Connection)
+end
+
+--- stats = rds.stats(): this process's figures.
+function M.stats()
+  return core.stats()
+end
+
+--- ok = rds._nop(): one no-op job through the wake mechanism (yields where
+--- calls yield), for measuring its cost.
+function M._nop()
+  if not yieldable() then return true end
+  local job = core.nop_start()
+  local ok, err = wait(job, 1000)
+  if not ok then return nil, err end
+  return core.nop_finish(job)
 end
 
 --- settings, err = rds.settings(conf, mode)
@@ -110,6 +316,15 @@ end
 function M.credentials_source(conf, mode)
   check("credentials_source", 1, conf, "table", true)
   check("credentials_source", 2, mode, "string", true)
+  if yieldable() then
+    local job, bound_ms = core.fetch_start(conf, mode)
+    if job then
+      local ok, err = fetched(job, bound_ms)
+      if not ok then return nil, err end
+    elseif bound_ms then
+      return nil, bound_ms -- the conf's error
+    end
+  end
   return core.credentials_source(conf, mode)
 end
 

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use mlua::{Lua, LuaString, MultiValue, Result as LuaResult, UserData, UserDataMethods, Value};
 
-use crate::connection::Handle;
+use crate::connection::{Handle, QueryDone};
+use crate::jobs::{self, Abandon};
 use crate::pg::value::{self, Cell};
-use crate::pg::{QueryOutput, Statement};
+use crate::pg::{escape, Messages, Notification, QueryFailure, QueryOutput, Statement};
 
 /// `conn` in Lua.
 pub struct LuaConnection(pub Handle);
@@ -19,7 +20,43 @@ pub fn null() -> Value {
 
 impl UserData for LuaConnection {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method_mut("query", |lua, this, sql: LuaString| query(lua, &mut this.0, &sql.as_bytes()));
+        methods.add_method_mut("query", |lua, this, sql: LuaString| {
+            let outcome = this.0.query(&sql.as_bytes());
+            outcome_values(lua, outcome, this.0.take_messages())
+        });
+        // The query as a job (api.lua's yielding path): `job, wait_ms`, or
+        // `nil, err` (busy, closed) with nothing submitted.
+        methods.add_method_mut("query_start", |lua, this, sql: LuaString| {
+            let bound = this.0.query_bound();
+            let abandon = Abandon::new_signal();
+            let submitted = match this.0.query_job(sql.as_bytes().to_vec(), abandon.clone()) {
+                Ok(job) => jobs::submit_with(abandon, job),
+                Err(refused) => return super::failure(lua, &refused.error),
+            };
+            match submitted {
+                Ok(job) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+                Err(e) => {
+                    // The job (and the connection in it) is gone.
+                    this.0.abandon_query();
+                    super::failure(lua, &e)
+                }
+            }
+        });
+        methods.add_method_mut("query_finish", |lua, this, job: f64| {
+            let outcome = match jobs::take::<QueryDone>(job as u64) {
+                Ok(done) => this.0.finish_query(done),
+                Err(e) => {
+                    this.0.abandon_query();
+                    Err(QueryFailure { error: e, partial: Vec::new(), usable: false })
+                }
+            };
+            outcome_values(lua, outcome, this.0.take_messages())
+        });
+        methods.add_method_mut("query_abandon", |_, this, job: f64| {
+            jobs::abandon(job as u64);
+            this.0.abandon_query();
+            Ok(())
+        });
         methods.add_method_mut("close", |lua, this, ()| match this.0.close() {
             Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
             Err(e) => super::failure(lua, &e),
@@ -28,6 +65,16 @@ impl UserData for LuaConnection {
             Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
             Err(e) => super::failure(lua, &e),
         });
+        // `keepalive(max_idle_ms?, pool_size?, in_master)`: api.lua checked the types.
+        methods.add_method_mut("keepalive", |lua, this, (max_idle, size, in_master): (Option<f64>, Option<f64>, bool)| {
+            let max_idle = max_idle.map(|ms| Duration::from_millis(ms as u64));
+            let size = size.map(|n| n as usize);
+            match this.0.keepalive(max_idle, size, in_master) {
+                Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
+                Err(e) => super::failure(lua, &e),
+            }
+        });
+        methods.add_method("getreusedtimes", |_, this, ()| Ok(this.0.reused_times()));
         methods.add_method_mut("settimeout", |_, this, ms: f64| {
             if !(ms >= 1.0 && ms <= 3_600_000.0) {
                 return Err(mlua::Error::runtime("bad argument #1 to 'settimeout' (milliseconds 1-3600000 expected)"));
@@ -35,13 +82,18 @@ impl UserData for LuaConnection {
             this.0.set_timeout(Duration::from_millis(ms as u64));
             Ok(true)
         });
-        methods.add_method("escape_literal", |lua, _, v: Value| escape_literal(lua, v));
-        methods.add_method("escape_identifier", |lua, _, v: Value| {
-            let text = match &v {
-                Value::String(s) => s.as_bytes().to_vec(),
-                other => other.to_string()?.into_bytes(),
-            };
-            lua.create_string(quoted(b'"', &text))
+        // As libpq's PQescapeLiteral / PQescapeIdentifier for this session's
+        // client encoding (src/pg/escape.rs); api.lua checked the types.
+        methods.add_method("escape_literal", |lua, this, v: Value| {
+            let session = this.0.escape_session();
+            escape_literal(lua, v, session)
+        });
+        methods.add_method("escape_identifier", |lua, this, name: LuaString| {
+            let escaped = this.0.escape_session().and_then(|s| escape::identifier(&name.as_bytes(), &s).map_err(escape_error));
+            match escaped {
+                Ok(text) => Ok(MultiValue::from_iter([Value::String(lua.create_string(text)?)])),
+                Err(e) => super::failure(lua, &e),
+            }
         });
         methods.add_meta_method("__tostring", |_, this, ()| {
             let state = match (this.0.is_open(), this.0.is_tls()) {
@@ -54,37 +106,48 @@ impl UserData for LuaConnection {
     }
 }
 
-/// As pgmoon: numbers bare, booleans TRUE/FALSE, nil/null NULL, strings quoted.
-fn escape_literal(lua: &Lua, v: Value) -> LuaResult<LuaString> {
-    match v {
-        Value::Nil => lua.create_string("NULL"),
-        Value::LightUserData(ud) if ud.0.is_null() => lua.create_string("NULL"),
-        Value::Boolean(b) => lua.create_string(if b { "TRUE" } else { "FALSE" }),
-        Value::Integer(_) | Value::Number(_) => lua.create_string(v.to_string()?),
-        Value::String(s) => lua.create_string(quoted(b'\'', &s.as_bytes())),
-        other => Err(mlua::Error::runtime(format!("bad argument #1 to 'escape_literal' (cannot escape a {})", other.type_name()))),
-    }
+/// Numbers bare (non-finite ones as `'NaN'::float8` ...; a negative one
+/// after a space, so that it never glues to a `-` into a comment), booleans
+/// TRUE/FALSE, nil/null NULL, strings as libpq quotes them. A value that
+/// cannot be quoted (a zero byte, a broken multibyte character) gives
+/// `nil, err`.
+fn escape_literal(lua: &Lua, v: Value, session: crate::error::Result<escape::Session>) -> LuaResult<MultiValue> {
+    let text: Vec<u8> = match v {
+        Value::Nil => b"NULL".to_vec(),
+        Value::LightUserData(ud) if ud.0.is_null() => b"NULL".to_vec(),
+        Value::Boolean(b) => if b { b"TRUE".to_vec() } else { b"FALSE".to_vec() },
+        Value::Integer(i) if i.unsigned_abs() < (1 << 53) => escape::float_literal(i as f64),
+        Value::Integer(i) => if i < 0 { format!(" {i}").into_bytes() } else { i.to_string().into_bytes() },
+        Value::Number(n) => escape::float_literal(n),
+        Value::String(s) => match session.and_then(|session| escape::literal(&s.as_bytes(), &session).map_err(escape_error)) {
+            Ok(text) => text,
+            Err(e) => return super::failure(lua, &e),
+        },
+        other => return Err(mlua::Error::runtime(format!("bad argument #1 to 'escape_literal' (cannot escape a {})", other.type_name()))),
+    };
+    Ok(MultiValue::from_iter([Value::String(lua.create_string(text)?)]))
 }
 
-/// `text` between `quote`s, each `quote` inside doubled; bytes pass through.
-fn quoted(quote: u8, text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 2);
-    out.push(quote);
-    for &b in text {
-        if b == quote {
-            out.push(quote);
-        }
-        out.push(b);
-    }
-    out.push(quote);
-    out
+fn escape_error(e: escape::EscapeError) -> crate::error::Error {
+    crate::error::Error::config(format!("cannot escape the value: {e}"))
 }
 
-fn query(lua: &Lua, handle: &mut Handle, sql: &[u8]) -> LuaResult<MultiValue> {
-    match handle.query(sql) {
+/// `res, num_queries, notifications, notices` or `nil, err, partial,
+/// num_queries, sqlstate, fields` (fields: the server's error fields by name).
+fn outcome_values(lua: &Lua, outcome: std::result::Result<QueryOutput, QueryFailure>, messages: Messages) -> LuaResult<MultiValue> {
+    match outcome {
         Ok(out) => {
             let n = out.len() as i64;
-            Ok(MultiValue::from_iter([results(lua, &out)?, Value::Integer(n)]))
+            let mut values = vec![results(lua, &out)?, Value::Integer(n)];
+            if !messages.notifications.is_empty() || !messages.notices.is_empty() {
+                values.push(notifications(lua, &messages.notifications)?);
+                values.push(if messages.notices.is_empty() {
+                    Value::Nil
+                } else {
+                    Value::Table(lua.create_sequence_from(messages.notices.iter().map(|n| n.as_str()))?)
+                });
+            }
+            Ok(MultiValue::from_iter(values))
         }
         Err(failure) => {
             let n = failure.partial.len() as i64;
@@ -93,15 +156,43 @@ fn query(lua: &Lua, handle: &mut Handle, sql: &[u8]) -> LuaResult<MultiValue> {
                 Some(s) => Value::String(lua.create_string(s)?),
                 None => Value::Nil,
             };
+            let fields = match failure.error.server_fields() {
+                Some(fields) => {
+                    let t = lua.create_table()?;
+                    for (name, value) in fields.iter() {
+                        t.raw_set(name, value)?;
+                    }
+                    Value::Table(t)
+                }
+                None => Value::Nil,
+            };
             Ok(MultiValue::from_iter([
                 Value::Nil,
                 Value::String(lua.create_string(failure.error.message())?),
                 partial,
                 Value::Integer(n),
                 sqlstate,
+                fields,
             ]))
         }
     }
+}
+
+/// `{ operation = "notification", pid, channel, payload }` each, or nil.
+fn notifications(lua: &Lua, list: &[Notification]) -> LuaResult<Value> {
+    if list.is_empty() {
+        return Ok(Value::Nil);
+    }
+    let all = lua.create_table_with_capacity(list.len(), 0)?;
+    for (i, n) in list.iter().enumerate() {
+        let t = lua.create_table_with_capacity(0, 4)?;
+        t.raw_set("operation", "notification")?;
+        t.raw_set("pid", n.process_id)?;
+        t.raw_set("channel", n.channel.as_str())?;
+        t.raw_set("payload", n.payload.as_str())?;
+        all.raw_set(i + 1, t)?;
+    }
+    Ok(Value::Table(all))
 }
 
 /// One result as pgmoon shapes it; several statements give an array of them.

@@ -39,10 +39,14 @@ local result = ffi_new("kong_rds_iam_result_v1[1]")
 local cap = 4096 -- a token with a session token is ~2 KB; grown on demand
 local out = ffi_new("char[?]", cap)
 
---- token, err, expires_at, valid_until = issue(values, n, side)
+--- token, err, expires_at, valid_until, job, wait_ms = issue(values, n, side, defer)
 --- `values[1..n]` are the conf's values for core.token_keys[side]; they must
 --- stay referenced during the call (the C side reads their bytes in place).
-return function(values, n, side)
+--- With `defer`, credentials that must be fetched come back as the job of
+--- that fetch (wait for it, then call again) instead of blocking.
+local DEFER = 2 -- SIDE_DEFER in src/ffi_token.rs
+local match = string.match
+return function(values, n, side, defer)
   if n > MAX_VALUES then return nil, "internal error: too many token values" end
   for i = 1, n do
     local v, slot = values[i], values_c[i - 1]
@@ -61,6 +65,7 @@ return function(values, n, side)
       slot.kind = OTHER[t] or 8
     end
   end
+  if defer then side = side + DEFER end
   local status = token_c(side, values_c, n, out, cap, result)
   if status == -1 then
     cap = tonumber(result[0].len) + 1
@@ -70,6 +75,10 @@ return function(values, n, side)
   local len = tonumber(result[0].len)
   if status == 1 then
     return ffi_string(out, len), nil, result[0].expires_at, result[0].valid_until
+  end
+  if status == 2 then
+    local job, wait_ms = match(ffi_string(out, len), "^(%d+) (%d+)$")
+    return nil, nil, nil, nil, tonumber(job), tonumber(wait_ms)
   end
   return nil, status == 0 and ffi_string(out, len) or "internal error: token buffer"
 end

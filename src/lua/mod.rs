@@ -17,15 +17,16 @@ use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
 use crate::conf::{key, ConnectConf, Endpoint, Side};
 use crate::connection::Handle;
-use crate::error::{guarded, Error};
+use crate::error::{guarded, Error, Result as CrateResult};
 use crate::signer::{self, SigningParams};
-use crate::{credentials, env_snapshot, token};
+use crate::token::Issued;
+use crate::{credentials, env_snapshot, io_thread, jobs, token};
 use conf_source::{LuaConf, LuaValues};
 
 /// The module entry point, `require "kong_rds_iam"`.
 #[mlua::lua_module(skip_memory_check)]
 fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
-    env_snapshot::freeze();
+    let snapshot = env_snapshot::freeze();
     let library_path = pin_library();
     let core = lua.create_table()?;
     // For ffi_token.lua: where LuaJIT's ffi.load finds kong_rds_iam_token.
@@ -40,6 +41,23 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("token_keys", token_keys(lua)?)?;
+    // The non-blocking path (api.lua's wait): see src/io_thread.rs.
+    core.set("yield_enabled", snapshot.yield_enabled())?;
+    core.set("wake_address", lua.create_function(lua_wake_address)?)?;
+    core.set("connect_start", lua.create_function(lua_connect_start)?)?;
+    core.set("connect_finish", lua.create_function(lua_connect_finish)?)?;
+    core.set("fetch_start", lua.create_function(lua_fetch_start)?)?;
+    core.set("fetch_finish", lua.create_function(lua_fetch_finish)?)?;
+    core.set("nop_start", lua.create_function(|_, ()| Ok(jobs::submit(|_| async {}).ok().map(|id| id as f64)))?)?;
+    core.set("nop_finish", lua.create_function(|_, job: f64| Ok(jobs::take::<()>(job as u64).is_ok()))?)?;
+    core.set("abandon", lua.create_function(|_, job: f64| {
+        jobs::abandon(job as u64);
+        Ok(())
+    })?)?;
+    core.set("stats", lua.create_function(lua_stats)?)?;
+    if let Some(isyieldable) = isyieldable_function(lua)? {
+        core.set("isyieldable", isyieldable)?;
+    }
     // LuaJIT's FFI route to token() (nil elsewhere): see src/ffi_token.rs.
     let ffi_token: Value = lua.load(include_str!("ffi_token.lua")).set_name("=kong_rds_iam.ffi_token").call(&core)?;
     core.set("ffi_token", ffi_token)?;
@@ -71,28 +89,39 @@ fn side(mode: Option<mlua::LuaString>) -> Result<Side, Error> {
     Side::parse(mode.as_deref())
 }
 
-/// `token, err, expires_at, valid_until = core.token(values, mode)`, where
-/// `values` holds the conf's values for `core.token_keys[mode]`, in order
-/// (`valid_until` feeds api.lua's memo; it is not part of the public API).
-fn lua_token(lua: &Lua, (values, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<TokenResult> {
+/// `token, err, expires_at, valid_until, job, wait_ms = core.token(values,
+/// mode, defer)`, where `values` holds the conf's values for
+/// `core.token_keys[mode]`, in order (`valid_until` feeds api.lua's memo; it
+/// is not part of the public API). With `defer`, credentials that must be
+/// fetched come back as a job to wait for (then ask again).
+fn lua_token(lua: &Lua, (values, mode, defer): (Table, Option<mlua::LuaString>, Option<bool>)) -> LuaResult<TokenResult> {
     let issued = guarded(|| {
         let side = side(mode)?;
-        token::issue(Cow::Owned(Endpoint::parse(&LuaValues { side, values }, side)?))
+        let endpoint: Cow<'_, Endpoint> = Cow::Owned(Endpoint::parse(&LuaValues { side, values }, side)?);
+        let timeout = endpoint.timeout;
+        match defer {
+            Some(true) => token::issue_or_fetch(endpoint).map(|i| (i, timeout)),
+            _ => token::issue(endpoint).map(|t| (Issued::Token(t), timeout)),
+        }
     });
     // A tuple goes onto the Lua stack as is (no MultiValue in between).
     Ok(match issued {
-        Ok(t) => (
+        Ok((Issued::Token(t), _)) => (
             Some(lua.create_string(&t.token)?),
             None,
             Some(token::unix_seconds(t.expires_at)),
             Some(token::unix_seconds(t.valid_until)),
+            None,
+            None,
         ),
-        Err(e) => (None, Some(lua.create_string(e.message())?), None, None),
+        Ok((Issued::Fetching(job), timeout)) => (None, None, None, None, Some(job as f64), Some(timeout.as_millis() as f64)),
+        Err(e) => (None, Some(lua.create_string(e.message())?), None, None, None, None),
     })
 }
 
-/// `token, err, expires_at, valid_until`.
-type TokenResult = (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64>, Option<i64>);
+/// `token, err, expires_at, valid_until, job, wait_ms`.
+type TokenResult =
+    (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64>, Option<i64>, Option<f64>, Option<f64>);
 
 /// `conn, err, sqlstate = core.connect(conf, mode)`
 fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
@@ -101,6 +130,87 @@ fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lua
         Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle))?)])),
         Err(e) => failure(lua, &e),
     }
+}
+
+/// `job, wait_ms = core.connect_start(conf, mode)`: the connect as a job.
+fn lua_connect_start(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let conf = LuaConf(conf);
+    let submitted = guarded(|| {
+        let conf = ConnectConf::parse(&conf, side(mode)?)?;
+        let bound = Handle::open_bound(&conf);
+        Ok((jobs::submit(move |_| Handle::open_job(conf))?, bound))
+    });
+    match submitted {
+        Ok((job, bound)) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `conn, err, sqlstate = core.connect_finish(job)`
+fn lua_connect_finish(lua: &Lua, job: f64) -> LuaResult<MultiValue> {
+    match jobs::take::<CrateResult<Handle>>(job as u64).and_then(|opened| opened) {
+        Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle))?)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `job, wait_ms = core.fetch_start(conf, mode)`: the credential fetch
+/// `credentials_source` would wait for, as a job; nothing (no job) when the
+/// credentials are cached.
+fn lua_fetch_start(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
+    let submitted = guarded(|| {
+        let endpoint = source_endpoint(conf, mode)?;
+        if credentials::cached(endpoint.assume_role.as_ref()).is_some() {
+            return Ok(None);
+        }
+        let region = source_region(&endpoint)?;
+        let (role, timeout) = (endpoint.assume_role.clone(), endpoint.timeout);
+        let job = jobs::submit(move |_| async move { credentials::get_async(role, region, timeout).await.map(drop) })?;
+        Ok(Some((job, timeout)))
+    });
+    match submitted {
+        Ok(None) => Ok(MultiValue::new()),
+        Ok(Some((job, timeout))) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(timeout.as_millis() as f64)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `true | nil, err = core.fetch_finish(job)`
+fn lua_fetch_finish(lua: &Lua, job: f64) -> LuaResult<MultiValue> {
+    match jobs::take::<CrateResult<()>>(job as u64).and_then(|fetched| fetched) {
+        Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `"unix:/path" | nil, err = core.wake_address(prefix)`: starts this
+/// process's I/O thread on first use.
+fn lua_wake_address(lua: &Lua, prefix: Option<mlua::LuaString>) -> LuaResult<MultiValue> {
+    let prefix = prefix.map(|p| std::path::PathBuf::from(p.to_string_lossy()));
+    match guarded(|| io_thread::wake_address(prefix.as_deref())) {
+        Ok(address) => Ok(MultiValue::from_iter([Value::String(lua.create_string(address)?)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `core.stats()`: this process's counters.
+fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
+    let t = lua.create_table()?;
+    t.set("jobs", jobs::count())?;
+    t.set("io_thread", io_thread::running())?;
+    let pools = lua.create_table()?;
+    for f in crate::pool::figures() {
+        let p = lua.create_table()?;
+        p.set("idle", f.idle)?;
+        p.set("busy", f.busy)?;
+        p.set("waiting", f.waiting)?;
+        p.set("opened", f.opened)?;
+        p.set("reused", f.reused)?;
+        p.set("closed", f.closed)?;
+        pools.set(f.label, p)?;
+    }
+    t.set("pool", pools)?;
+    Ok(t)
 }
 
 /// `settings, err = core.settings(conf, mode)`: the parse connect() uses,
@@ -157,22 +267,30 @@ fn lua_settings(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lu
 /// `source, err = core.credentials_source(conf, mode)`
 fn lua_credentials_source(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
     let result = guarded(|| {
-        let endpoint = match conf {
-            Some(conf) => Endpoint::parse(&LuaConf(conf), side(mode)?)?,
-            None => Endpoint::parse(&std::collections::HashMap::new(), Side::ReadWrite)?,
-        };
-        // The region matters for STS (web identity, assume role); without one
-        // from conf, host or environment, aws-config is left to find it.
-        let region = match endpoint.assume_role {
-            Some(_) => token::resolve_region(&endpoint)?,
-            None => token::resolve_region(&endpoint).unwrap_or_default(),
-        };
+        let endpoint = source_endpoint(conf, mode)?;
+        let region = source_region(&endpoint)?;
         credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout).map(|id| id.source().to_owned())
     });
     match result {
         Ok(source) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&source)?)])),
         Err(e) => failure(lua, &e),
     }
+}
+
+fn source_endpoint(conf: Option<Table>, mode: Option<mlua::LuaString>) -> CrateResult<Endpoint> {
+    match conf {
+        Some(conf) => Endpoint::parse(&LuaConf(conf), side(mode)?),
+        None => Endpoint::parse(&std::collections::HashMap::new(), Side::ReadWrite),
+    }
+}
+
+/// The region matters for STS (web identity, assume role); without one from
+/// conf, host or environment, aws-config is left to find it.
+fn source_region(endpoint: &Endpoint) -> CrateResult<String> {
+    Ok(match endpoint.assume_role {
+        Some(_) => token::resolve_region(endpoint)?.into_owned(),
+        None => token::resolve_region(endpoint).map(|r| r.into_owned()).unwrap_or_default(),
+    })
 }
 
 /// `token = core.sign_token(params)`: signs with explicit credentials and
@@ -219,6 +337,38 @@ fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
         time,
     });
     Ok(MultiValue::from_iter([Value::String(lua.create_string(&token)?)]))
+}
+
+/// `coroutine.isyieldable()` for the calling coroutine, as a C function (so
+/// that the VM calls it in the caller's frame): nginx's Lua module replaces
+/// the `coroutine` table and drops LuaJIT's own `isyieldable`, which api.lua
+/// needs to tell a call inside `table.sort` or `require` (cannot yield)
+/// from one in a handler (can). `lua_isyieldable` is looked up at run time,
+/// since the LuaJIT build of the module is also loaded by PUC Lua 5.1, which
+/// has none (then api.lua assumes a yieldable phase can yield).
+fn isyieldable_function(lua: &Lua) -> LuaResult<Option<mlua::Function>> {
+    type IsYieldable = unsafe extern "C-unwind" fn(*mut mlua::ffi::lua_State) -> std::ffi::c_int;
+    static FOUND: once_cell::sync::OnceCell<Option<IsYieldable>> = once_cell::sync::OnceCell::new();
+    let found = FOUND.get_or_init(|| {
+        // SAFETY: dlsym only reads the loader's tables; a found symbol is
+        // the Lua C API function of that name, of this signature.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"lua_isyieldable".as_ptr()) };
+        (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, IsYieldable>(sym) })
+    });
+    if found.is_none() {
+        return Ok(None);
+    }
+    unsafe extern "C-unwind" fn isyieldable(state: *mut mlua::ffi::lua_State) -> std::ffi::c_int {
+        // SAFETY: `state` is the calling coroutine (the VM calls us with it);
+        // the function pointer was found above (this function exists only then).
+        unsafe {
+            let yieldable = FOUND.get().copied().flatten().is_some_and(|f| f(state) != 0);
+            mlua::ffi::lua_pushboolean(state, yieldable as std::ffi::c_int);
+        }
+        1
+    }
+    // SAFETY: a C function that pushes one boolean and touches nothing else.
+    Ok(Some(unsafe { lua.create_c_function(isyieldable)? }))
 }
 
 /// Keeps this library mapped for the life of the process; returns the path

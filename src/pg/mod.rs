@@ -8,12 +8,15 @@
 //! the `RowDescription` types, one round trip. The message codec and SCRAM
 //! come from postgres-protocol, tokio-postgres's own wire layer.
 
+mod cancel;
+pub mod escape;
 mod server_error;
 mod startup;
 mod stream;
 pub mod query;
 pub mod value;
 
+pub use cancel::CancelToken;
 pub use query::{QueryFailure, QueryOutput, Statement};
 pub use startup::connect;
 
@@ -27,7 +30,36 @@ pub struct Connection {
     stream: MessageStream,
     buf: BytesMut,
     server_version: String,
-    backend_pid: i32,
+    cancel: CancelToken,
+    /// The transaction status of the last ReadyForQuery: `I` idle, `T` in
+    /// a transaction, `E` in a failed transaction.
+    status: u8,
+    /// Notices and notifications received since they were last taken.
+    messages: Messages,
+    /// `client_encoding`, as the server last reported it.
+    client_encoding: String,
+    /// `standard_conforming_strings`, as the server last reported it.
+    standard_conforming_strings: bool,
+}
+
+/// What the server said besides results: `NOTIFY` payloads and notices.
+#[derive(Debug, Default)]
+pub struct Messages {
+    /// Notifications (LISTEN/NOTIFY), oldest first.
+    pub notifications: Vec<Notification>,
+    /// Notices, as `SEVERITY: message` text.
+    pub notices: Vec<String>,
+}
+
+/// One `NOTIFY` that reached this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The notifying backend.
+    pub process_id: i32,
+    /// The channel.
+    pub channel: String,
+    /// The payload.
+    pub payload: String,
 }
 
 impl Connection {
@@ -43,7 +75,57 @@ impl Connection {
 
     /// The server process serving this connection.
     pub fn backend_pid(&self) -> i32 {
-        self.backend_pid
+        self.cancel.process_id
+    }
+
+    /// How to escape values for this session: its client encoding and
+    /// `standard_conforming_strings`, as the server last reported them (an
+    /// encoding the escaper does not know is an error, never a guess).
+    pub fn escape_session(&self) -> Result<escape::Session, crate::error::Error> {
+        let encoding = escape::Encoding::from_name(&self.client_encoding).ok_or_else(|| {
+            crate::error::Error::config(format!("cannot escape values for client_encoding {:?}", self.client_encoding))
+        })?;
+        Ok(escape::Session { encoding, standard_conforming_strings: self.standard_conforming_strings })
+    }
+
+    /// Notes a `ParameterStatus` the escaper depends on.
+    fn parameter(&mut self, name: &str, value: &str) {
+        match name {
+            "client_encoding" => self.client_encoding = value.to_owned(),
+            "standard_conforming_strings" => self.standard_conforming_strings = value == "on",
+            _ => {}
+        }
+    }
+
+    /// Takes the notices and notifications received so far.
+    pub fn take_messages(&mut self) -> Messages {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Whether the session is idle: not in a transaction (ReadyForQuery 'I').
+    pub fn is_idle(&self) -> bool {
+        self.status == b'I'
+    }
+
+    /// Whether the server still holds the connection: nothing arrived while
+    /// it was idle (no EOF, no unsolicited error such as an administrator's
+    /// shutdown), checked without blocking.
+    pub fn is_alive(&self) -> bool {
+        if self.stream.has_buffered_input() {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local buffer on our own socket; it
+        // neither blocks (MSG_DONTWAIT) nor consumes anything (MSG_PEEK).
+        let n = unsafe {
+            libc::recv(self.stream.raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        n < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+    }
+
+    /// What [`CancelToken::cancel`] needs to stop this connection's statement.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel
     }
 
     /// Closes the socket without touching the runtime it is registered with.
@@ -75,7 +157,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("tls", &self.is_tls())
             .field("server_version", &self.server_version)
-            .field("backend_pid", &self.backend_pid)
+            .field("backend_pid", &self.cancel.process_id)
             .finish()
     }
 }

@@ -124,8 +124,21 @@ impl Connection {
                         return Err(broken(Error::new(ErrorKind::Io, e.to_string()), done));
                     }
                 }
-                Message::ReadyForQuery(_) => break,
-                // Notices, notifications, parameter changes, copy-out data: nothing to return.
+                Message::ReadyForQuery(ready) => {
+                    self.status = ready.status();
+                    break;
+                }
+                Message::ParameterStatus(p) => {
+                    let (name, value) = (p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned());
+                    self.parameter(&name, &value);
+                }
+                Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
+                Message::NotificationResponse(body) => self.messages.notifications.push(super::Notification {
+                    process_id: body.process_id(),
+                    channel: body.channel().unwrap_or_default().to_owned(),
+                    payload: body.message().unwrap_or_default().to_owned(),
+                }),
+                // Parameter changes, copy-out data: nothing to return.
                 _ => {}
             }
         }

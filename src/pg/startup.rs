@@ -13,20 +13,21 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::stream::{MessageStream, Transport};
-use super::{server_error, Connection};
+use super::{server_error, CancelToken, Connection};
 use crate::conf::ConnectConf;
 use crate::error::{Error, ErrorKind, Result};
-use crate::tls;
+use crate::{net, tls};
 
 /// Connects and authenticates with `password` (an IAM token or the
 /// configured password). The caller bounds the whole call with `pg_timeout`.
 pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Connection> {
     let host = conf.endpoint.host.as_str();
     let port = conf.endpoint.port;
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("could not connect to {host}:{port}: {}", io_text(&e))))?;
+    let could_not = |e: &io::Error| Error::new(ErrorKind::Io, format!("could not connect to {host}:{port}: {}", io_text(e)));
+    let addrs = net::resolve(host, port).await.map_err(|e| could_not(&e))?;
+    let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| could_not(&e))?;
     let _ = tcp.set_nodelay(true);
+    let addr = tcp.peer_addr().map_err(|e| could_not(&e))?;
     let transport = if conf.tls.enabled { negotiate_tls(tcp, conf).await? } else { Transport::Plain(tcp) };
     let mut stream = MessageStream::new(transport);
     let mut buf = BytesMut::with_capacity(1024);
@@ -47,22 +48,45 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
     authenticate(&mut stream, &mut buf, &conf.endpoint.user, password, conf.iam).await?;
 
     let mut server_version = String::new();
-    let mut backend_pid = 0;
+    let mut parameters: Vec<(String, String)> = Vec::new();
+    let mut cancel = CancelToken { addr, process_id: 0, secret_key: 0 };
+    let status;
     loop {
         match stream.recv().await.map_err(|e| io_error("starting the session", &e))? {
-            Message::ReadyForQuery(_) => break,
+            Message::ReadyForQuery(ready) => {
+                status = ready.status();
+                break;
+            }
             Message::ParameterStatus(p) => {
                 if p.name().ok() == Some("server_version") {
                     server_version = p.value().unwrap_or_default().to_owned();
                 }
+                parameters.push((p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned()));
             }
-            Message::BackendKeyData(k) => backend_pid = k.process_id(),
+            Message::BackendKeyData(k) => {
+                cancel.process_id = k.process_id();
+                cancel.secret_key = k.secret_key();
+            }
             Message::ErrorResponse(body) => return Err(server_error::from_body(&body)),
             Message::NoticeResponse(_) => {}
             _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message while starting the session")),
         }
     }
-    Ok(Connection { stream, buf, server_version, backend_pid })
+    let mut conn = Connection {
+        stream,
+        buf,
+        server_version,
+        cancel,
+        status,
+        messages: Default::default(),
+        // Until the server says otherwise: what the startup message asked for.
+        client_encoding: "UTF8".into(),
+        standard_conforming_strings: true,
+    };
+    for (name, value) in &parameters {
+        conn.parameter(name, value);
+    }
+    Ok(conn)
 }
 
 /// SSLRequest; on 'S' a TLS handshake, on 'N' plain text unless TLS is required.

@@ -99,6 +99,11 @@ impl MessageStream {
         }
     }
 
+    /// Whether bytes were received that no message has consumed yet.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.read_buf.is_empty()
+    }
+
     /// The socket's file descriptor.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;

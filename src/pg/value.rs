@@ -62,9 +62,14 @@ fn array_element(type_oid: u32) -> Option<u32> {
     })
 }
 
-/// Decodes one non-NULL field.
+/// Decodes one non-NULL field. Text that is not UTF-8 (a session whose
+/// client_encoding is SJIS, say) is handed over as the bytes the server sent.
 pub fn decode(type_oid: u32, raw: &[u8]) -> Cell<'_> {
-    let text = String::from_utf8_lossy(raw);
+    let text = match std::str::from_utf8(raw) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) if array_element(type_oid).is_none() => return Cell::Bytes(raw.to_vec()),
+        Err(_) => String::from_utf8_lossy(raw),
+    };
     if let Some(element) = array_element(type_oid) {
         return match parse_array(&text, element) {
             Some(items) => Cell::Array(items),
@@ -222,6 +227,8 @@ mod tests {
         assert_eq!(decode(17, b"\\x00ff41"), Cell::Bytes(vec![0, 255, 65]));
         assert_eq!(decode(2950, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), t("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
         assert_eq!(decode(3802, br#"{"a":[1,null]}"#), Cell::Json(serde_json::json!({"a": [1, null]})));
+        // SJIS text (client_encoding SJIS): the bytes as sent
+        assert_eq!(decode(25, b"\x83\x5c'"), Cell::Bytes(b"\x83\x5c'".to_vec()));
     }
 
     #[test]

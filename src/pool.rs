@@ -1,0 +1,375 @@
+//! The keep-alive pool: idle connections of this process, by what makes a
+//! session the same (host, port, database, user, schema, TLS settings and
+//! whether IAM is on; a token or password never splits it: they only count
+//! at authentication), as a cosocket pool keeps them.
+//!
+//! A connection is handed out under a [`Lease`], which counts it as busy for
+//! its key until it is closed or put back; with a backlog (`pg_backlog`) at
+//! most `pg_pool_size` connections of a key are busy at once and up to the
+//! backlog callers wait (yielding) for one to come back. Idle connections
+//! past their idle timeout are closed by a task on the I/O thread, or,
+//! where a process has none, on the next access to the pool. A forked
+//! child starts with an empty pool and closes its copies of the parent's
+//! descriptors without touching the parent's sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::conf::{ConnectConf, PoolConf, TlsConf};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg;
+use crate::process;
+
+/// What makes two connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    host: String,
+    port: u16,
+    database: String,
+    user: String,
+    schema: Option<String>,
+    tls: TlsConf,
+    iam: bool,
+}
+
+impl Key {
+    /// The key of connections opened with `conf`.
+    pub fn of(conf: &ConnectConf) -> Key {
+        Key {
+            host: conf.endpoint.host.clone(),
+            port: conf.endpoint.port,
+            database: conf.database.clone(),
+            user: conf.endpoint.user.clone(),
+            schema: conf.schema.clone(),
+            tls: conf.tls.clone(),
+            iam: conf.iam,
+        }
+    }
+
+    /// `user@host:port/database`, with `/schema` when one is set: how
+    /// stats name a pool (keys that differ only in TLS settings or IAM
+    /// share a name, and their figures are summed).
+    pub fn label(&self) -> String {
+        match &self.schema {
+            None => format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database),
+            Some(schema) => format!("{}@{}:{}/{}/{}", self.user, self.host, self.port, self.database, schema),
+        }
+    }
+}
+
+/// An idle connection.
+pub struct Idle {
+    /// The connection.
+    pub conn: pg::Connection,
+    /// How many times it was handed out before.
+    pub reused: u32,
+    /// When it must be closed (its jittered `pg_max_lifetime`), if ever.
+    pub retire_at: Option<Instant>,
+    idle_until: Option<Instant>,
+}
+
+/// Counters and idle connections of one key.
+#[derive(Default)]
+struct Slot {
+    idle: Vec<Idle>,
+    busy: usize,
+    waiting: usize,
+    opened: u64,
+    reused: u64,
+    closed: u64,
+    returned: Arc<Notify>,
+}
+
+/// Per-key figures for `stats()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Figures {
+    /// `user@host:port/database`.
+    pub label: String,
+    /// Idle connections kept.
+    pub idle: usize,
+    /// Connections handed out and not back yet.
+    pub busy: usize,
+    /// Callers waiting for one (backlog).
+    pub waiting: usize,
+    /// Physical connections opened.
+    pub opened: u64,
+    /// Check-outs of an idle connection.
+    pub reused: u64,
+    /// Idle or returned connections closed by the pool.
+    pub closed: u64,
+}
+
+/// The pool of the process of generation `.0`.
+struct Pool(u64, HashMap<Arc<Key>, Slot>);
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+/// This process's pool. In a forked child the inherited one is emptied:
+/// its descriptors are closed, the parent's sessions left alone.
+fn pool() -> MutexGuard<'static, Option<Pool>> {
+    let mut guard = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    let generation = process::generation();
+    if guard.as_ref().is_none_or(|p| p.0 != generation) {
+        if let Some(inherited) = guard.take() {
+            for slot in inherited.1.into_values() {
+                for idle in slot.idle {
+                    idle.conn.abandon();
+                }
+            }
+        }
+        *guard = Some(Pool(generation, HashMap::new()));
+    }
+    guard
+}
+
+fn with_slot<T>(key: &Arc<Key>, f: impl FnOnce(&mut Slot) -> T) -> T {
+    let mut guard = pool();
+    let p = guard.get_or_insert_with(|| Pool(process::generation(), HashMap::new()));
+    f(p.1.entry(key.clone()).or_default())
+}
+
+/// Counts one busy connection of a key until dropped.
+pub struct Lease {
+    key: Arc<Key>,
+    generation: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.generation == process::generation() {
+            with_slot(&self.key, |slot| {
+                slot.busy = slot.busy.saturating_sub(1);
+                slot.returned.notify_one();
+            });
+        }
+    }
+}
+
+impl Lease {
+    /// The key it counts against.
+    pub fn key(&self) -> &Arc<Key> {
+        &self.key
+    }
+}
+
+/// What [`checkout`] found.
+pub enum Checkout {
+    /// An idle connection, alive when checked.
+    Reuse(Idle, Lease),
+    /// None idle: open a new one under this lease.
+    Open(Lease),
+}
+
+/// An idle connection for `key`, or a lease to open a new one. With a
+/// backlog and `size` connections busy, waits (when `may_wait`; a blocking
+/// caller cannot, since only its own frozen worker could free one) up to
+/// `timeout` for one to come back.
+pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Duration) -> Result<Checkout> {
+    enum Step {
+        Reuse(Idle),
+        Open,
+        Wait(Arc<Notify>),
+    }
+    let key = Arc::new(key);
+    let deadline = Instant::now() + timeout;
+    let mut waited = false;
+    loop {
+        let mut dead = Vec::new();
+        let step = with_slot(&key, |slot| {
+            if waited {
+                slot.waiting = slot.waiting.saturating_sub(1);
+            }
+            let now = Instant::now();
+            while let Some(idle) = slot.idle.pop() {
+                if idle.expired(now) || !idle.conn.is_alive() {
+                    slot.closed += 1;
+                    dead.push(idle);
+                    continue;
+                }
+                slot.busy += 1;
+                slot.reused += 1;
+                return Ok(Step::Reuse(idle));
+            }
+            match conf.backlog {
+                Some(backlog) if slot.busy >= conf.size => {
+                    if !may_wait || slot.waiting >= backlog {
+                        return Err(Error::new(ErrorKind::Busy, "too many waiting connect operations"));
+                    }
+                    slot.waiting += 1;
+                    Ok(Step::Wait(slot.returned.clone()))
+                }
+                _ => {
+                    slot.busy += 1;
+                    slot.opened += 1;
+                    Ok(Step::Open)
+                }
+            }
+        });
+        close_all(dead).await;
+        let lease = || Lease { key: key.clone(), generation: process::generation() };
+        match step? {
+            Step::Reuse(idle) => return Ok(Checkout::Reuse(idle, lease())),
+            Step::Open => return Ok(Checkout::Open(lease())),
+            Step::Wait(returned) => {
+                waited = true;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, returned.notified()).await.is_err() {
+                    with_slot(&key, |slot| slot.waiting = slot.waiting.saturating_sub(1));
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("timeout: no pooled connection came back within {} ms", timeout.as_millis()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Puts `conn` back as idle under its lease's key. A connection that is
+/// in a transaction or holds unread input is closed instead (an error says
+/// why); so is one past `retire_at` (that is not an error). Past `size`
+/// idle connections, the one idle longest is closed.
+pub async fn put_back(lease: Lease, conn: pg::Connection, reused: u32, retire_at: Option<Instant>, max_idle: Duration, size: usize) -> Result<()> {
+    let now = Instant::now();
+    if !conn.is_idle() {
+        close_all(vec![Idle { conn, reused, retire_at, idle_until: None }]).await;
+        count_closed(&lease, 1);
+        return Err(Error::new(ErrorKind::Closed, "connection in dubious state (in a transaction): closed instead of kept alive"));
+    }
+    if !conn.is_alive() {
+        drop(conn);
+        count_closed(&lease, 1);
+        return Err(Error::new(ErrorKind::Closed, "connection in dubious state (unread input): closed instead of kept alive"));
+    }
+    let idle = Idle { conn, reused, retire_at, idle_until: (!max_idle.is_zero()).then(|| now + max_idle) };
+    if idle.expired(now) {
+        close_all(vec![idle]).await;
+        count_closed(&lease, 1);
+        return Ok(());
+    }
+    let evicted = with_slot(lease.key(), |slot| {
+        slot.idle.push(idle);
+        let excess = slot.idle.len().saturating_sub(size.max(1));
+        let evicted: Vec<Idle> = slot.idle.drain(..excess).collect();
+        slot.closed += evicted.len() as u64;
+        evicted
+    });
+    close_all(evicted).await;
+    // The lease drops here: the connection is no longer busy.
+    drop(lease);
+    reap_in_background();
+    Ok(())
+}
+
+fn count_closed(lease: &Lease, n: u64) {
+    with_slot(lease.key(), |slot| slot.closed += n);
+}
+
+impl Idle {
+    fn expired(&self, now: Instant) -> bool {
+        self.idle_until.is_some_and(|t| now >= t) || self.retire_at.is_some_and(|t| now >= t)
+    }
+}
+
+/// Says goodbye to each connection (Terminate), briefly.
+async fn close_all(list: Vec<Idle>) {
+    for idle in list {
+        let _ = tokio::time::timeout(Duration::from_millis(200), idle.conn.close()).await;
+    }
+}
+
+/// Closes the idle connections past their time, in every key.
+pub async fn reap() {
+    let now = Instant::now();
+    let dead: Vec<Idle> = {
+        let mut guard = pool();
+        let Some(p) = guard.as_mut() else { return };
+        let mut dead = Vec::new();
+        for slot in p.1.values_mut() {
+            let (gone, kept): (Vec<Idle>, Vec<Idle>) = slot.idle.drain(..).partition(|i| i.expired(now));
+            slot.closed += gone.len() as u64;
+            slot.idle = kept;
+            dead.extend(gone);
+        }
+        dead
+    };
+    close_all(dead).await;
+}
+
+/// Starts, once per process that has an I/O thread, a task closing idle
+/// connections past their time every second.
+fn reap_in_background() {
+    static STARTED: Mutex<u64> = Mutex::new(u64::MAX);
+    let generation = process::generation();
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if *started == generation {
+        return;
+    }
+    if process::spawn_background(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reap().await;
+        }
+    }) {
+        *started = generation;
+    }
+}
+
+/// Every key's figures.
+pub fn figures() -> Vec<Figures> {
+    let guard = pool();
+    let Some(p) = guard.as_ref() else { return Vec::new() };
+    let mut by_label: std::collections::BTreeMap<String, Figures> = std::collections::BTreeMap::new();
+    for (key, slot) in &p.1 {
+        let label = key.label();
+        let f = by_label.entry(label.clone()).or_insert_with(|| Figures {
+            label,
+            idle: 0,
+            busy: 0,
+            waiting: 0,
+            opened: 0,
+            reused: 0,
+            closed: 0,
+        });
+        f.idle += slot.idle.len();
+        f.busy += slot.busy;
+        f.waiting += slot.waiting;
+        f.opened += slot.opened;
+        f.reused += slot.reused;
+        f.closed += slot.closed;
+    }
+    by_label.into_values().collect()
+}
+
+/// A deadline `lifetime` +-10% from now, so that a fleet does not reconnect
+/// in one burst.
+pub fn retire_at(lifetime: Option<Duration>) -> Option<Instant> {
+    use std::hash::{BuildHasher, Hasher};
+    let lifetime = lifetime?;
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    // A factor in [0.9, 1.1].
+    let factor = 0.9 + (random % 2001) as f64 / 10_000.0;
+    Some(Instant::now() + lifetime.mul_f64(factor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_jittered_within_ten_percent() {
+        let hour = Duration::from_secs(3600);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let at = retire_at(Some(hour)).unwrap();
+            let d = at.saturating_duration_since(Instant::now());
+            assert!(d >= hour.mul_f64(0.899) && d <= hour.mul_f64(1.1), "{d:?}");
+            seen.insert(d.as_secs());
+        }
+        assert!(seen.len() > 5, "not jittered: {seen:?}");
+        assert!(retire_at(None).is_none());
+    }
+}
