@@ -24,6 +24,12 @@ build = {
    build_command = [[case "$(LUA) $(LUA_INCDIR)" in *5.4*) f=lua54 ;; *) f=luajit ;; esac; FEATURES=$f OUT=target/rock scripts/build]],
    install = {
       lib = { kong_rds_iam = "target/rock/kong_rds_iam.so" },
-      lua = { ["kong_rds_iam.kong"] = "lua/kong_rds_iam/kong.lua" },
+      lua = {
+         ["kong_rds_iam.kong"] = "lua/kong_rds_iam/kong.lua",
+         ["kong_rds_iam.pgmoon"] = "lua/kong_rds_iam/pgmoon.lua",
+         ["kong_rds_iam.pgmoon.arrays"] = "lua/kong_rds_iam/pgmoon/arrays.lua",
+         ["kong_rds_iam.pgmoon.json"] = "lua/kong_rds_iam/pgmoon/json.lua",
+         ["kong_rds_iam.pgmoon.escape"] = "lua/kong_rds_iam/pgmoon/escape.lua",
+      },
    },
 }
