@@ -1,33 +1,61 @@
 """Turns bench/run's raw result lines into the table and bench/results.md.
 
-    python3 report.py RAW_FILE RESULTS_MD
+    python3 report.py RAW_FILE [RAW_FILE ...] RESULTS_MD
+    python3 report.py --nginx-only NGINX_RAW RESULTS_MD
 
 RAW_FILE lines: `name value value ...`. The same name may appear on several
 lines (one per pass / round); values accumulate. `version_*` and `meta_*`
-lines carry text. Standard library only.
+lines carry text. Missing raw files are skipped (bench/nginx/run may not have
+run). `--nginx-only` (bench/nginx/run alone) prints the nginx tables and
+replaces only the nginx section of RESULTS_MD (bench/nginx/report_nginx.py),
+keeping the rest. Standard library only.
 """
+import os
 import statistics
 import sys
 from collections import OrderedDict
 
-raw_path, md_path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx"))
+import report_nginx  # noqa: E402
+
+args = sys.argv[1:]
+nginx_only = bool(args) and args[0] == "--nginx-only"
+if nginx_only:
+    args = args[1:]
+raw_paths, md_path = args[:-1], args[-1]
 
 samples = OrderedDict()
 meta = OrderedDict()
-with open(raw_path) as f:
-    for line in f:
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        name, _, rest = line.partition(" ")
-        if name.startswith(("version_", "meta_")):
-            meta[name] = rest.strip()
-            continue
-        try:
-            vals = [float(v) for v in rest.split()]
-        except ValueError:
-            continue
-        samples.setdefault(name, []).extend(vals)
+
+
+def read_raw(path):
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            name, _, rest = line.partition(" ")
+            if name.startswith(("version_", "meta_")):
+                meta[name] = rest.strip()
+                continue
+            try:
+                vals = [float(v) for v in rest.split()]
+            except ValueError:
+                continue
+            samples.setdefault(name, []).extend(vals)
+
+
+for raw_path in raw_paths:
+    if os.path.exists(raw_path):
+        read_raw(raw_path)
+
+nginx_text, nginx_md = report_nginx.section(samples, meta)
+if nginx_only:
+    print(nginx_text)
+    if nginx_md:
+        report_nginx.splice(md_path, nginx_md)
+        print("wrote the nginx section of", md_path)
+    sys.exit(0)
 
 
 def med(name):
@@ -192,7 +220,7 @@ units = {"lua_connect_pw": "conn/s", "lua_connect_iam": "conn/s", "pg_connect_pw
          "lua_decode_rows_per_s": "rows/s", "pg_decode_rows_per_s": "rows/s",
          "lua_decode_server_only_ms": "ms (select count(*) over the same scan)"}
 for name, vals in samples.items():
-    if name.startswith("mem_"):
+    if name.startswith(("mem_", "ngx_")):  # ngx_: the nginx section has its own tables
         continue
     unit = units.get(name, "ns/op (process CPU)" if name.endswith("_cpu") else "ns/op")
     abs_rows.append((name, fmt_num(statistics.median(vals)), unit, spread(name)))
@@ -227,6 +255,8 @@ if mem:
     print()
     print(text_table(("memory (VmRSS)", "value"), list(mem.items())))
 print()
+if nginx_md:
+    print(nginx_text)
 
 m = meta
 md = []
@@ -305,6 +335,9 @@ md.append("""- Tokens: host `bench-db.abc123.us-east-1.rds.amazonaws.com`, port 
 - Token peers run one after another in each pass (LuaJIT, botocore, rds-signer, Rust), passes repeated;
   the CPU-time column uses CLOCK_PROCESS_CPUTIME_ID / process_time / process.cpuUsage.
 """)
+if nginx_md:
+    md.append(nginx_md)
+    md.append("")
 with open(md_path, "w") as f:
     f.write("\n".join(md))
 print("wrote", md_path)

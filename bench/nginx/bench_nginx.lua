@@ -1,0 +1,256 @@
+-- nginx side of bench/nginx/run: request handlers of the one nginx worker
+-- that bench/nginx/drive.py loads. Each /q request takes an open connection
+-- from this worker's free list (or opens one), runs K `select 1 as x`
+-- queries on it one after another, timing each with CLOCK_MONOTONIC, and
+-- gives the connection back. Nothing here is a test.
+--
+--   /q?v=VARIANT&k=K   K queries; VARIANT: rds_tls, rds_plain (our module;
+--                      yielding or blocking depends on the instance's
+--                      KONG_RDS_IAM_YIELD), pgmoon_plain (pgmoon, cosockets)
+--   /reset             forget the recorded per-query times
+--   /stats             JSON: queries, p50/p99/p999 (us) since /reset, and
+--                      rds.stats() (jobs: the job table's size, 0 when idle;
+--                      io_thread)
+--   /drain?v=VARIANT   close this worker's idle connections of VARIANT
+--   /nop?n=N           N calls of rds._nop(), each timed: median/p99/mean (us)
+--   /info              JSON: what the module offers (_nop, stats), versions
+--
+-- Connections: ours are Rust objects, not tied to a request, so a per-worker
+-- free list keeps them open across requests. pgmoon's cosockets belong to
+-- the request that made them, so pgmoon goes the way Kong uses it: connect
+-- (a socket from the cosocket keepalive pool, no new login once warm), K
+-- queries, keepalive().
+local ffi = require "ffi"
+local cjson = require "cjson.safe"
+local rds = require "kong_rds_iam"
+
+pcall(ffi.cdef, [[
+  typedef struct { long tv_sec; long tv_nsec; } bench_ngx_timespec;
+  int clock_gettime(int clk, bench_ngx_timespec *ts);
+]])
+local C = ffi.C
+local ts = ffi.new("bench_ngx_timespec")
+local function clock()
+  C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+local E = os.getenv -- the worker sees these through `env` directives
+local SQL = "select 1 as x"
+
+local function conf_of(ssl)
+  return {
+    pg_host = E "RDS_EMU_HOST" or "127.0.0.1", pg_port = tonumber(E "RDS_EMU_PORT"),
+    pg_database = E "RDS_EMU_DB" or "kong",
+    pg_user = E "RDS_EMU_PW_MD5_USER", pg_password = E "RDS_EMU_PW_MD5_PASSWORD",
+    pg_ssl = ssl, pg_ssl_required = ssl, pg_ssl_verify = false,
+  }
+end
+local CONFS = { rds_tls = conf_of(true), rds_plain = conf_of(false) }
+
+local pgmoon_ok, pgmoon = pcall(require, "pgmoon")
+if not pgmoon_ok then pgmoon = nil end
+local PGMOON_POOL = 128
+local pg_cfg = {
+  host = E "RDS_EMU_HOST" or "127.0.0.1", port = E "RDS_EMU_PORT",
+  database = E "RDS_EMU_DB" or "kong",
+  user = E "RDS_EMU_PW_MD5_USER", password = E "RDS_EMU_PW_MD5_PASSWORD",
+  ssl = false, pool_size = PGMOON_POOL,
+}
+
+local M = {}
+
+-- Per-query times (seconds) since the last /reset; a fixed buffer, the
+-- count goes on past it (the percentiles then cover the first CAP).
+local CAP = 1000000
+local lat = ffi.new("double[?]", CAP)
+local n_lat = 0
+local n_queries = 0
+
+local function record(dt)
+  if n_lat < CAP then
+    lat[n_lat] = dt
+    n_lat = n_lat + 1
+  end
+end
+
+local function stats_now()
+  if type(rds.stats) ~= "function" then return nil end
+  local ok, s = pcall(rds.stats)
+  if ok and type(s) == "table" then return s end
+  return nil
+end
+
+local function reply(status, t)
+  ngx.status = status
+  ngx.header.content_type = "application/json"
+  ngx.print(cjson.encode(t))
+end
+
+local function fail(msg)
+  ngx.log(ngx.ERR, "bench: ", msg)
+  return reply(500, { error = msg })
+end
+
+local pools = { rds_tls = {}, rds_plain = {} }
+
+local function q_rds(v, k)
+  local pool = pools[v]
+  local conn = pool[#pool]
+  if conn then
+    pool[#pool] = nil
+  else
+    local err
+    conn, err = rds.connect(CONFS[v])
+    if not conn then return fail("connect " .. v .. ": " .. tostring(err)) end
+  end
+  for _ = 1, k do
+    local t0 = clock()
+    local res, err = conn:query(SQL)
+    local dt = clock() - t0
+    if not res or not res[1] or res[1].x ~= 1 then
+      pcall(conn.close, conn)
+      return fail("query " .. v .. ": " .. tostring(err))
+    end
+    record(dt)
+    n_queries = n_queries + 1
+  end
+  pool[#pool + 1] = conn
+  ngx.print("ok")
+end
+
+local function q_pgmoon(k)
+  if not pgmoon then return fail("pgmoon not present") end
+  local pg = pgmoon.new(pg_cfg)
+  local ok, err = pg:connect()
+  if not ok then return fail("pgmoon connect: " .. tostring(err)) end
+  for _ = 1, k do
+    local t0 = clock()
+    local res, qerr = pg:query(SQL)
+    local dt = clock() - t0
+    if not res or not res[1] or res[1].x ~= 1 then
+      pcall(pg.disconnect, pg)
+      return fail("pgmoon query: " .. tostring(qerr))
+    end
+    record(dt)
+    n_queries = n_queries + 1
+  end
+  local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
+  if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
+  ngx.print("ok")
+end
+
+function M.query()
+  local args = ngx.req.get_uri_args()
+  local v, k = args.v, tonumber(args.k) or 100
+  if v == "pgmoon_plain" then return q_pgmoon(k) end
+  if not pools[v] then return fail("unknown variant " .. tostring(v)) end
+  return q_rds(v, k)
+end
+
+function M.reset()
+  n_lat, n_queries = 0, 0
+  reply(200, { ok = true })
+end
+
+-- The q-th quantile (0..1) of a sorted Lua array, nearest rank.
+local function quantile(sorted, q)
+  local n = #sorted
+  if n == 0 then return nil end
+  local i = math.max(1, math.min(n, math.ceil(q * n)))
+  return sorted[i]
+end
+
+local function summary(buf, n)
+  local t = {}
+  for i = 0, n - 1 do t[i + 1] = buf[i] end
+  table.sort(t)
+  local sum = 0
+  for i = 1, n do sum = sum + t[i] end
+  return {
+    n = n,
+    p50_us = (quantile(t, 0.5) or 0) * 1e6,
+    p99_us = (quantile(t, 0.99) or 0) * 1e6,
+    p999_us = (quantile(t, 0.999) or 0) * 1e6,
+    mean_us = n > 0 and sum / n * 1e6 or 0,
+  }
+end
+
+function M.stats()
+  local out = summary(lat, n_lat)
+  out.queries = n_queries
+  local s1 = stats_now()
+  if s1 then
+    out.io_thread = s1.io_thread
+    out.jobs = tonumber(s1.jobs)
+  end
+  reply(200, out)
+end
+
+function M.drain()
+  local v = ngx.req.get_uri_args().v
+  local closed = 0
+  if v == "pgmoon_plain" then
+    if pgmoon then
+      -- Take the pooled sockets one by one (LIFO) and close them; stop at
+      -- the first new one (reused 0), which is closed too.
+      for _ = 1, PGMOON_POOL + 1 do
+        local pg = pgmoon.new(pg_cfg)
+        if not pg:connect() then break end
+        local reused = pg.sock:getreusedtimes()
+        pg:disconnect()
+        if reused == 0 then break end
+        closed = closed + 1
+      end
+    end
+  elseif pools[v] then
+    local pool = pools[v]
+    for i = #pool, 1, -1 do
+      pcall(pool[i].close, pool[i])
+      pool[i] = nil
+      closed = closed + 1
+    end
+  end
+  reply(200, { closed = closed })
+end
+
+function M.nop()
+  local n = tonumber(ngx.req.get_uri_args().n) or 20000
+  local nop = rds._nop
+  if type(nop) ~= "function" then return reply(200, { missing = true }) end
+  for _ = 1, 200 do nop() end -- warm-up: first jobs, JIT
+  local buf = ffi.new("double[?]", n)
+  local t_all = clock()
+  for i = 0, n - 1 do
+    local t0 = clock()
+    nop()
+    buf[i] = clock() - t0
+  end
+  t_all = clock() - t_all
+  local out = summary(buf, n)
+  out.wall_per_call_us = t_all / n * 1e6
+  local s1 = stats_now()
+  out.jobs = s1 and tonumber(s1.jobs)
+  out.io_thread = s1 and s1.io_thread
+  reply(200, out)
+end
+
+function M.info()
+  local s = stats_now()
+  reply(200, {
+    has_nop = type(rds._nop) == "function",
+    has_stats = type(rds.stats) == "function",
+    stats = s,
+    io_thread = s and s.io_thread,
+    pgmoon = pgmoon ~= nil,
+    pgmoon_version = pgmoon and pgmoon.VERSION,
+    module_version = rds.version,
+    ngx_lua_version = ngx.config.ngx_lua_version,
+    nginx_version = ngx.config.nginx_version,
+    jit = jit and jit.version,
+    yield_env = E "KONG_RDS_IAM_YIELD",
+    phase = ngx.get_phase(),
+  })
+end
+
+return M

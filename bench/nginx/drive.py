@@ -1,0 +1,485 @@
+"""Drives bench/nginx/run's measurement: two nginx instances of one worker
+each (yielding = the default, blocking = KONG_RDS_IAM_YIELD=off in the
+master's environment), a threaded HTTP/1.1 keep-alive load generator on
+127.0.0.1, and result lines `name value` on stdout for bench/report.py.
+Progress goes to stderr. Standard library only.
+
+    python3 drive.py --prefix DIR [--rounds R] [--secs S] [--warm W] [--k K]
+                     [--ns 1,10,50] [--nop-calls 20000] [--pgmoon DIR]
+
+Environment: the emulator's RDS_EMU_* (host, port, db, the md5 user),
+BENCH_SO_DIR (where kong_rds_iam.so is), NGINX_BIN, NGINX_MODULES_DIR.
+
+Per round and per N (concurrent clients), cells run back to back in this
+order: yield_tls, block_tls, yield_plain, block_plain, pgmoon. A cell: a
+warm-up with N clients (fills the worker's pool with N open connections),
+/reset, S seconds of load (each client: GET /q?v=...&k=K in a loop on its
+own keep-alive connection), /stats (per-query times measured inside the
+handler), /drain (closes the cell's connections: the emulator allows 100).
+Then rds._nop() timed in one handler of each instance.
+"""
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# cell name -> (instance, handler variant)
+CELLS = [
+    ("yield_tls", "yield", "rds_tls"),
+    ("block_tls", "block", "rds_tls"),
+    ("yield_plain", "yield", "rds_plain"),
+    ("block_plain", "block", "rds_plain"),
+    ("pgmoon", "yield", "pgmoon_plain"),
+]
+
+HARD_LIMIT_S = 30 * 60  # the whole run stops by itself after this
+
+
+def say(*a):
+    print("bench/nginx:", *a, file=sys.stderr, flush=True)
+
+
+def emit(name, *values):
+    print(name, " ".join("%.3f" % v if isinstance(v, (int, float)) else str(v) for v in values), flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def children(pid):
+    out = []
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                    out += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+IO_THREAD_COMM = "kong_rds_iam-io"
+
+
+def has_io_thread(pid):
+    """Whether process pid has the module's I/O thread (by its name)."""
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                    if f.read().strip() == IO_THREAD_COMM:
+                        return True
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return False
+
+
+def proc_sample(pid):
+    """CPU time (ns, /proc/PID/task/*/schedstat) and context switches
+    (voluntary, involuntary) summed over the threads of pid, and the thread count."""
+    cpu, vol, invol, n = 0, 0, 0, 0
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                cpu += int(f.read().split()[0])
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        invol += int(line.split()[1])
+            n += 1
+        except (OSError, ValueError, IndexError):
+            pass
+    return cpu, vol, invol, n
+
+
+def machine_busy_ns():
+    """Busy CPU time of the whole machine (all CPUs, /proc/stat: everything but idle and iowait), ns."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(v[:8]) - v[3] - v[4]  # user nice system idle iowait irq softirq steal
+    return busy * 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+NGINX_CONF = """\
+load_module {modules}/ndk_http_module.so;
+load_module {modules}/ngx_http_lua_module.so;
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+worker_shutdown_timeout 5s;
+{env}
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path temp/body;
+  proxy_temp_path temp/proxy;
+  fastcgi_temp_path temp/fastcgi;
+  uwsgi_temp_path temp/uwsgi;
+  scgi_temp_path temp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  lua_socket_log_errors off;
+  lua_package_path "{lpath}";
+  lua_package_cpath "{cpath}";
+  # The module is loaded in the master (it reads KONG_RDS_IAM_YIELD once, at load).
+  init_by_lua_block {{
+    require "kong_rds_iam"
+    require "bench_nginx"
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /q     {{ content_by_lua_block {{ require("bench_nginx").query() }} }}
+    location = /reset {{ content_by_lua_block {{ require("bench_nginx").reset() }} }}
+    location = /stats {{ content_by_lua_block {{ require("bench_nginx").stats() }} }}
+    location = /drain {{ content_by_lua_block {{ require("bench_nginx").drain() }} }}
+    location = /nop   {{ content_by_lua_block {{ require("bench_nginx").nop() }} }}
+    location = /info  {{ content_by_lua_block {{ require("bench_nginx").info() }} }}
+  }}
+}}
+"""
+
+PASS_ENV = ("RDS_EMU_HOST", "RDS_EMU_PORT", "RDS_EMU_DB", "RDS_EMU_PW_MD5_USER", "RDS_EMU_PW_MD5_PASSWORD")
+
+
+class Nginx:
+    def __init__(self, name, prefix, yield_off, so_dir, pgmoon_dir):
+        self.name, self.prefix, self.port = name, os.path.join(prefix, name), free_port()
+        self.proc = None
+        for d in ("conf", "logs", "temp"):
+            os.makedirs(os.path.join(self.prefix, d), exist_ok=True)
+        lpath = [HERE + "/?.lua"]
+        if pgmoon_dir:
+            lpath += [pgmoon_dir + "/?.lua", pgmoon_dir + "/?/init.lua"]
+        lpath += ["/usr/share/lua/5.1/?.lua", "/usr/share/lua/5.1/?/init.lua", ";"]
+        cpath = [so_dir + "/?.so", "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so", ";"]
+        env_lines = ["env %s;" % k for k in PASS_ENV] + ["env KONG_RDS_IAM_YIELD;"]
+        conf = NGINX_CONF.format(
+            modules=os.environ.get("NGINX_MODULES_DIR", "/usr/lib/nginx/modules"),
+            user="user root;" if os.geteuid() == 0 else "",
+            env="\n".join(env_lines), lpath=";".join(lpath), cpath=";".join(cpath), port=self.port)
+        with open(os.path.join(self.prefix, "conf", "nginx.conf"), "w") as f:
+            f.write(conf)
+        # The master's whole environment: nothing of ours but what it needs.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        for k in PASS_ENV:
+            self.env[k] = os.environ[k]
+        if yield_off:
+            self.env["KONG_RDS_IAM_YIELD"] = "off"
+
+    def start(self):
+        nginx = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+        log = open(os.path.join(self.prefix, "logs", "stdout.log"), "w")
+        self.proc = subprocess.Popen([nginx, "-p", self.prefix + "/", "-c", "conf/nginx.conf", "-e", "logs/error.log"],
+                                     env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("nginx %s exited at start:\n%s" % (self.name, self.error_log()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx %s did not come up:\n%s" % (self.name, self.error_log()))
+
+    def stop(self):
+        if not self.proc or self.proc.poll() is not None:
+            return
+        pid = self.proc.pid
+        workers = children(pid)
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                if alive(w):
+                    os.kill(w, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def worker_pid(self):
+        w = [p for p in children(self.proc.pid) if alive(p)]
+        return w[0] if w else None
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.prefix, "logs", "error.log")) as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def get(self, path, timeout=120):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def get_json(self, path, timeout=120):
+        status, body = self.get(path, timeout)
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, {"error": body[:300].decode("utf-8", "replace")}
+
+
+def load(inst, path, n, secs, min_each=0, max_each=1000000):
+    """n threads, each on its own keep-alive connection, GET path in a loop
+    for secs (and at least min_each times). Returns requests, errors,
+    elapsed, request latencies (s), first error."""
+    barrier = threading.Barrier(n + 1)
+    results = [None] * n
+    hard = time.monotonic() + secs + 120  # a stuck cell cannot hold the run
+
+    def client(i):
+        lat, errs, first_err = [], 0, None
+        c = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=120)
+        try:
+            c.connect()
+        except OSError as e:
+            barrier.wait()
+            results[i] = ([], 1, "connect: %s" % e, time.monotonic())
+            return
+        barrier.wait()
+        deadline = time.monotonic() + secs
+        count = 0
+        while count < max_each and (time.monotonic() < deadline or count < min_each) and time.monotonic() < hard:
+            t0 = time.monotonic()
+            try:
+                c.request("GET", path)
+                r = c.getresponse()
+                body = r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException) as e:
+                ok, body = False, str(e).encode()
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=120)
+            t1 = time.monotonic()
+            count += 1
+            if ok:
+                lat.append(t1 - t0)
+            else:
+                errs += 1
+                if first_err is None:
+                    first_err = body[:300].decode("utf-8", "replace")
+                if errs > 20:
+                    break
+        c.close()
+        results[i] = (lat, errs, first_err, time.monotonic())
+
+    start = [0.0]
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start[0] = time.monotonic()
+    for t in threads:
+        t.join(secs + 180)
+    done = [r for r in results if r is not None]
+    lat = [x for r in done for x in r[0]]
+    errs = sum(r[1] for r in done) + (n - len(done))
+    first_err = next((r[2] for r in done if r[2]), None)
+    end = max((r[3] for r in done), default=start[0])
+    return len(lat), errs, end - start[0], lat, first_err
+
+
+def pct(sorted_vals, q):
+    if not sorted_vals:
+        return 0.0
+    i = max(0, min(len(sorted_vals) - 1, int(-(-q * len(sorted_vals) // 1)) - 1))
+    return sorted_vals[i]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefix", required=True)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--secs", type=float, default=2.0)
+    ap.add_argument("--warm", type=float, default=0.5)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--ns", default="1,10,50")
+    ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
+    ap.add_argument("--nop-calls", type=int, default=20000)
+    ap.add_argument("--pgmoon", default="")
+    ap.add_argument("--attach", default="",
+                    help="shell command run during each measured window, {pid} = the worker, {tag}, {secs}; "
+                         "e.g. 'perf stat -p {pid} -- sleep {secs}' (output to stderr)")
+    a = ap.parse_args()
+    t_begin = time.monotonic()
+    ns = [int(x) for x in a.ns.split(",") if x]
+    want = set(a.cells.split(","))
+    pgmoon_dir = a.pgmoon if a.pgmoon and os.path.isfile(os.path.join(a.pgmoon, "pgmoon", "init.lua")) else ""
+    cells = [c for c in CELLS if c[0] in want and (c[0] != "pgmoon" or pgmoon_dir)]
+    so_dir = os.environ.get("BENCH_SO_DIR", os.path.join(ROOT, "target", "lua"))
+
+    insts = {"yield": Nginx("yield", a.prefix, False, so_dir, pgmoon_dir),
+             "block": Nginx("block", a.prefix, True, so_dir, pgmoon_dir)}
+    try:
+        for inst in insts.values():
+            inst.start()
+        for name, inst in insts.items():
+            status, info = inst.get_json("/info")
+            if status != 200:
+                raise RuntimeError("%s /info: %s %s\n%s" % (name, status, info, inst.error_log()))
+            say("%s instance (port %d, worker %s): %s" % (name, inst.port, inst.worker_pid(), json.dumps(info, sort_keys=True)))
+            emit("meta_ngx_%s_has_nop" % name, "yes" if info.get("has_nop") else "no")
+            emit("meta_ngx_%s_has_stats" % name, "yes" if info.get("has_stats") else "no")
+            emit("meta_ngx_%s_io_thread_start" % name, {True: "yes", False: "no"}.get(info.get("io_thread"), "n/a"))
+            if name == "yield":
+                emit("version_ngx_lua", "%s" % info.get("ngx_lua_version"))
+                emit("version_ngx_luajit", "%s" % info.get("jit"))
+                if pgmoon_dir:
+                    emit("version_pgmoon", "%s" % info.get("pgmoon_version"))
+        emit("meta_ngx_pgmoon", "present (%s)" % pgmoon_dir if pgmoon_dir else "not present")
+        emit("meta_ngx_rounds", "%d rounds x %d cells x %gs (warm-up %gs), K=%d queries per request, N=%s" % (
+            a.rounds, len(cells) * len(ns), a.secs, a.warm, a.k, "/".join(map(str, ns))))
+        emit("meta_ngx_k", a.k)
+        emit("meta_ngx_nop_calls", a.nop_calls)
+
+        for r in range(1, a.rounds + 1):
+            for n in ns:
+                for cell, iname, variant in cells:
+                    if time.monotonic() - t_begin > HARD_LIMIT_S:
+                        raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
+                    inst = insts[iname]
+                    path = "/q?v=%s&k=%d" % (variant, a.k)
+                    _, werr, _, _, wfirst = load(inst, path, n, a.warm, min_each=2)
+                    if werr:
+                        say("round %d N=%d %s warm-up: %d errors, first: %s" % (r, n, cell, werr, wfirst))
+                    inst.get("/reset")
+                    wpid = inst.worker_pid()
+                    p0 = proc_sample(wpid) if wpid else None
+                    m0 = machine_busy_ns()
+                    att = None
+                    if a.attach and wpid:
+                        cmd = a.attach.format(pid=wpid, tag="%s_n%d_r%d" % (cell, n, r), secs=max(0.5, a.secs - 0.4))
+                        att = subprocess.Popen(["/bin/sh", "-c", "sleep 0.2; exec " + cmd], stdout=sys.stderr, stderr=sys.stderr)
+                    reqs, errs, elapsed, lat, first = load(inst, path, n, a.secs)
+                    p1 = proc_sample(wpid) if wpid else None
+                    m1 = machine_busy_ns()
+                    if att:
+                        try:
+                            att.wait(a.secs + 30)
+                        except subprocess.TimeoutExpired:
+                            att.kill()
+                            att.wait()
+                    _, st = inst.get_json("/stats")
+                    _, dr = inst.get_json("/drain?v=%s" % variant)
+                    tag = "%s_n%d" % (cell, n)
+                    if errs:
+                        say("round %d %s: %d errors, first: %s" % (r, tag, errs, first))
+                        emit("ngx_err_" + tag, errs)
+                    if not reqs or elapsed <= 0:
+                        continue
+                    lat.sort()
+                    qps = reqs * a.k / elapsed
+                    emit("ngx_round_" + tag, r)
+                    emit("ngx_qps_" + tag, qps)
+                    emit("ngx_rps_" + tag, reqs / elapsed)
+                    emit("ngx_p50_" + tag, st.get("p50_us", 0))
+                    emit("ngx_p99_" + tag, st.get("p99_us", 0))
+                    emit("ngx_req_p50_" + tag, pct(lat, 0.5) * 1e3)
+                    emit("ngx_req_p99_" + tag, pct(lat, 0.99) * 1e3)
+                    # The path check: the yielding path starts the I/O thread, the blocking one must not.
+                    iot = 1 if (st.get("io_thread") is True or (wpid and has_io_thread(wpid))) else 0
+                    emit("ngx_iothread_" + tag, iot)
+                    if st.get("jobs") is not None:
+                        emit("ngx_jobs_left_" + tag, st["jobs"])
+                    cpu_q = cs_q = None
+                    if p0 and p1 and st.get("queries"):
+                        # /reset, /stats are outside the window; the load's requests all are inside it.
+                        q = reqs * a.k
+                        cpu_q = (p1[0] - p0[0]) / 1e3 / q
+                        cs_q = ((p1[1] - p0[1]) + (p1[2] - p0[2])) / q
+                        emit("ngx_cpu_us_per_q_" + tag, cpu_q)
+                        emit("ngx_cs_per_q_" + tag, cs_q)
+                        emit("ngx_threads_" + tag, p1[3])
+                        emit("ngx_mcpu_us_per_q_" + tag, (m1 - m0) / 1e3 / q)
+                    say("round %d %-16s %8.0f q/s  p50 %7.1f us  p99 %8.1f us  req p99 %7.1f ms  io thread %s  "
+                        "jobs left %s  worker CPU/q %s us  ctx sw/q %s  (drained %s)" % (
+                            r, tag, qps, st.get("p50_us", 0), st.get("p99_us", 0), pct(lat, 0.99) * 1e3,
+                            "yes" if iot else "no", st.get("jobs", "n/a"),
+                            "n/a" if cpu_q is None else "%.1f" % cpu_q, "n/a" if cs_q is None else "%.2f" % cs_q,
+                            dr.get("closed")))
+            for name, inst in insts.items():
+                wpid = inst.worker_pid()
+                p0 = proc_sample(wpid) if wpid else None
+                status, nop = inst.get_json("/nop?n=%d" % a.nop_calls)
+                p1 = proc_sample(wpid) if wpid else None
+                if status != 200 or nop.get("missing"):
+                    if r == 1:
+                        say("%s: rds._nop() %s" % (name, "missing" if nop.get("missing") else "failed: %s" % nop))
+                    continue
+                emit("ngx_nop_%s" % name, nop["p50_us"])
+                emit("ngx_nop_p99_%s" % name, nop["p99_us"])
+                emit("ngx_nop_wall_%s" % name, nop["wall_per_call_us"])
+                cs_call = cpu_call = None
+                if p0 and p1:  # the handler's 200 warm-up calls are in it too
+                    calls = a.nop_calls + 200
+                    cpu_call = (p1[0] - p0[0]) / 1e3 / calls
+                    cs_call = ((p1[1] - p0[1]) + (p1[2] - p0[2])) / calls
+                    emit("ngx_nop_cpu_us_%s" % name, cpu_call)
+                    emit("ngx_nop_cs_%s" % name, cs_call)
+                say("round %d nop %-5s median %.2f us  p99 %.2f us  wall/call %.2f us  worker CPU/call %s us  "
+                    "ctx sw/call %s  io_thread %s" % (
+                        r, name, nop["p50_us"], nop["p99_us"], nop["wall_per_call_us"],
+                        "n/a" if cpu_call is None else "%.2f" % cpu_call, "n/a" if cs_call is None else "%.2f" % cs_call,
+                        nop.get("io_thread")))
+        # After the work: which instance runs the I/O thread (started by the first yielding call).
+        for name, inst in insts.items():
+            _, info = inst.get_json("/info")
+            wpid = inst.worker_pid()
+            on = info.get("io_thread") is True or bool(wpid and has_io_thread(wpid))
+            emit("meta_ngx_%s_io_thread" % name, "yes" if on else "no")
+            say("%s instance after the run: rds.stats() = %s, I/O thread %s" % (
+                name, json.dumps(info.get("stats"), sort_keys=True), "present" if on else "absent"))
+    finally:
+        for name, inst in insts.items():
+            log = inst.error_log()
+            inst.stop()
+            bad = [l for l in log.splitlines() if "[error]" in l or "[alert]" in l or "[crit]" in l or "[emerg]" in l]
+            if bad:
+                say("%s error.log: %d error lines, last: %s" % (name, len(bad), bad[-1][:400]))
+
+
+if __name__ == "__main__":
+    main()

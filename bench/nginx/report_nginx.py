@@ -1,0 +1,275 @@
+"""The nginx section (issue 9: non-blocking connect()/query()) of bench/report.py.
+
+section(samples, meta) -> (text for the terminal, markdown section or None)
+splice(md_path, md)    replaces the section between the markers in an
+                       existing results.md (or appends it)
+
+Reads the `ngx_*` series that bench/nginx/drive.py writes: per cell tag
+`CELL_nN` (CELL: yield_tls, block_tls, yield_plain, block_plain, pgmoon;
+N: concurrent clients) one value per round of ngx_qps_, ngx_rps_, ngx_p50_,
+ngx_p99_ (per query, us, measured in the handler), ngx_req_p50_/ngx_req_p99_
+(per request, ms, at the client), ngx_iothread_ (1/0), ngx_jobs_left_,
+ngx_cpu_us_per_q_, ngx_cs_per_q_, with ngx_round_ giving the round of each; ngx_nop_{yield,block} (median us of rds._nop()).
+Standard library only.
+"""
+import re
+import statistics
+
+BEGIN = "<!-- bench/nginx: begin -->"
+END = "<!-- bench/nginx: end -->"
+
+LABEL = {
+    "yield_tls": "kong_rds_iam yielding, TLS",
+    "block_tls": "kong_rds_iam blocking, TLS",
+    "yield_plain": "kong_rds_iam yielding, no TLS",
+    "block_plain": "kong_rds_iam blocking, no TLS",
+    "pgmoon": "pgmoon (cosockets), no TLS",
+}
+ORDER = list(LABEL)
+
+# (numerator, denominator, label)
+RATIOS = [
+    ("yield_tls", "block_tls", "yielding / blocking, TLS"),
+    ("yield_plain", "block_plain", "yielding / blocking, no TLS"),
+    ("yield_plain", "pgmoon", "yielding no TLS / pgmoon"),
+    ("yield_tls", "pgmoon", "yielding TLS / pgmoon (no TLS)"),
+    ("block_plain", "pgmoon", "blocking no TLS / pgmoon"),
+]
+
+
+def fmt_num(x):
+    if x is None:
+        return "n/a"
+    if x >= 1000:
+        return "{:,.0f}".format(x)
+    if x >= 100:
+        return "%.0f" % x
+    if x >= 10:
+        return "%.1f" % x
+    return "%.2f" % x
+
+
+def fmt_ratio(r):
+    return "n/a" if r is None else "%.2fx" % r
+
+
+def md_table(header, body):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for r in body:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def text_table(header, body):
+    cols = list(zip(*([header] + [tuple(str(c) for c in r) for r in body])))
+    w = [max(len(c) for c in col) for col in cols]
+    line = lambda r: "  ".join(str(c).ljust(w[i]) for i, c in enumerate(r))
+    return "\n".join([line(header), line(["-" * x for x in w])] + [line(r) for r in body])
+
+
+def section(samples, meta):
+    if not any(k.startswith("ngx_qps_") for k in samples):
+        return "", None
+
+    def med(name):
+        v = samples.get(name)
+        return statistics.median(v) if v else None
+
+    ns = sorted({int(m.group(1)) for k in samples for m in [re.match(r"ngx_qps_.*_n(\d+)$", k)] if m})
+    cells = [c for c in ORDER if any(("ngx_qps_%s_n%d" % (c, n)) in samples for n in ns)]
+
+    def by_round(cell, n, what="qps"):
+        rounds = samples.get("ngx_round_%s_n%d" % (cell, n)) or []
+        vals = samples.get("ngx_%s_%s_n%d" % (what, cell, n)) or []
+        return dict(zip(rounds, vals))
+
+    def paired(a, b, n):
+        ra, rb = by_round(a, n), by_round(b, n)
+        common = sorted(set(ra) & set(rb))
+        rs = [ra[r] / rb[r] for r in common if rb[r]]
+        return (statistics.median(rs), len(rs)) if rs else (None, 0)
+
+    def ratio_of_medians(a, b, n):
+        x, y = med("ngx_qps_%s_n%d" % (a, n)), med("ngx_qps_%s_n%d" % (b, n))
+        return x / y if x and y else None
+
+    # The path check: every yielding cell ran with the module's I/O thread in
+    # the worker, no blocking cell did (the thread starts at the first
+    # yielding call, and only there).
+    def iot(prefix):
+        v = [x for k, vals in samples.items() if k.startswith("ngx_iothread_" + prefix) for x in vals]
+        return v
+
+    y, b = iot("yield_"), iot("block_")
+    why_not = None
+    if y and min(y) < 1:
+        why_not = ("not measured: the yielding instance ran without the I/O thread in %d of %d cells "
+                   "(rds._nop %s): no yielding path in this build?" % (
+                       sum(1 for x in y if x < 1), len(y),
+                       "present" if meta.get("meta_ngx_yield_has_nop") == "yes" else "missing"))
+    elif b and max(b) > 0:
+        why_not = "not measured: the blocking instance started the I/O thread (KONG_RDS_IAM_YIELD=off not applied?)"
+
+    targets = []
+
+    def target(label, a, b, n, goal):
+        pr, cnt = paired(a, b, n)
+        rm = ratio_of_medians(a, b, n)
+        detail = "paired rounds %s (n=%d); medians %s vs %s q/s = %s" % (
+            fmt_ratio(pr), cnt, fmt_num(med("ngx_qps_%s_n%d" % (a, n))), fmt_num(med("ngx_qps_%s_n%d" % (b, n))),
+            fmt_ratio(rm))
+        if pr is None:
+            status = "n/a"
+        elif why_not:
+            status = why_not
+        else:
+            status = "MET" if pr >= goal else "MISSED"
+            if rm is not None and (rm >= goal) != (pr >= goal):
+                label += " [ratio of medians disagrees]"
+        targets.append((label, detail, status))
+
+    target("yielding round trip >= 0.7x blocking, N=1 (TLS)", "yield_tls", "block_tls", 1, 0.7)
+    target("yielding round trip >= 0.7x blocking, N=1 (no TLS)", "yield_plain", "block_plain", 1, 0.7)
+    if "pgmoon" in cells:
+        target("yielding (no TLS) >= 1.0x pgmoon, N=50", "yield_plain", "pgmoon", 50, 1.0)
+    else:
+        targets.append(("yielding (no TLS) >= 1.0x pgmoon, N=50", "pgmoon not present", "n/a"))
+    nop = med("ngx_nop_yield")
+    targets.append(("wake-up of a no-op job, rds._nop() (no target)",
+                    "median %s us per call" % fmt_num(nop) if nop is not None else "rds._nop missing", "context"))
+
+    rows = []
+    for n in ns:
+        for c in cells:
+            tag = "%s_n%d" % (c, n)
+            if ("ngx_qps_" + tag) not in samples:
+                continue
+            io = samples.get("ngx_iothread_" + tag) or []
+            left = samples.get("ngx_jobs_left_" + tag) or []
+            errs = sum(samples.get("ngx_err_" + tag) or [])
+            rows.append((n, LABEL[c], fmt_num(med("ngx_qps_" + tag)), fmt_num(med("ngx_rps_" + tag)),
+                         "%s us" % fmt_num(med("ngx_p50_" + tag)), "%s us" % fmt_num(med("ngx_p99_" + tag)),
+                         "%s ms" % fmt_num(med("ngx_req_p99_" + tag)),
+                         ("yes" if min(io) >= 1 else ("no" if max(io) < 1 else "mixed")) if io else "n/a",
+                         "%d" % max(left) if left else "n/a",
+                         "%s us" % fmt_num(med("ngx_cpu_us_per_q_" + tag)) if med("ngx_cpu_us_per_q_" + tag) else "n/a",
+                         "%.2f" % med("ngx_cs_per_q_" + tag) if med("ngx_cs_per_q_" + tag) is not None else "n/a",
+                         "%s us" % fmt_num(med("ngx_mcpu_us_per_q_" + tag)) if med("ngx_mcpu_us_per_q_" + tag) else "n/a",
+                         "%s-%s (n=%d)%s" % (fmt_num(min(samples["ngx_qps_" + tag])), fmt_num(max(samples["ngx_qps_" + tag])),
+                                             len(samples["ngx_qps_" + tag]), (", %d errors" % errs) if errs else "")))
+    RH = ("N", "path", "q/s", "requests/s", "per query p50", "per query p99", "request p99", "I/O thread", "jobs left",
+          "worker CPU/query", "ctx switches/query", "machine CPU/query", "q/s min-max (rounds)")
+
+    ratio_rows = []
+    for n in ns:
+        for a, b, label in RATIOS:
+            if a not in cells or b not in cells:
+                continue
+            pr, cnt = paired(a, b, n)
+            rm = ratio_of_medians(a, b, n)
+            if pr is None and rm is None:
+                continue
+            pa, pb = med("ngx_p50_%s_n%d" % (a, n)), med("ngx_p50_%s_n%d" % (b, n))
+            ratio_rows.append((n, label, "%s (n=%d)" % (fmt_ratio(pr), cnt), fmt_ratio(rm),
+                               fmt_ratio(pa / pb if pa and pb else None)))
+    QH = ("N", "q/s ratio", "paired rounds", "ratio of medians", "per-query p50 time ratio")
+
+    nop_rows = []
+    for inst, label in (("yield", "yielding instance"), ("block", "blocking instance (KONG_RDS_IAM_YIELD=off)")):
+        if ("ngx_nop_" + inst) not in samples:
+            continue
+        cpu, cs = med("ngx_nop_cpu_us_" + inst), med("ngx_nop_cs_" + inst)
+        nop_rows.append((label, "%s us" % fmt_num(med("ngx_nop_" + inst)), "%s us" % fmt_num(med("ngx_nop_p99_" + inst)),
+                         "%s us" % fmt_num(med("ngx_nop_wall_" + inst)),
+                         "n/a" if cpu is None else "%s us" % fmt_num(cpu), "n/a" if cs is None else "%.2f" % cs,
+                         len(samples["ngx_nop_" + inst])))
+    NH = ("rds._nop()", "median per call", "p99 per call", "wall time / calls", "worker CPU/call",
+          "ctx switches/call", "rounds")
+    TH = ("target", "measured", "status")
+
+    text = ["", "nginx, one worker: %s" % meta.get("meta_ngx_rounds", "?"), "", text_table(RH, rows), "",
+            text_table(QH, ratio_rows), ""]
+    if nop_rows:
+        text += [text_table(NH, nop_rows), ""]
+    else:
+        text += ["rds._nop() missing in this build: no wake-up numbers", ""]
+    text += [text_table(TH, targets), ""]
+
+    m = meta
+    v = m.get("version_ngx_lua", "")
+    if v.isdigit():  # 10023 -> 0.10.23
+        m = dict(m, version_ngx_lua="%d.%d.%d" % (int(v) // 1000000, int(v) // 1000 % 1000, int(v) % 1000))
+    md = [BEGIN, "## Non-blocking calls in nginx (issue 9)", ""]
+    md.append("Generated by `bench/nginx/run` on %s%s. One nginx worker (`worker_processes 1`), N concurrent "
+              "HTTP/1.1 keep-alive clients (threads of one Python process, 127.0.0.1), each request "
+              "%s sequential `select 1 as x` on an open connection. Medians over rounds; ratios within this run."
+              % (m.get("meta_ngx_date", "?"), " (BENCH_QUICK=1 smoke run)" if m.get("meta_quick") == "1" else "",
+                 m.get("meta_ngx_k", "K").split(".")[0]))
+    md.append("")
+    md.append(md_table(("item", "value"), [
+        ("nginx / lua-nginx-module / LuaJIT", "%s / %s / %s" % (m.get("version_nginx", "?"), m.get("version_ngx_lua", "?"),
+                                                             m.get("version_ngx_luajit", "?"))),
+        ("pgmoon", ("%s (commit %s), no lpeg needed for int4 results" % (m.get("version_pgmoon"), m.get("version_pgmoon_commit")))
+         if m.get("version_pgmoon") else m.get("meta_ngx_pgmoon", "not present")),
+        ("kong_rds_iam.so", "%s (built %s)" % (m.get("meta_module", "?"), m.get("meta_ngx_so", "?"))),
+        ("yielding instance: rds._nop / rds.stats / I/O thread after the run", "%s / %s / %s" % (
+            m.get("meta_ngx_yield_has_nop", "?"), m.get("meta_ngx_yield_has_stats", "?"), m.get("meta_ngx_yield_io_thread", "?"))),
+        ("blocking instance: rds._nop / rds.stats / I/O thread after the run", "%s / %s / %s" % (
+            m.get("meta_ngx_block_has_nop", "?"), m.get("meta_ngx_block_has_stats", "?"), m.get("meta_ngx_block_io_thread", "?"))),
+        ("load average at start / end", "%s / %s" % (m.get("meta_ngx_load_start", "?"), m.get("meta_ngx_load_end", "?"))),
+        ("rounds", m.get("meta_ngx_rounds", "?")),
+    ]))
+    md += ["", "### Targets", "", md_table(TH, targets), "", "### Round trip per path", "", md_table(RH, rows), "",
+           "### Ratios", "", "q/s ratios: the median of round-by-round ratios (cells of one N run back to back in each "
+           "round) and the ratio of the medians; the last column compares per-query p50 times (below 1 favours the "
+           "first path).", "", md_table(QH, ratio_rows), ""]
+    md += ["### Wake-up cost of a no-op job", ""]
+    if nop_rows:
+        md += ["%s calls of `rds._nop()` in one content handler, each timed with `clock_gettime(CLOCK_MONOTONIC)` "
+               "through the FFI." % "{:,}".format(int(float(m.get("meta_ngx_nop_calls", "20000")))), "", md_table(NH, nop_rows), ""]
+    else:
+        md += ["`rds._nop` is missing in the measured build: no numbers.", ""]
+    md += ["### How these numbers are taken", "", """\
+- Two nginx instances, each `worker_processes 1`, started by `bench/nginx/drive.py` with only PATH and the
+  emulator's address and md5 user in the master's environment; the blocking one also gets
+  `KONG_RDS_IAM_YIELD=off`. `init_by_lua` loads the module in the master. Handlers: `bench/nginx/bench_nginx.lua`,
+  `content_by_lua`.
+- Our paths keep a per-worker free list of open connections (`rds.connect` once per slot, then reused across
+  requests: N slots at N clients); pgmoon's cosockets belong to one request, so it runs as Kong runs it:
+  `pgmoon.new` + `connect` (socket from the cosocket keepalive pool, pool_size 128, no new login once warm),
+  K queries, `keepalive(60000, 128)`. All paths log in as the emulator's md5 user `pw_md5`; "no TLS" is
+  `pg_ssl = off` (ours) and `ssl = false` (pgmoon): pgmoon's TLS and SCRAM need lua-resty-openssl, absent here.
+  "TLS" is our default TLS 1.2 (rustls) to the same server.
+- A cell: warm-up with N clients (each at least 2 requests, fills the pool), `/reset`, S seconds of load, `/stats`,
+  `/drain` (closes the cell's connections; the emulator allows 100). q/s = completed requests x K / time until the
+  last client's last response. Per-query p50/p99: each `query()` timed inside the handler (for the yielding path
+  and pgmoon this includes waiting for the worker while the other N-1 requests run). Request p99: at the client.
+  With the blocking path the worker serves one request at a time, so at N > 1 requests queue (request p99 grows
+  with N) while each query stays fast.
+- I/O thread: whether the worker had the module's I/O thread (`rds.stats().io_thread`, or a thread named
+  `kong_rds_iam-io`) after the cell: it starts at the first yielding call, so "yes" on the yielding rows and "no"
+  on the blocking ones checks that each instance ran the path it is labelled with (targets are not judged
+  otherwise). jobs left: `rds.stats().jobs` (the job table's size) after the cell, 0 when nothing leaked.
+- worker CPU/query: CPU time of the nginx worker process, all its threads (the I/O thread included), from
+  `/proc/PID/task/*/schedstat` over the measured window, divided by its queries; ctx switches/query: voluntary +
+  involuntary context switches of those threads, the same way. PostgreSQL's and the client's CPU are not in it;
+  machine CPU/query is the busy time of all CPUs (`/proc/stat`) over the window per query: worker, PostgreSQL,
+  the load generator, the kernel's loopback, and whatever else runs on the machine.
+- Targets are judged on the median of round-by-round q/s ratios.""", "", END]
+    return "\n".join(text), "\n".join(md)
+
+
+def splice(md_path, md):
+    try:
+        with open(md_path) as f:
+            old = f.read()
+    except OSError:
+        old = "# kong_rds_iam benchmark results\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        new = head + md + tail
+    else:
+        new = old.rstrip("\n") + "\n\n" + md + "\n"
+    with open(md_path, "w") as f:
+        f.write(new)
