@@ -3,7 +3,8 @@
 -- must not be reused, idle and lifetime limits, the pool size, the backlog
 -- for a blocking caller, liveness at checkout, stats, and a forked child's
 -- empty pool. Against the local RDS emulator. The yielding path (backlog
--- waits, the nginx master, reuse across requests) is in nonblocking_spec.
+-- waits, the nginx master, reuse across requests, a soak) is in
+-- pool_nginx_spec.
 local rds = require "kong_rds_iam"
 local emu = require "spec.support.emulator"
 local test_env = require "spec.support.test_env"

@@ -112,6 +112,7 @@ pub mod key {
         POOL_SIZE = "pool_size",
         BACKLOG = "backlog",
         MAX_LIFETIME = "max_lifetime",
+        IAM_MAX_RATE = "iam_auth_max_rate",
     }
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
@@ -275,6 +276,9 @@ pub struct ConnectConf {
     pub tls: TlsConf,
     /// Keep-alive pool settings.
     pub pool: PoolConf,
+    /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
+    /// second to this host, node-wide (see [`crate::rate`]).
+    pub iam_max_rate: u32,
 }
 
 /// How connections are kept alive (see [`crate::pool`]).
@@ -309,6 +313,7 @@ impl std::fmt::Debug for ConnectConf {
             .field("schema", &self.schema)
             .field("tls", &self.tls)
             .field("pool", &self.pool)
+            .field("iam_max_rate", &self.iam_max_rate)
             .finish()
     }
 }
@@ -527,6 +532,7 @@ impl Reader<'_> {
             schema,
             tls,
             pool,
+            iam_max_rate: self.integer(key::IAM_MAX_RATE, 200, 0, 100_000)? as u32,
         })
     }
 

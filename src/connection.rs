@@ -8,7 +8,6 @@
 //! While a query runs as a job, the job owns the connection and the handle
 //! is busy; the job hands it back with its result.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::jobs::{self, Abandon, First};
 use crate::pg::{self, QueryFailure, QueryOutput};
 use crate::pool::{self, Checkout, Idle, Lease};
-use crate::{process, token};
+use crate::{credentials, process, rate, token};
 
 /// A connection opened by [`Handle::open`] or [`Handle::open_job`].
 pub struct Handle {
@@ -56,41 +55,62 @@ pub struct QueryDone {
 
 impl Handle {
     /// A connection as `conf` says, blocking the caller: an idle one from
-    /// this process's pool when there is one, else a new one.
+    /// this process's pool when there is one, else a new one. The same
+    /// future as [`Handle::open_job`], polled on the calling thread (host
+    /// names resolve inline there, credentials are fetched in place), except
+    /// that a blocking caller never waits for the backlog.
     pub fn open(conf: &ConnectConf) -> Result<Handle> {
+        process::block_on(Self::opening(conf.clone(), false))?
+    }
+
+    /// The same as a job: an idle pooled connection, else a new one with an
+    /// IAM token when IAM is on (credentials fetched without blocking), or
+    /// `pg_password`. Waiting for a pooled connection (`pg_backlog`), the
+    /// rate guard, the token and the session each get `pg_timeout`.
+    pub fn open_job(conf: ConnectConf) -> impl Future<Output = Result<Handle>> + Send + 'static {
+        Self::opening(conf, true)
+    }
+
+    async fn opening(conf: ConnectConf, may_wait: bool) -> Result<Handle> {
         let timeout = conf.endpoint.timeout;
-        let lease = match process::block_on(pool::checkout(pool::Key::of(conf), &conf.pool, false, timeout))?? {
-            Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, conf)),
+        let lease = match pool::checkout(pool::Key::of(&conf), &conf.pool, may_wait, timeout).await? {
+            Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, &conf)),
             Checkout::Open(lease) => lease,
         };
-        let token = if conf.iam { Some(token::issue(Cow::Borrowed(&conf.endpoint))?) } else { None };
-        let password = token.as_ref().map(|t| t.token.as_str()).or(conf.password.as_deref());
-        let conn = process::block_on_timeout(timeout, pg::connect(conf, password))?.ok_or_else(|| connect_timeout(conf))??;
-        Ok(Handle::new(conn, conf, lease))
-    }
-
-    /// The same as a job: with an IAM token when IAM is on (credentials
-    /// fetched without blocking), else with `pg_password`. Waiting for a
-    /// pooled connection (`pg_backlog`), the token and the session each get
-    /// `pg_timeout`, as in [`Handle::open`].
-    pub fn open_job(conf: ConnectConf) -> impl Future<Output = Result<Handle>> + Send + 'static {
-        async move {
-            let timeout = conf.endpoint.timeout;
-            let lease = match pool::checkout(pool::Key::of(&conf), &conf.pool, true, timeout).await? {
-                Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, &conf)),
-                Checkout::Open(lease) => lease,
-            };
-            let token = if conf.iam { Some(token::issue_async(&conf.endpoint).await?) } else { None };
-            let password = token.as_ref().map(|t| t.token.as_str()).or(conf.password.as_deref());
-            let conn = tokio::time::timeout(timeout, pg::connect(&conf, password)).await.map_err(|_| connect_timeout(&conf))??;
-            Ok(Handle::new(conn, &conf, lease))
+        if !conf.iam {
+            let conn = Self::session(&conf, conf.password.as_deref()).await?;
+            return Ok(Handle::new(conn, &conf, lease));
         }
+        let started = std::time::SystemTime::now();
+        rate_guard(&conf).await?;
+        let token = token::issue_async(&conf.endpoint).await?;
+        let conn = match Self::session(&conf, Some(&token.token)).await {
+            // RDS refused a token from the cache: its credentials may have been
+            // revoked or rotated early. Drop it, refresh the credentials (at
+            // most once per source per 30 s) and try once more with a new one,
+            // as the AWS JDBC wrapper does.
+            Err(e) if refused(&e) && token.signed_at < started => {
+                token::forget(&conf.endpoint);
+                credentials::invalidate(conf.endpoint.assume_role.as_ref());
+                rate_guard(&conf).await?;
+                let fresh = token::issue_async(&conf.endpoint).await?;
+                Self::session(&conf, Some(&fresh.token)).await?
+            }
+            other => other?,
+        };
+        Ok(Handle::new(conn, &conf, lease))
     }
 
-    /// How long a caller may wait for [`Handle::open_job`]: a pooled
-    /// connection, a token, then a session.
+    /// TCP, TLS, startup and authentication, within `pg_timeout`.
+    async fn session(conf: &ConnectConf, password: Option<&str>) -> Result<pg::Connection> {
+        tokio::time::timeout(conf.endpoint.timeout, pg::connect(conf, password)).await.map_err(|_| connect_timeout(conf))?
+    }
+
+    /// How long a caller may wait for [`Handle::open_job`]: each of its
+    /// steps is bounded by `pg_timeout`; this bounds them all.
     pub fn open_bound(conf: &ConnectConf) -> Duration {
-        conf.endpoint.timeout * 3
+        // checkout, rate guard, token, session; and once more after a refusal
+        conf.endpoint.timeout * 7
     }
 
     fn new(conn: pg::Connection, conf: &ConnectConf, lease: Lease) -> Handle {
@@ -314,6 +334,35 @@ impl Handle {
         }
         Ok(())
     }
+}
+
+/// Waits for a slot of `pg_iam_auth_max_rate` for a new IAM login, or fails
+/// when the wait would pass `pg_timeout`.
+async fn rate_guard(conf: &ConnectConf) -> Result<()> {
+    let timeout = conf.endpoint.timeout;
+    match rate::reserve(&conf.endpoint.host, conf.endpoint.port, conf.iam_max_rate, timeout) {
+        rate::Slot::After(wait) if wait.is_zero() => Ok(()),
+        rate::Slot::After(wait) => {
+            rate::WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        rate::Slot::TooLong(wait) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "timeout: new iam logins to {}:{} are limited to {}/s (pg_iam_auth_max_rate), and the next slot is {} ms away, past pg_timeout",
+                conf.endpoint.host,
+                conf.endpoint.port,
+                conf.iam_max_rate,
+                wait.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Whether the server refused the login (bad password, PAM failure).
+fn refused(e: &Error) -> bool {
+    e.kind() == ErrorKind::Auth && matches!(e.sqlstate(), Some("28000") | Some("28P01"))
 }
 
 /// SQLSTATEs after which a session is not reused: the server is shutting

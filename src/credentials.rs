@@ -120,6 +120,8 @@ struct ProcessCredentials {
     cache: Mutex<HashMap<ChainKey, Arc<Identity>>>,
     /// One lock per source: the fetch in flight holds it.
     flights: Mutex<HashMap<ChainKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each source's credentials were last forgotten by [`invalidate`].
+    invalidated: Mutex<HashMap<ChainKey, std::time::Instant>>,
 }
 
 static STATE: PerProcess<ProcessCredentials> = PerProcess::new();
@@ -164,7 +166,7 @@ pub async fn get_async(role: Option<AssumeRole>, region: String, timeout: Durati
     let state = state()?;
     let what = describe(role.as_ref());
     let fetch = async move {
-        match state.cached(&role, SystemTime::now()) {
+        match cached(role.as_ref()) {
             Some(cached) => Ok(cached),
             None => state.refresh(role, region, false).await,
         }
@@ -173,6 +175,28 @@ pub async fn get_async(role: Option<AssumeRole>, region: String, timeout: Durati
         Error::new(ErrorKind::Timeout, format!("timed out after {} ms getting aws credentials from {what}", timeout.as_millis()))
     })?
 }
+
+/// Forgets the cached credentials of `role` (a server refused a token made
+/// with them), at most once per source per [`INVALIDATE_EVERY`], so that a
+/// misconfigured grant does not turn every login into a credential fetch.
+/// True when they were forgotten.
+pub fn invalidate(role: Option<&AssumeRole>) -> bool {
+    let Ok(state) = state() else { return false };
+    let key: ChainKey = role.cloned();
+    let now = std::time::Instant::now();
+    let mut last = state.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+    if last.get(&key).is_some_and(|t| now.duration_since(*t) < INVALIDATE_EVERY) {
+        return false;
+    }
+    last.insert(key.clone(), now);
+    if let Ok(mut cache) = state.cache.lock() {
+        cache.remove(&key);
+    }
+    true
+}
+
+/// See [`invalidate`].
+pub const INVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
 /// The region named by the frozen environment or the profile files, if
 /// any, blocking the caller.

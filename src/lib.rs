@@ -13,6 +13,7 @@ pub mod region;
 pub mod signer;
 pub mod pg;
 pub mod pool;
+pub mod rate;
 pub mod tls;
 pub mod token;
 #[cfg(any(feature = "luajit", feature = "lua51", feature = "lua54"))]

@@ -31,6 +31,8 @@ pub struct Token {
     pub expires_at: SystemTime,
     /// Until when the cache hands it out (`expires_at` minus a margin).
     pub valid_until: SystemTime,
+    /// When it was signed (a token signed before a call began came from the cache).
+    pub signed_at: SystemTime,
 }
 
 impl std::fmt::Debug for Token {
@@ -199,7 +201,7 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
     if let Some(expiry) = identity.expiry() {
         expires_at = expires_at.min(expiry);
     }
-    let token = Arc::new(Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN });
+    let token = Arc::new(Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN, signed_at: now });
     if let Ok(mut c) = cache.lock() {
         if c.len() >= MAX_CACHED_TOKENS {
             c.retain(|_, (_, t)| now < t.valid_until);
@@ -229,6 +231,32 @@ fn region_from_conf(endpoint: &Endpoint) -> Option<Option<String>> {
         return Some(None);
     }
     region::from_host(&endpoint.host).map(Some)
+}
+
+/// Drops every cached token for `endpoint`'s host, port and user (a server
+/// refused one), here and, through [`epoch`], in api.lua's memo.
+pub fn forget(endpoint: &Endpoint) {
+    if let Ok(cache) = CACHE.get_or_try_init(|| Ok(Mutex::new(TokenCache::default()))) {
+        if let Ok(mut c) = cache.lock() {
+            c.retain(|_, (signed, _)| {
+                !(signed.endpoint.host == endpoint.host && signed.endpoint.port == endpoint.port && signed.endpoint.user == endpoint.user)
+            });
+        }
+    }
+    EPOCH.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
+/// Bumped whenever cached tokens are dropped: api.lua's memo serves a token
+/// only while the epoch it was issued in is current. Read by LuaJIT through
+/// the FFI as the C symbol `kong_rds_iam_token_epoch` (an `int32_t`).
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static kong_rds_iam_token_epoch: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+use kong_rds_iam_token_epoch as EPOCH;
+
+/// The current token epoch (see [`kong_rds_iam_token_epoch`]).
+pub fn epoch() -> i32 {
+    EPOCH.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// The region: explicit key, else the host name, else the frozen

@@ -50,7 +50,9 @@ if not (core.yield_enabled and get_phase and socket_tcp) then
   yieldable = function() return false end
 end
 
-local WAKE_POOL_SIZE = 256
+-- Wake connections kept per worker, and for how long an idle one is kept:
+-- a burst of concurrent calls leaves at most this many (2 fds each) behind.
+local WAKE_POOL_SIZE, WAKE_IDLE_MS = 128, 60000
 
 -- Waits (yielding) until job `job` is done; true, or nil, err after
 -- abandoning it. `bound_ms` is how long the job may take.
@@ -80,7 +82,7 @@ local function wait(job, bound_ms)
     end
     return nil, "waiting for the i/o thread failed: " .. tostring(err)
   end
-  sock:setkeepalive(0, WAKE_POOL_SIZE)
+  sock:setkeepalive(WAKE_IDLE_MS, WAKE_POOL_SIZE)
   if byte ~= "1" then return nil, "internal error: job lost" end
   return true
 end
@@ -101,6 +103,9 @@ end
 -- reads a table (or a proxy such as kong.configuration) far faster than Rust
 -- can through the C API.
 local token_keys = core.token_keys
+-- Bumped by Rust when it drops cached tokens (a server refused one): a memo
+-- entry of an older epoch is not served.
+local token_epoch = core.token_epoch
 local no_keys = {}
 -- LuaJIT: the same call through the FFI, several times cheaper (nil on PUC Lua).
 local ffi_token = core.ffi_token
@@ -126,7 +131,7 @@ function M.token(conf, mode)
   -- not raise from it.
   local proxy = getmetatable(conf) ~= nil
   local entry = memo[conf]
-  if entry and entry.mode == mode and now() < entry.valid_until then
+  if entry and entry.mode == mode and now() < entry.valid_until and entry.epoch == token_epoch() then
     local ok, same
     if proxy then ok, same = pcall(unchanged, conf, entry.keys, entry.values)
     else ok, same = true, unchanged(conf, entry.keys, entry.values) end
@@ -148,6 +153,7 @@ function M.token(conf, mode)
     read(conf, keys, values)
   end
   local token, err, expires_at, valid_until, job, bound_ms
+  local epoch_now = token_epoch()
   local side = SIDE[mode or "rw"]
   local defer = yieldable()
   if ffi_token and side then
@@ -171,7 +177,7 @@ function M.token(conf, mode)
     memo[conf] = nil
     return nil, err
   end
-  entry.token, entry.expires_at, entry.valid_until = token, expires_at, valid_until
+  entry.token, entry.expires_at, entry.valid_until, entry.epoch = token, expires_at, valid_until, epoch_now
   memo[conf] = entry
   return token, nil, expires_at
 end

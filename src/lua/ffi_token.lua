@@ -15,6 +15,7 @@ typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rd
 typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;
 int kong_rds_iam_token(int side, const kong_rds_iam_value_v1 *values, size_t n,
                        char *out, size_t cap, kong_rds_iam_result_v1 *result);
+extern const int32_t kong_rds_iam_token_epoch;
 ]])
 local lib
 ok, lib = pcall(ffi.load, core.library_path)
@@ -24,6 +25,12 @@ ok, token_c = pcall(function() return lib.kong_rds_iam_token end)
 if not ok then return nil end
 
 local type, tonumber, ffi_string, ffi_new = type, tonumber, ffi.string, ffi.new
+
+-- The token epoch (src/token.rs): read in place, a plain load per call.
+local epoch_ok = pcall(function() return lib.kong_rds_iam_token_epoch end)
+if epoch_ok then
+  core.token_epoch = function() return lib.kong_rds_iam_token_epoch end
+end
 local null = core.null
 
 -- The kinds src/ffi_token.rs knows (nil is 0).

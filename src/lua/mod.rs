@@ -27,6 +27,8 @@ use conf_source::{LuaConf, LuaValues};
 #[mlua::lua_module(skip_memory_check)]
 fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     let snapshot = env_snapshot::freeze();
+    // Before nginx forks its workers, so that they share the buckets.
+    crate::rate::map_at_load();
     let library_path = pin_library();
     let core = lua.create_table()?;
     // For ffi_token.lua: where LuaJIT's ffi.load finds kong_rds_iam_token.
@@ -55,6 +57,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
         Ok(())
     })?)?;
     core.set("stats", lua.create_function(lua_stats)?)?;
+    core.set("token_epoch", lua.create_function(|_, ()| Ok(token::epoch()))?)?;
     if let Some(isyieldable) = isyieldable_function(lua)? {
         core.set("isyieldable", isyieldable)?;
     }
@@ -198,6 +201,7 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("jobs", jobs::count())?;
     t.set("io_thread", io_thread::running())?;
+    t.set("rate_waits", crate::rate::WAITS.load(std::sync::atomic::Ordering::Relaxed))?;
     let pools = lua.create_table()?;
     for f in crate::pool::figures() {
         let p = lua.create_table()?;
