@@ -8,6 +8,7 @@ local test_env = require "spec.support.test_env"
 local lua_process = require "spec.support.lua_process"
 local socket = require "socket"
 local lfs = require "lfs"
+local util = require "spec.support.util"
 
 local REGION = "us-east-1" -- the emulator's region; the host is an IP, so say it
 
@@ -15,13 +16,7 @@ local REGION = "us-east-1" -- the emulator's region; the host is an IP, so say i
 -- helpers
 ---------------------------------------------------------------------------
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
-  end
-  return out
-end
+local merge = util.merge
 
 -- conf for an IAM login as the emulator's first IAM user
 local function iam_conf(e, extra)

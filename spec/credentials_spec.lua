@@ -34,11 +34,7 @@ local e, f, tmp
 
 
 
-local function exists(path)
-  local fh = io.open(path, "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
+local exists = util.exists
 
 local function sh(cmd)
   local r = os.execute(cmd)
@@ -67,15 +63,7 @@ local function static_key(prefix)
   return k
 end
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do
-      out[k] = v
-    end
-  end
-  return out
-end
+local merge = util.merge
 
 local function url_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))

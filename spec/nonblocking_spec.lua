@@ -22,11 +22,7 @@ local socket = require "socket"
 
 local quote, read_file, write_file = util.shell_quote, util.read_file, util.write_file
 
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = util.exists
 
 if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
   describe("non-blocking calls in OpenResty", function()
@@ -70,28 +66,12 @@ local PING_MS = 200           -- a /ping answered while 50 token() calls wait
 
 local measured = {}           -- numbers reported at the end
 
-local function hex(nbytes)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local s = f:read(nbytes)
-  f:close()
-  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local hex = util.hex
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
-  end
-  return out
-end
+local merge = util.merge
 
 -- stdout of a shell command (stderr is not captured).
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh = util.sh
 
 -- Static credentials only the nginx master gets (the emulator learns them).
 local AKID = "AKIDNB" .. hex(7):upper()
@@ -360,14 +340,7 @@ local function mode_of(path)
   return (sh("stat -c %a " .. quote(path)):gsub("%s+$", ""))
 end
 
-local function count(haystack, needle)
-  local c, i = 0, 1
-  while true do
-    local s, e = haystack:find(needle, i, true)
-    if not s then return c end
-    c, i = c + 1, e + 1
-  end
-end
+local count = util.count
 
 local function assert_clean_log(n)
   local log = n:error_log()

@@ -8,12 +8,9 @@
 local nginx = require "spec.support.nginx"
 local emu = require "spec.support.emulator"
 local cjson = require "cjson"
+local util = require "spec.support.util"
 
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = util.exists
 
 if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
   describe("OpenResty", function()
@@ -22,12 +19,7 @@ if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.
   return
 end
 
-local function hex(nbytes)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local s = f:read(nbytes)
-  f:close()
-  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local hex = util.hex
 
 -- Credentials only the nginx master gets (through its environment); the
 -- emulator learns them with add-key. A session token makes tokens long and
@@ -301,14 +293,7 @@ local function get_json(n, path)
   return t
 end
 
-local function count(haystack, needle)
-  local n, i = 0, 1
-  while true do
-    local s, e = haystack:find(needle, i, true)
-    if not s then return n end
-    n, i = n + 1, e + 1
-  end
-end
+local count = util.count
 
 local function assert_clean_log(n)
   local log = n:error_log()

@@ -11,17 +11,12 @@ local emu = require "spec.support.emulator"
 local test_env = require "spec.support.test_env"
 local lua_process = require "spec.support.lua_process"
 local socket = require "socket"
+local util = require "spec.support.util"
 
 local Postgres = pgmoon.Postgres
 local REGION = "us-east-1" -- the emulator's region; its host is an IP, so say it
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
-  end
-  return out
-end
+local merge = util.merge
 
 local function keys(t)
   local out = {}

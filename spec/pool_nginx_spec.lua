@@ -18,11 +18,7 @@ local cjson = require "cjson"
 
 local quote, read_file, write_file = util.shell_quote, util.read_file, util.write_file
 
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = util.exists
 
 if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
   describe("the keep-alive pool in nginx", function()
@@ -59,36 +55,13 @@ local MAX_RSS_GROWTH_KB = 20 * 1024
 
 local measured = {}             -- numbers reported at the end
 
-local function hex(nbytes)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local s = f:read(nbytes)
-  f:close()
-  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local hex = util.hex
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
-  end
-  return out
-end
+local merge = util.merge
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh = util.sh
 
-local function count(haystack, needle)
-  local c, i = 0, 1
-  while true do
-    local s, e = haystack:find(needle, i, true)
-    if not s then return c end
-    c, i = c + 1, e + 1
-  end
-end
+local count = util.count
 
 -- Credentials only the nginx master's environment has; the emulator learns them.
 local AKID = "AKIDPN" .. hex(7):upper()

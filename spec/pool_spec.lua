@@ -9,16 +9,11 @@ local rds = require "kong_rds_iam"
 local emu = require "spec.support.emulator"
 local test_env = require "spec.support.test_env"
 local socket = require "socket"
+local util = require "spec.support.util"
 
 local REGION = "us-east-1"
 
-local function merge(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
-  end
-  return out
-end
+local merge = util.merge
 
 describe("the keep-alive pool", function()
   local e

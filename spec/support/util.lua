@@ -1,4 +1,4 @@
--- Small file and shell helpers shared by the spec support modules.
+-- Small file, shell and table helpers shared by the specs and their support modules.
 local M = {}
 
 --- The string single-quoted for /bin/sh.
@@ -23,6 +23,48 @@ function M.write_file(path, text)
   f:write(text)
   f:close()
   return path
+end
+
+--- A random hex string of `nbytes` bytes (2 x nbytes characters).
+function M.hex(nbytes)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local s = f:read(nbytes)
+  f:close()
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+--- The tables' keys merged into a new table, later ones winning (nil skipped).
+function M.merge(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    for k, v in pairs((select(i, ...)) or {}) do out[k] = v end
+  end
+  return out
+end
+
+--- Whether a file can be opened for reading.
+function M.exists(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- How many times `needle` (plain text) occurs in `haystack`.
+function M.count(haystack, needle)
+  local n, i = 0, 1
+  while true do
+    local s, e = haystack:find(needle, i, true)
+    if not s then return n end
+    n, i = n + 1, e + 1
+  end
+end
+
+--- What a shell command printed on stdout.
+function M.sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
 end
 
 return M

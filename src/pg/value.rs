@@ -56,8 +56,8 @@ fn array_element(type_oid: u32) -> Option<u32> {
         1231 => oid::NUMERIC,
         199 => oid::JSON,
         3807 => oid::JSONB,
-        // text[], varchar[], bpchar[], name[], char[], uuid[], timestamp(tz)[], date[]
-        1009 | 1015 | 1014 | 1003 | 1002 | 2951 | 1115 | 1185 | 1182 => 25,
+        // text[], varchar[], bpchar[], name[], char[], uuid[], timestamp(tz)[], date[], inet[], cidr[]
+        1009 | 1015 | 1014 | 1003 | 1002 | 2951 | 1115 | 1185 | 1182 | 1041 | 651 => 25,
         _ => return None,
     })
 }
@@ -239,6 +239,8 @@ mod tests {
         assert_eq!(decode(1009, b"{}"), Cell::Array(vec![]));
         assert_eq!(decode(1007, b"[0:1]={5,6}"), Cell::Array(vec![Cell::Int(5), Cell::Int(6)]));
         assert_eq!(decode(1000, b"{t,f}"), Cell::Array(vec![Cell::Bool(true), Cell::Bool(false)]));
+        assert_eq!(decode(1041, b"{10.0.0.1,::1/128}"), Cell::Array(vec![t("10.0.0.1"), t("::1/128")]));
+        assert_eq!(decode(651, b"{10.0.0.0/8}"), Cell::Array(vec![t("10.0.0.0/8")]));
         assert_eq!(decode(1007, b"{1,2"), t("{1,2"));
     }
 }
