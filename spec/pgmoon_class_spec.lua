@@ -134,7 +134,7 @@ describe("kong_rds_iam.pgmoon", function()
         pg_host = "h", pg_port = 6543, pg_user = "u", pg_password = "p", pg_database = "d",
         pg_timeout = 1234, pg_ssl = true, pg_ssl_verify = true, pg_ssl_required = true,
         pg_ssl_version = "tlsv1_3", pg_ssl_cafile = "/ca.pem", pg_ssl_cert = "/c.pem",
-        pg_ssl_cert_key = "/k.pem", application_name = "pgmoon", pool_size = 7,
+        pg_ssl_cert_key = "/k.pem", pg_application_name = "pgmoon", pg_pool_size = 7,
       }, conf)
       local pg = pgmoon.new { database = "d", timeout = 1234 }
       pg:settimeout(200)
@@ -497,10 +497,18 @@ describe("kong_rds_iam.pgmoon", function()
       assert.matches("pgmoon_serialize", err)
     end)
 
-    it("wait_for_notification says when the native build has none", function()
-      local other = pgmoon.new {}
-      other._conn = { close = function() return true end } -- a build without it
-      assert.same({ nil, "not supported by this build" }, { other:wait_for_notification() })
+    it("wait_for_notification returns a NOTIFY from another session, as pgmoon", function()
+      assert(pg:query("listen pgmoon_class_wait"))
+      local other = pgmoon.new(pw_opts("pw_scram"))
+      assert(other:connect())
+      assert(other:query("notify pgmoon_class_wait, 'hi'"))
+      local n, err = pg:wait_for_notification()
+      assert.is_table(n, err)
+      assert.equal("notification", n.operation)
+      assert.equal("pgmoon_class_wait", n.channel)
+      assert.equal("hi", n.payload)
+      assert(pg:query("unlisten pgmoon_class_wait"))
+      other:disconnect()
       assert.same({ nil, "closed" }, { pgmoon.new({}):wait_for_notification() })
     end)
   end)

@@ -113,6 +113,7 @@ pub mod key {
         BACKLOG = "backlog",
         MAX_LIFETIME = "max_lifetime",
         IAM_MAX_RATE = "iam_auth_max_rate",
+        APPLICATION_NAME = "application_name",
     }
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
@@ -272,6 +273,9 @@ pub struct ConnectConf {
     pub database: String,
     /// `pg_schema`: becomes the `search_path`.
     pub schema: Option<String>,
+    /// `pg_application_name` (default `kong_rds_iam`): the session's
+    /// `application_name`, as pgmoon's option of that name.
+    pub application_name: String,
     /// TLS settings (forced on and required under IAM).
     pub tls: TlsConf,
     /// Keep-alive pool settings.
@@ -311,6 +315,7 @@ impl std::fmt::Debug for ConnectConf {
             .field("password", &self.password.as_ref().map(|_| "** redacted **"))
             .field("database", &self.database)
             .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
             .field("tls", &self.tls)
             .field("pool", &self.pool)
             .field("iam_max_rate", &self.iam_max_rate)
@@ -524,12 +529,21 @@ impl Reader<'_> {
                 Some((name, v)) => Some(Duration::from_millis(integer(name, v, 1, 86_400_000 * 30)? as u64)),
             },
         };
+        let application_name = self.string(key::APPLICATION_NAME, "kong_rds_iam")?;
+        if application_name.len() > 63 || application_name.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(Error::config(format!(
+                "{} must be printable ASCII of at most 63 bytes, got {}",
+                self.key_name(key::APPLICATION_NAME),
+                quote(&application_name)
+            )));
+        }
         Ok(ConnectConf {
             endpoint,
             iam,
             password: if iam { None } else { password },
             database,
             schema,
+            application_name,
             tls,
             pool,
             iam_max_rate: self.integer(key::IAM_MAX_RATE, 200, 0, 100_000)? as u32,

@@ -240,6 +240,61 @@ impl Handle {
         })
     }
 
+    /// Takes the connection out to wait for a notification (LISTEN/NOTIFY)
+    /// for up to `pg_timeout`, as a job or blocking; it comes back with
+    /// [`Handle::finish_wait`]. A wait that times out leaves the connection
+    /// usable (nothing was sent); one that is abandoned closes it.
+    pub fn notification_job(
+        &mut self,
+        abandon: Arc<Abandon>,
+    ) -> Result<impl Future<Output = (Option<pg::Connection>, Result<pg::Notification>)> + Send + 'static> {
+        self.check_owner()?;
+        let mut conn = match std::mem::replace(&mut self.state, State::Busy) {
+            State::Open(conn) => conn,
+            other => {
+                let busy = matches!(other, State::Busy);
+                self.state = other;
+                return Err(if busy { Error::busy() } else { Error::closed() });
+            }
+        };
+        let timeout = self.timeout;
+        Ok(async move {
+            let outcome = match jobs::first(tokio::time::timeout(timeout, conn.wait_for_notification()), abandon.raised()).await {
+                First::Left(Ok(Ok(n))) => Ok(n),
+                First::Left(Ok(Err(e))) => return (None, Err(e)),
+                First::Left(Err(_)) => Err(Error::new(ErrorKind::Timeout, format!("timeout: no notification within {} ms", timeout.as_millis()))),
+                First::Right(()) => return (None, Err(Error::closed())),
+            };
+            (Some(conn), outcome)
+        })
+    }
+
+    /// Puts the connection a notification wait handed back into place.
+    pub fn finish_wait(&mut self, done: (Option<pg::Connection>, Result<pg::Notification>)) -> Result<pg::Notification> {
+        let (conn, outcome) = done;
+        self.state = match (conn, &self.state) {
+            (Some(conn), State::Busy) => State::Open(conn),
+            _ => {
+                self.lease = None;
+                State::Closed
+            }
+        };
+        outcome
+    }
+
+    /// [`Handle::notification_job`], blocking the caller.
+    pub fn wait_for_notification(&mut self) -> Result<pg::Notification> {
+        let job = self.notification_job(Abandon::never())?;
+        match process::block_on(job) {
+            Ok(done) => self.finish_wait(done),
+            Err(e) => {
+                self.state = State::Closed;
+                self.lease = None;
+                Err(e)
+            }
+        }
+    }
+
     /// How long a caller may wait for a query job: `pg_timeout`, then the cancel.
     pub fn query_bound(&self) -> Duration {
         self.timeout + Duration::from_secs(2)

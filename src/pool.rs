@@ -31,6 +31,7 @@ pub struct Key {
     database: String,
     user: String,
     schema: Option<String>,
+    application_name: String,
     tls: TlsConf,
     iam: bool,
 }
@@ -44,6 +45,7 @@ impl Key {
             database: conf.database.clone(),
             user: conf.endpoint.user.clone(),
             schema: conf.schema.clone(),
+            application_name: conf.application_name.clone(),
             tls: conf.tls.clone(),
             iam: conf.iam,
         }

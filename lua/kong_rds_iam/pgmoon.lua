@@ -24,9 +24,11 @@
 --   cafile -> pg_ssl_cafile   cert -> pg_ssl_cert   key -> pg_ssl_cert_key
 --   iam_auth, iam_auth_region, iam_auth_assume_role_arn,
 --   iam_auth_role_session_name, iam_auth_sts_endpoint_url -> pg_iam_auth...
---   application_name (default "pgmoon"), pool (or pgmoon's pool_name),
---   pool_size, backlog: handed to rds.connect under those names (the native
---   side uses what it knows of them); pool_size is also keepalive's default.
+--   application_name (default "pgmoon") -> pg_application_name
+--   pool_size -> pg_pool_size (also keepalive's default)   backlog -> pg_backlog
+--   pool (or pgmoon's pool_name): not used; the native pool is keyed by
+--   the connection's settings (host, port, database, user, schema, TLS, IAM,
+--   application name).
 --   socket_type: only reported back as pg.sock_type (see below).
 --   convert_null: the initial value of pg.convert_null.
 -- settimeout(ms) before connect() sets pg_timeout for the connect too.
@@ -101,8 +103,6 @@
 --     outside quotes, quoted identifiers, dollar-quoted strings and comments
 --     are replaced, and not inside a name ("a$1"). Parameters are then
 --     untyped literals, not pgmoon's text/numeric-typed binds.
---   - wait_for_notification without conn:wait_for_notification returns
---     nil, "not supported by this build".
 -- Not provided: pgmoon's own type machinery (PG_TYPES, set_type_deserializer,
 -- setup_hstore: the native side decodes values itself), unix sockets
 -- (socket_path), cqueues. In nginx request phases calls yield; elsewhere
@@ -415,10 +415,9 @@ function Postgres:_conf()
     pg_ssl_cafile = c.cafile,
     pg_ssl_cert = c.cert,
     pg_ssl_cert_key = c.key,
-    application_name = c.application_name,
-    pool = c.pool or c.pool_name,
-    pool_size = c.pool_size,
-    backlog = c.backlog,
+    pg_application_name = c.application_name,
+    pg_pool_size = c.pool_size,
+    pg_backlog = c.backlog,
   }
   local explicit = false
   for option, key in pairs(IAM_OPTIONS) do
@@ -741,9 +740,6 @@ end
 function Postgres:wait_for_notification()
   local conn = self._conn
   if not conn then return nil, "closed" end
-  if not conn.wait_for_notification then
-    return nil, "not supported by this build"
-  end
   local n, err = conn:wait_for_notification()
   if type(n) == "table" and n.operation == nil then n.operation = "notification" end
   return n, err

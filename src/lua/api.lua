@@ -210,6 +210,23 @@ function Connection.query(self, sql)
   return h:query_finish(job)
 end
 
+--- notification, err = conn:wait_for_notification(): the next NOTIFY on a
+--- channel this connection LISTENs on (a table { operation = "notification",
+--- pid, channel, payload }), waiting up to the connection's timeout
+--- (yielding where calls yield); a timeout leaves the connection usable.
+function Connection.wait_for_notification(self)
+  local h = handle_of("wait_for_notification", self)
+  if not yieldable() then return h:wait_for_notification() end
+  local job, bound_ms = h:wait_start()
+  if not job then return nil, bound_ms end
+  local ok, err = wait(job, bound_ms)
+  if not ok then
+    h:query_abandon(job)
+    return nil, err
+  end
+  return h:wait_finish(job)
+end
+
 --- ok, err = conn:close()
 function Connection.close(self)
   return handle_of("close", self):close()

@@ -65,6 +65,36 @@ impl UserData for LuaConnection {
             Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
             Err(e) => super::failure(lua, &e),
         });
+        // LISTEN/NOTIFY: `notification` or `nil, err`, blocking; and as a job.
+        methods.add_method_mut("wait_for_notification", |lua, this, ()| {
+            let outcome = this.0.wait_for_notification();
+            notification_values(lua, outcome)
+        });
+        methods.add_method_mut("wait_start", |lua, this, ()| {
+            let bound = this.0.query_bound();
+            let abandon = Abandon::new_signal();
+            let submitted = match this.0.notification_job(abandon.clone()) {
+                Ok(job) => jobs::submit_with(abandon, job),
+                Err(e) => return super::failure(lua, &e),
+            };
+            match submitted {
+                Ok(job) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+                Err(e) => {
+                    this.0.abandon_query();
+                    super::failure(lua, &e)
+                }
+            }
+        });
+        methods.add_method_mut("wait_finish", |lua, this, job: f64| {
+            let outcome = match jobs::take::<(Option<crate::pg::Connection>, crate::error::Result<Notification>)>(job as u64) {
+                Ok(done) => this.0.finish_wait(done),
+                Err(e) => {
+                    this.0.abandon_query();
+                    Err(e)
+                }
+            };
+            notification_values(lua, outcome)
+        });
         // `keepalive(max_idle_ms?, pool_size?, in_master)`: api.lua checked the types.
         methods.add_method_mut("keepalive", |lua, this, (max_idle, size, in_master): (Option<f64>, Option<f64>, bool)| {
             let max_idle = max_idle.map(|ms| Duration::from_millis(ms as u64));
@@ -175,6 +205,17 @@ fn outcome_values(lua: &Lua, outcome: std::result::Result<QueryOutput, QueryFail
                 fields,
             ]))
         }
+    }
+}
+
+/// `{ operation = "notification", pid, channel, payload }`, or `nil, err`.
+fn notification_values(lua: &Lua, outcome: crate::error::Result<Notification>) -> LuaResult<MultiValue> {
+    match outcome {
+        Ok(n) => match notifications(lua, std::slice::from_ref(&n))? {
+            Value::Table(list) => Ok(MultiValue::from_iter([list.raw_get::<Value>(1)?])),
+            other => Ok(MultiValue::from_iter([other])),
+        },
+        Err(e) => super::failure(lua, &e),
     }
 }
 

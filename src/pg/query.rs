@@ -149,6 +149,40 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The next `NOTIFY` for a channel this session listens on: one already
+    /// received, else the next to arrive (the caller bounds the wait). The
+    /// session must be idle (no query running), as after `LISTEN`.
+    pub async fn wait_for_notification(&mut self) -> Result<super::Notification, Error> {
+        if !self.messages.notifications.is_empty() {
+            return Ok(self.messages.notifications.remove(0));
+        }
+        loop {
+            let message = self
+                .stream
+                .recv()
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, format!("waiting for a notification failed: {e}")))?;
+            match message {
+                Message::NotificationResponse(body) => {
+                    return Ok(super::Notification {
+                        process_id: body.process_id(),
+                        channel: body.channel().unwrap_or_default().to_owned(),
+                        payload: body.message().unwrap_or_default().to_owned(),
+                    })
+                }
+                Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
+                Message::ParameterStatus(p) => {
+                    let (name, value) = (p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned());
+                    self.parameter(&name, &value);
+                }
+                // A FATAL error (the server shuts down, the backend is terminated).
+                Message::ErrorResponse(body) => return Err(server_error::from_body(&body)),
+                _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message while waiting for a notification")),
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

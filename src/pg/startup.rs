@@ -36,7 +36,7 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
         ("user", conf.endpoint.user.as_str()),
         ("database", conf.database.as_str()),
         ("client_encoding", "UTF8"),
-        ("application_name", "kong_rds_iam"),
+        ("application_name", conf.application_name.as_str()),
     ];
     let search_path = conf.schema.as_deref().map(quote_identifier);
     if let Some(path) = &search_path {
