@@ -46,7 +46,7 @@ pub struct Identity {
     source: String,
     fetched_at: SystemTime,
     /// The region they were fetched with (for a background refresh).
-    region: String,
+    region: Option<String>,
 }
 
 impl Identity {
@@ -115,8 +115,8 @@ type ChainKey = Option<AssumeRole>;
 /// bound to this process's runtime) and the credential cache.
 #[derive(Default)]
 struct ProcessCredentials {
-    /// SDK configurations by region (usually just one).
-    sdks: Mutex<HashMap<String, SdkConfig>>,
+    /// SDK configurations by region (usually just one; `None`: left to aws-config).
+    sdks: Mutex<HashMap<Option<String>, SdkConfig>>,
     cache: Mutex<HashMap<ChainKey, Arc<Identity>>>,
     /// One lock per source: the fetch in flight holds it.
     flights: Mutex<HashMap<ChainKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -133,11 +133,11 @@ fn state() -> Result<&'static ProcessCredentials> {
 /// Credentials for `role` (or the base chain), from the cache if still
 /// fresh, else fetched within `timeout`, blocking the caller. `region` is
 /// the database's region, used for STS when the environment names none.
-pub fn get(role: Option<&AssumeRole>, region: &str, timeout: Duration) -> Result<Arc<Identity>> {
+pub fn get(role: Option<&AssumeRole>, region: Option<&str>, timeout: Duration) -> Result<Arc<Identity>> {
     if let Some(cached) = cached(role) {
         return Ok(cached);
     }
-    process::block_on(get_async(role.cloned(), region.to_owned(), timeout))?
+    process::block_on(get_async(role.cloned(), region.map(str::to_owned), timeout))?
 }
 
 /// Credentials for `role` from the cache, if they are fresh: never waits.
@@ -162,7 +162,7 @@ pub fn cached(role: Option<&AssumeRole>) -> Option<Arc<Identity>> {
 /// Credentials for `role`, fetched if the cache has none that are fresh.
 /// One fetch per process and source is in flight at a time: concurrent
 /// callers wait for it and share its result.
-pub async fn get_async(role: Option<AssumeRole>, region: String, timeout: Duration) -> Result<Arc<Identity>> {
+pub async fn get_async(role: Option<AssumeRole>, region: Option<String>, timeout: Duration) -> Result<Arc<Identity>> {
     let state = state()?;
     let what = describe(role.as_ref());
     let fetch = async move {
@@ -198,32 +198,6 @@ pub fn invalidate(role: Option<&AssumeRole>) -> bool {
 /// See [`invalidate`].
 pub const INVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
-/// The region named by the frozen environment or the profile files, if
-/// any, blocking the caller.
-pub fn default_region(timeout: Duration) -> Result<Option<String>> {
-    let snapshot = env_snapshot::get();
-    if let Some(region) = snapshot.region() {
-        return Ok(Some(region.to_owned()));
-    }
-    Ok(process::block_on_timeout(timeout, profile_region(snapshot))?.flatten())
-}
-
-/// [`default_region`] for a job.
-pub async fn default_region_async(timeout: Duration) -> Result<Option<String>> {
-    let snapshot = env_snapshot::get();
-    if let Some(region) = snapshot.region() {
-        return Ok(Some(region.to_owned()));
-    }
-    Ok(tokio::time::timeout(timeout, profile_region(snapshot)).await.ok().flatten())
-}
-
-async fn profile_region(snapshot: &Snapshot) -> Option<String> {
-    #[allow(deprecated)]
-    let files = aws_config::profile::profile_file::ProfileFiles::default();
-    let profiles = aws_config::profile::load(&Fs::real(), &snapshot.to_aws_env(), &files, None).await.ok()?;
-    profiles.get("region").map(str::to_owned)
-}
-
 fn describe(role: Option<&AssumeRole>) -> String {
     match role {
         Some(r) => format!("sts assume role {}", r.role_arn),
@@ -245,7 +219,7 @@ impl ProcessCredentials {
     /// Fetches and caches new credentials for `key`, one fetch at a time
     /// per source. A caller that waited for another's fetch takes its
     /// result; a background refresh that finds one in flight leaves it be.
-    async fn refresh(&self, key: ChainKey, region: String, background: bool) -> Result<Arc<Identity>> {
+    async fn refresh(&self, key: ChainKey, region: Option<String>, background: bool) -> Result<Arc<Identity>> {
         let flight = self.flight(&key);
         let _one_at_a_time = match flight.try_lock() {
             Ok(guard) => guard,
@@ -256,7 +230,7 @@ impl ProcessCredentials {
         if let Some(cached) = self.cached(&key, now).filter(|id| !(background && id.wants_refresh(now))) {
             return Ok(cached);
         }
-        let identity = Arc::new(self.fetch(key.as_ref(), &region).await?);
+        let identity = Arc::new(self.fetch(key.as_ref(), region.as_deref()).await?);
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, identity.clone());
         }
@@ -271,11 +245,11 @@ impl ProcessCredentials {
     /// one before trying any credential source: seconds of waiting off EC2.
     /// Only an empty `database_region` with no region configured anywhere
     /// leaves that to aws-config.
-    async fn sdk(&self, database_region: &str) -> SdkConfig {
+    async fn sdk(&self, database_region: Option<&str>) -> SdkConfig {
         let snapshot = env_snapshot::get();
         let region = match snapshot.region() {
-            Some(r) => r.to_owned(),
-            None => profile_region(snapshot).await.unwrap_or_else(|| database_region.to_owned()),
+            Some(r) => Some(r.to_owned()),
+            None => crate::region::profile(snapshot).await.or_else(|| database_region.map(str::to_owned)),
         };
         if let Some(sdk) = self.sdks.lock().ok().and_then(|m| m.get(&region).cloned()) {
             return sdk;
@@ -284,7 +258,10 @@ impl ProcessCredentials {
             .env(snapshot.to_aws_env())
             .fs(Fs::real())
             .http_client(http_client(proxy_config(snapshot)));
-        let loader = if region.is_empty() { loader } else { loader.region(Region::new(region.clone())) };
+        let loader = match &region {
+            Some(r) => loader.region(Region::new(r.clone())),
+            None => loader,
+        };
         let sdk = loader.load().await;
         if let Ok(mut m) = self.sdks.lock() {
             m.insert(region, sdk.clone());
@@ -292,7 +269,7 @@ impl ProcessCredentials {
         sdk
     }
 
-    async fn fetch(&self, role: Option<&AssumeRole>, region: &str) -> Result<Identity> {
+    async fn fetch(&self, role: Option<&AssumeRole>, region: Option<&str>) -> Result<Identity> {
         let sdk = &self.sdk(region).await;
         let Some(base) = sdk.credentials_provider() else {
             return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured"));
@@ -335,7 +312,7 @@ impl ProcessCredentials {
                 ));
             }
         }
-        Ok(Identity { credentials, source, fetched_at: now, region: region.to_owned() })
+        Ok(Identity { credentials, source, fetched_at: now, region: region.map(str::to_owned) })
     }
 }
 
@@ -442,7 +419,7 @@ mod tests {
         if let Some(e) = expiry {
             b = b.expiry(e);
         }
-        Identity { credentials: b.build(), source: "environment".into(), fetched_at, region: String::new() }
+        Identity { credentials: b.build(), source: "environment".into(), fetched_at, region: None }
     }
 
     #[test]
@@ -481,7 +458,7 @@ mod tests {
             credentials: Credentials::new("AKID", "SECRET-KEY-123", Some("SESSION-TOKEN-456".into()), None, "test"),
             source: "environment".into(),
             fetched_at: SystemTime::now(),
-            region: String::new(),
+            region: None,
         };
         state.cache.lock().unwrap().insert(None, Arc::new(id));
         let e = state.scrub(Error::new(ErrorKind::Credentials, "body was {\"Secret\":\"SECRET-KEY-123\",\"Token\":\"SESSION-TOKEN-456\"}"));

@@ -1,10 +1,98 @@
-//! The AWS region of an RDS endpoint, read from its host name.
+//! The AWS region a token is signed for, in one place: the conf's
+//! `pg_iam_auth_region`, else the RDS endpoint's host name, else the frozen
+//! environment (`AWS_REGION`, `AWS_DEFAULT_REGION`) or the profile's
+//! `region`; and how the region is read from a host name.
 //!
 //! RDS instance, Aurora cluster (`cluster-`, `cluster-ro-`, `cluster-custom-`)
 //! and RDS Proxy (`proxy-`) endpoints all end in
 //! `.<region>.rds.<partition dns suffix>`; the region is the label before
 //! `rds`. Unlike Kong, any region name of the AWS shape is accepted
 //! (af-, il-, mx-, eusc- ... included), in every partition.
+
+use std::time::Duration;
+
+use aws_types::os_shim_internal::Fs;
+
+use crate::conf::Endpoint;
+use crate::env_snapshot::{self, Snapshot};
+use crate::error::{Error, ErrorKind, Result};
+use crate::process;
+
+/// The region `endpoint` is signed for, when its conf does not name one
+/// (`None` when it does: then it is `endpoint.region`); an error when none
+/// is found anywhere. Blocks to read the profile files when it comes to them.
+pub fn derived(endpoint: &Endpoint) -> Result<Option<String>> {
+    match from_conf_or_host(endpoint) {
+        Some(found) => Ok(found),
+        None => Ok(Some(configured(endpoint.timeout)?.ok_or_else(|| not_found(endpoint))?)),
+    }
+}
+
+/// [`derived`] for a job.
+pub async fn derived_async(endpoint: &Endpoint) -> Result<Option<String>> {
+    match from_conf_or_host(endpoint) {
+        Some(found) => Ok(found),
+        None => Ok(Some(configured_async(endpoint.timeout).await?.ok_or_else(|| not_found(endpoint))?)),
+    }
+}
+
+/// The region to fetch credentials with (STS for web identity and assume
+/// role needs one): as [`derived`], but `None` (left to aws-config) when
+/// none is found and no role is assumed.
+pub fn for_credentials(endpoint: &Endpoint) -> Result<Option<String>> {
+    match derived(endpoint) {
+        Ok(found) => Ok(found.or_else(|| endpoint.region.clone())),
+        Err(_) if endpoint.assume_role.is_none() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The region the frozen environment or the profile files name, if any,
+/// blocking the caller.
+pub fn configured(timeout: Duration) -> Result<Option<String>> {
+    let snapshot = env_snapshot::get();
+    if let Some(region) = snapshot.region() {
+        return Ok(Some(region.to_owned()));
+    }
+    Ok(process::block_on_timeout(timeout, profile(snapshot))?.flatten())
+}
+
+/// [`configured`] for a job.
+pub async fn configured_async(timeout: Duration) -> Result<Option<String>> {
+    let snapshot = env_snapshot::get();
+    if let Some(region) = snapshot.region() {
+        return Ok(Some(region.to_owned()));
+    }
+    Ok(tokio::time::timeout(timeout, profile(snapshot)).await.ok().flatten())
+}
+
+/// The profile's `region`, read as aws-config reads the files.
+pub async fn profile(snapshot: &Snapshot) -> Option<String> {
+    #[allow(deprecated)]
+    let files = aws_config::profile::profile_file::ProfileFiles::default();
+    let profiles = aws_config::profile::load(&Fs::real(), &snapshot.to_aws_env(), &files, None).await.ok()?;
+    profiles.get("region").map(str::to_owned)
+}
+
+/// `Some(None)`: the conf names the region; `Some(Some(r))`: the host does;
+/// `None`: neither.
+fn from_conf_or_host(endpoint: &Endpoint) -> Option<Option<String>> {
+    if endpoint.region.is_some() {
+        return Some(None);
+    }
+    from_host(&endpoint.host).map(Some)
+}
+
+fn not_found(endpoint: &Endpoint) -> Error {
+    Error::new(
+        ErrorKind::Region,
+        format!(
+            "cannot tell the aws region of {}: set pg_iam_auth_region (pg_ro_iam_auth_region for read-only), \
+             use the rds endpoint host name, or set AWS_REGION before the module is loaded",
+            endpoint.host
+        ),
+    )
+}
 
 /// DNS suffixes that follow `.<region>.rds` in each partition.
 const PARTITION_SUFFIXES: &[&str] = &[

@@ -16,7 +16,7 @@ use once_cell::sync::Lazy;
 
 use crate::conf::{AssumeRole, Endpoint};
 use crate::credentials::{self, Identity, REFRESH_MARGIN};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::process::PerProcess;
 use crate::region;
 use crate::signer::{self, SigningParams, TOKEN_LIFETIME_SECS};
@@ -125,8 +125,8 @@ impl Hasher for Prehashed {
 /// is kept by the cache as is; a borrowed one is copied when a new token is
 /// cached.
 pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
-    let derived_region = derived_region(&endpoint, credentials::default_region)?;
-    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+    let derived_region = region::derived(&endpoint)?;
+    let region = endpoint.region.as_deref().or(derived_region.as_deref());
     let identity = credentials::get(endpoint.assume_role.as_ref(), region, endpoint.timeout)?;
     issue_with(endpoint, derived_region, identity)
 }
@@ -143,12 +143,12 @@ pub enum Issued {
 /// A token for `endpoint` if it can be had without waiting for the network;
 /// else the credential fetch to wait for, as a job.
 pub fn issue_or_fetch(endpoint: Cow<'_, Endpoint>) -> Result<Issued> {
-    let derived_region = derived_region(&endpoint, credentials::default_region)?;
-    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+    let derived_region = region::derived(&endpoint)?;
+    let region = endpoint.region.as_deref().or(derived_region.as_deref());
     match credentials::cached(endpoint.assume_role.as_ref()) {
         Some(identity) => Ok(Issued::Token(issue_with(endpoint, derived_region, identity)?)),
         None => {
-            let (role, region, timeout) = (endpoint.assume_role.clone(), region.to_owned(), endpoint.timeout);
+            let (role, region, timeout) = (endpoint.assume_role.clone(), region.map(str::to_owned), endpoint.timeout);
             let job = crate::jobs::submit(move |_| async move { credentials::get_async(role, region, timeout).await.map(drop) })?;
             Ok(Issued::Fetching(job))
         }
@@ -157,12 +157,9 @@ pub fn issue_or_fetch(endpoint: Cow<'_, Endpoint>) -> Result<Issued> {
 
 /// [`issue`] for a job: credentials are fetched without blocking.
 pub async fn issue_async(endpoint: &Endpoint) -> Result<Arc<Token>> {
-    let derived_region = match region_from_conf(endpoint) {
-        Some(r) => r,
-        None => Some(credentials::default_region_async(endpoint.timeout).await?.ok_or_else(|| no_region(endpoint))?),
-    };
-    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
-    let identity = credentials::get_async(endpoint.assume_role.clone(), region.to_owned(), endpoint.timeout).await?;
+    let derived_region = region::derived_async(endpoint).await?;
+    let region = endpoint.region.as_deref().or(derived_region.as_deref());
+    let identity = credentials::get_async(endpoint.assume_role.clone(), region.map(str::to_owned), endpoint.timeout).await?;
     issue_with(Cow::Borrowed(endpoint), derived_region, identity)
 }
 
@@ -215,23 +212,7 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
     Ok(token)
 }
 
-/// The region when the endpoint does not name one: from the host name, else
-/// `default` (the frozen environment or profile).
-fn derived_region(endpoint: &Endpoint, default: impl FnOnce(Duration) -> Result<Option<String>>) -> Result<Option<String>> {
-    match region_from_conf(endpoint) {
-        Some(r) => Ok(r),
-        None => Ok(Some(default(endpoint.timeout)?.ok_or_else(|| no_region(endpoint))?)),
-    }
-}
 
-/// `Some(None)`: the conf names the region; `Some(Some(r))`: the host does;
-/// `None`: neither.
-fn region_from_conf(endpoint: &Endpoint) -> Option<Option<String>> {
-    if endpoint.region.is_some() {
-        return Some(None);
-    }
-    region::from_host(&endpoint.host).map(Some)
-}
 
 /// Drops every cached token for `endpoint`'s host, port and user (a server
 /// refused one), here and, through [`epoch`], in api.lua's memo.
@@ -259,22 +240,4 @@ pub fn epoch() -> i32 {
     EPOCH.load(std::sync::atomic::Ordering::Acquire)
 }
 
-/// The region: explicit key, else the host name, else the frozen
-/// environment or profile.
-pub fn resolve_region(endpoint: &Endpoint) -> Result<Cow<'_, str>> {
-    if let Some(r) = &endpoint.region {
-        return Ok(Cow::Borrowed(r));
-    }
-    Ok(Cow::Owned(derived_region(endpoint, credentials::default_region)?.unwrap_or_default()))
-}
 
-fn no_region(endpoint: &Endpoint) -> Error {
-    Error::new(
-        ErrorKind::Region,
-        format!(
-            "cannot tell the aws region of {}: set pg_iam_auth_region (pg_ro_iam_auth_region for read-only), \
-             use the rds endpoint host name, or set AWS_REGION before the module is loaded",
-            endpoint.host
-        ),
-    )
-}

@@ -273,7 +273,7 @@ fn lua_credentials_source(lua: &Lua, (conf, mode): (Option<Table>, Option<mlua::
     let result = guarded(|| {
         let endpoint = source_endpoint(conf, mode)?;
         let region = source_region(&endpoint)?;
-        credentials::get(endpoint.assume_role.as_ref(), &region, endpoint.timeout).map(|id| id.source().to_owned())
+        credentials::get(endpoint.assume_role.as_ref(), region.as_deref(), endpoint.timeout).map(|id| id.source().to_owned())
     });
     match result {
         Ok(source) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&source)?)])),
@@ -290,11 +290,8 @@ fn source_endpoint(conf: Option<Table>, mode: Option<mlua::LuaString>) -> CrateR
 
 /// The region matters for STS (web identity, assume role); without one from
 /// conf, host or environment, aws-config is left to find it.
-fn source_region(endpoint: &Endpoint) -> CrateResult<String> {
-    Ok(match endpoint.assume_role {
-        Some(_) => token::resolve_region(endpoint)?.into_owned(),
-        None => token::resolve_region(endpoint).map(|r| r.into_owned()).unwrap_or_default(),
-    })
+fn source_region(endpoint: &Endpoint) -> CrateResult<Option<String>> {
+    crate::region::for_credentials(endpoint)
 }
 
 /// `token = core.sign_token(params)`: signs with explicit credentials and

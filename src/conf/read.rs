@@ -1,352 +1,26 @@
-//! The `conf` table in Kong's kong.conf vocabulary, parsed into typed settings.
-//!
-//! Values arrive either already parsed (as `kong.configuration` holds them:
-//! booleans, numbers, arrays) or as kong.conf strings (`"on"`, `"5432"`).
-//! Unknown keys are ignored, since Kong passes hundreds; a known key with a
-//! wrong type or value is an error that names the key.
-//!
-//! The read-only side (`pg_ro_*`) falls back to the `pg_*` key of the same
-//! name when unset. IAM is on for read-only when `pg_ro_iam_auth` *or*
-//! `pg_iam_auth` is on, as Kong documents it.
+//! The reader: keys looked up for one side with the `pg_ro_*` -> `pg_*`
+//! fallback, the IAM rules, and the typed settings built from them.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::keys::{key, Key, Side};
+use super::value::{boolean, integer, is_empty_string, non_empty_string, optional_string, quote, show, ConfSource, RawValue};
+use super::{AssumeRole, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
 use crate::error::{Error, Result};
 use crate::region;
 
-/// A configuration value as the caller handed it over, before validation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RawValue {
-    /// A boolean.
-    Bool(bool),
-    /// An integral number.
-    Int(i64),
-    /// A number with a fractional part.
-    Float(f64),
-    /// A string (kong.conf text or an already parsed string value).
-    Str(String),
-    /// An array of strings (e.g. `lua_ssl_trusted_certificate` in `kong.configuration`).
-    List(Vec<String>),
-    /// Any other value; the string names its type for error messages.
-    Other(&'static str),
-}
-
-impl RawValue {
-    /// A Lua number: integral values (all of them below 2^53 exactly
-    /// representable) are [`RawValue::Int`].
-    pub fn from_number(n: f64) -> RawValue {
-        if n.fract() == 0.0 && n.abs() < 9.0e15 {
-            RawValue::Int(n as i64)
-        } else {
-            RawValue::Float(n)
-        }
-    }
-}
-
-/// Where configuration values are read from: a Lua table in production,
-/// a map in tests. `None` means the key is unset.
-pub trait ConfSource {
-    /// The value of `key`, or `None` when unset.
-    fn get(&self, key: &str) -> Option<RawValue>;
-}
-
-impl ConfSource for HashMap<String, RawValue> {
-    fn get(&self, key: &str) -> Option<RawValue> {
-        HashMap::get(self, key).cloned()
-    }
-}
-
-/// Which of Kong's two database connections a call is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The read-write connection (`pg_*` keys).
-    ReadWrite,
-    /// The read-only connection (`pg_ro_*` keys, falling back to `pg_*`).
-    ReadOnly,
-}
-
-/// A configuration key: its read-write and read-only names.
-#[derive(Debug, Clone, Copy)]
-pub struct Key {
-    /// `pg_<name>`.
-    pub rw: &'static str,
-    /// `pg_ro_<name>`.
-    pub ro: &'static str,
-}
-
-macro_rules! keys {
-    ($($name:ident = $base:literal,)*) => {
-        $(
-            #[doc = concat!("`pg_", $base, "` / `pg_ro_", $base, "`.")]
-            pub const $name: Key = Key { rw: concat!("pg_", $base), ro: concat!("pg_ro_", $base) };
-        )*
-    };
-}
-
-/// Every `pg_*` key this crate reads.
-pub mod key {
-    use super::Key;
-    keys! {
-        HOST = "host",
-        PORT = "port",
-        USER = "user",
-        PASSWORD = "password",
-        DATABASE = "database",
-        SCHEMA = "schema",
-        TIMEOUT = "timeout",
-        IAM_AUTH = "iam_auth",
-        REGION = "iam_auth_region",
-        ASSUME_ROLE_ARN = "iam_auth_assume_role_arn",
-        ROLE_SESSION_NAME = "iam_auth_role_session_name",
-        STS_ENDPOINT_URL = "iam_auth_sts_endpoint_url",
-        SSL = "ssl",
-        SSL_REQUIRED = "ssl_required",
-        SSL_VERIFY = "ssl_verify",
-        SSL_VERSION = "ssl_version",
-        SSL_CERT = "ssl_cert",
-        SSL_CERT_KEY = "ssl_cert_key",
-        SSL_CAFILE = "ssl_cafile",
-        KEEPALIVE_TIMEOUT = "keepalive_timeout",
-        POOL_SIZE = "pool_size",
-        BACKLOG = "backlog",
-        MAX_LIFETIME = "max_lifetime",
-        IAM_MAX_RATE = "iam_auth_max_rate",
-        APPLICATION_NAME = "application_name",
-    }
-
-    /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
-    pub const TOKEN: &[Key] = &[HOST, PORT, USER, TIMEOUT, REGION, ASSUME_ROLE_ARN, ROLE_SESSION_NAME, STS_ENDPOINT_URL];
-
-    /// The names [`Endpoint::parse`](super::Endpoint::parse) reads on
-    /// `side`, in order: each [`TOKEN`] key, on the read-only side followed
-    /// by the read-write name it falls back to.
-    pub fn token_names(side: super::Side) -> &'static [&'static str] {
-        match side {
-            super::Side::ReadWrite => &TOKEN_RW,
-            super::Side::ReadOnly => &TOKEN_RO,
-        }
-    }
-
-    /// Where `name` stands in [`token_names`] of `side`.
-    pub fn token_index(side: super::Side, name: &str) -> Option<usize> {
-        token_names(side).iter().position(|n| *n == name)
-    }
-
-    const TOKEN_RW: [&str; TOKEN.len()] = {
-        let mut out = [""; TOKEN.len()];
-        let mut i = 0;
-        while i < TOKEN.len() {
-            out[i] = TOKEN[i].rw;
-            i += 1;
-        }
-        out
-    };
-
-    const TOKEN_RO: [&str; 2 * TOKEN.len()] = {
-        let mut out = [""; 2 * TOKEN.len()];
-        let mut i = 0;
-        while i < TOKEN.len() {
-            out[2 * i] = TOKEN[i].ro;
-            out[2 * i + 1] = TOKEN[i].rw;
-            i += 1;
-        }
-        out
-    };
-}
-
-impl Key {
-    /// The name of this key on `side`.
-    pub fn name(self, side: Side) -> &'static str {
-        match side {
-            Side::ReadWrite => self.rw,
-            Side::ReadOnly => self.ro,
-        }
-    }
-}
-
-impl Side {
-    /// Parses the optional mode argument: `"rw"` (default) or `"ro"`.
-    pub fn parse(mode: Option<&str>) -> Result<Side> {
-        match mode {
-            None | Some("rw") => Ok(Side::ReadWrite),
-            Some("ro") => Ok(Side::ReadOnly),
-            Some(other) => Err(Error::config(format!("mode must be \"rw\" or \"ro\", got {}", quote(other)))),
-        }
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            Side::ReadWrite => "pg_",
-            Side::ReadOnly => "pg_ro_",
-        }
-    }
-
-    /// `"rw"` or `"ro"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::ReadWrite => "rw",
-            Side::ReadOnly => "ro",
-        }
-    }
-}
-
-/// An STS AssumeRole step on top of the base credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AssumeRole {
-    /// `pg_iam_auth_assume_role_arn`.
-    pub role_arn: String,
-    /// `pg_iam_auth_role_session_name` (default `KongPostgres`).
-    pub session_name: String,
-    /// `pg_iam_auth_sts_endpoint_url`, for a custom or VPC STS endpoint.
-    pub sts_endpoint_url: Option<String>,
-}
-
-/// What a token is signed for: the database endpoint and user, and how to get
-/// credentials for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Host name, lowercased (it is signed lowercased).
-    pub host: String,
-    /// TCP port; always part of the signed host.
-    pub port: u16,
-    /// Database user (`DBUser`).
-    pub user: String,
-    /// Explicit region (`pg_iam_auth_region`); else parsed from the host.
-    pub region: Option<String>,
-    /// Optional assume-role step.
-    pub assume_role: Option<AssumeRole>,
-    /// `pg_timeout`: bounds credential lookups as well as database I/O.
-    pub timeout: Duration,
-}
-
-/// `pg_ssl_version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TlsVersion {
-    /// TLS 1.2 only (`tlsv1_2`, the default).
-    Tls12,
-    /// TLS 1.3 only (`tlsv1_3`).
-    Tls13,
-    /// TLS 1.2 or 1.3 (`any`).
-    Any,
-}
-
-/// A source of trusted CA certificates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum CaSource {
-    /// The operating system's store (keyword `system`).
-    System,
-    /// A PEM file.
-    File(PathBuf),
-}
-
-/// TLS settings for the database connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TlsConf {
-    /// `pg_ssl`: ask the server for TLS.
-    pub enabled: bool,
-    /// `pg_ssl_required`: fail if the server does not do TLS.
-    pub required: bool,
-    /// `pg_ssl_verify`: verify the chain and the host name.
-    pub verify: bool,
-    /// `pg_ssl_version`.
-    pub version: TlsVersion,
-    /// Client certificate and key files (`pg_ssl_cert`, `pg_ssl_cert_key`).
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`.
-    pub trusted: Vec<CaSource>,
-    /// `pg_ssl_cafile` as given (it is also the only entry of `trusted`).
-    pub cafile: Option<PathBuf>,
-}
-
-/// Everything `connect()` needs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ConnectConf {
-    /// Host, port, user, region, credentials.
-    pub endpoint: Endpoint,
-    /// Authenticate with an IAM token instead of a password.
-    pub iam: bool,
-    /// `pg_password` (ignored, and `None`, when IAM is on).
-    pub password: Option<String>,
-    /// `pg_database`.
-    pub database: String,
-    /// `pg_schema`: becomes the `search_path`.
-    pub schema: Option<String>,
-    /// `pg_application_name` (default `kong_rds_iam`): the session's
-    /// `application_name`, as pgmoon's option of that name.
-    pub application_name: String,
-    /// TLS settings (forced on and required under IAM).
-    pub tls: TlsConf,
-    /// Keep-alive pool settings.
-    pub pool: PoolConf,
-    /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
-    /// second to this host, node-wide (see [`crate::rate`]).
-    pub iam_max_rate: u32,
-}
-
-/// How connections are kept alive (see [`crate::pool`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolConf {
-    /// `pg_keepalive_timeout` (ms, default 60000): how long an idle
-    /// connection is kept; zero keeps it until the server closes it.
-    pub keepalive_timeout: Duration,
-    /// `pg_pool_size` (default 256): idle connections kept per pool key.
-    pub size: usize,
-    /// `pg_backlog`: when set, at most `size` connections of a key are in
-    /// use at once and up to this many callers wait for one.
-    pub backlog: Option<usize>,
-    /// `pg_max_lifetime` (ms): connections older than this (+-10%) are
-    /// closed instead of kept alive.
-    pub max_lifetime: Option<Duration>,
-}
-
-impl Default for PoolConf {
-    fn default() -> Self {
-        PoolConf { keepalive_timeout: Duration::from_secs(60), size: 256, backlog: None, max_lifetime: None }
-    }
-}
-
-impl std::fmt::Debug for ConnectConf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectConf")
-            .field("endpoint", &self.endpoint)
-            .field("iam", &self.iam)
-            .field("password", &self.password.as_ref().map(|_| "** redacted **"))
-            .field("database", &self.database)
-            .field("schema", &self.schema)
-            .field("application_name", &self.application_name)
-            .field("tls", &self.tls)
-            .field("pool", &self.pool)
-            .field("iam_max_rate", &self.iam_max_rate)
-            .finish()
-    }
-}
-
-/// Kong's default `pg_iam_auth_role_session_name`.
-pub const DEFAULT_SESSION_NAME: &str = "KongPostgres";
-
-impl Endpoint {
-    /// Reads the keys a token needs from `src` for `side`.
-    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<Endpoint> {
-        Reader { src, side }.endpoint()
-    }
-}
-
-impl ConnectConf {
-    /// Reads every connection key from `src` for `side` and applies the IAM rules.
-    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<ConnectConf> {
-        Reader { src, side }.connect()
-    }
-}
-
 /// Looks keys up for one side, with the `pg_ro_*` -> `pg_*` fallback.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     src: &'a dyn ConfSource,
     side: Side,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub(super) fn new(src: &'a dyn ConfSource, side: Side) -> Self {
+        Reader { src, side }
+    }
+
     /// The value of `key` for this side (read-only falling back to
     /// read-write), with the name it was read under. An empty string is
     /// unset, as an empty kong.conf value is.
@@ -390,7 +64,7 @@ impl Reader<'_> {
         }
     }
 
-    fn endpoint(&self) -> Result<Endpoint> {
+    pub(super) fn endpoint(&self) -> Result<Endpoint> {
         let host = self.string(key::HOST, "127.0.0.1")?;
         // 253: the longest DNS name. Bounding it here also bounds every message that names the host.
         if host.len() > 253 || !is_host_text(&host) {
@@ -461,7 +135,7 @@ impl Reader<'_> {
         }
     }
 
-    fn connect(&self) -> Result<ConnectConf> {
+    pub(super) fn connect(&self) -> Result<ConnectConf> {
         let endpoint = self.endpoint()?;
         let iam = self.iam()?;
         let password = match self.lookup(key::PASSWORD) {
@@ -572,41 +246,6 @@ impl Reader<'_> {
     }
 }
 
-fn is_empty_string(v: &RawValue) -> bool {
-    matches!(v, RawValue::Str(s) if s.is_empty())
-}
-
-fn boolean(key: &str, v: RawValue) -> Result<bool> {
-    match &v {
-        RawValue::Bool(b) => Ok(*b),
-        RawValue::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "on" | "true" | "yes" => Ok(true),
-            "off" | "false" | "no" => Ok(false),
-            _ => Err(Error::config(format!("{key} must be a boolean (on/off, true/false, yes/no), got {}", show(&v)))),
-        },
-        _ => Err(Error::config(format!("{key} must be a boolean (on/off, true/false, yes/no), got {}", show(&v)))),
-    }
-}
-
-fn integer(key: &str, v: RawValue, min: i64, max: i64) -> Result<i64> {
-    let n = match &v {
-        RawValue::Int(n) => Some(*n),
-        RawValue::Str(s) => s.trim().parse::<i64>().ok(),
-        _ => None,
-    };
-    match n {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(Error::config(format!("{key} must be an integer {min}-{max}, got {}", show(&v)))),
-    }
-}
-
-fn non_empty_string(key: &str, v: RawValue) -> Result<String> {
-    match v {
-        RawValue::Str(s) if !s.trim().is_empty() => Ok(trimmed(s)),
-        other => Err(Error::config(format!("{key} must be a non-empty string, got {}", show(&other)))),
-    }
-}
-
 /// No whitespace, control character or `/`: could be a host name or address.
 fn is_host_text(host: &str) -> bool {
     // Printable ASCII (every real host name) is decided byte by byte.
@@ -614,60 +253,10 @@ fn is_host_text(host: &str) -> bool {
         || !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
 }
 
-/// `s` without surrounding whitespace, reusing its buffer when it has none.
-fn trimmed(s: String) -> String {
-    if s.trim().len() == s.len() {
-        s
-    } else {
-        s.trim().to_owned()
-    }
-}
-
-/// An optional string: empty means unset (as an empty kong.conf value does).
-/// `secret` keeps the value out of the error message.
-fn optional_string(key: &str, v: RawValue, secret: bool) -> Result<Option<String>> {
-    match v {
-        RawValue::Str(s) if s.is_empty() => Ok(None),
-        RawValue::Str(s) if secret => Ok(Some(s)),
-        RawValue::Str(s) => Ok(Some(trimmed(s))),
-        other if secret => Err(Error::config(format!("{key} must be a string, got a {}", type_name(&other)))),
-        other => Err(Error::config(format!("{key} must be a string, got {}", show(&other)))),
-    }
-}
-
-fn type_name(v: &RawValue) -> &'static str {
-    match v {
-        RawValue::Bool(_) => "boolean",
-        RawValue::Int(_) | RawValue::Float(_) => "number",
-        RawValue::Str(_) => "string",
-        RawValue::List(_) => "table",
-        RawValue::Other(t) => t,
-    }
-}
-
-/// A value for an error message: strings quoted and cut, others by value or type.
-fn show(v: &RawValue) -> String {
-    match v {
-        RawValue::Bool(b) => b.to_string(),
-        RawValue::Int(n) => n.to_string(),
-        RawValue::Float(f) => f.to_string(),
-        RawValue::Str(s) => quote(s),
-        RawValue::List(_) => "a table".to_owned(),
-        RawValue::Other(t) => format!("a {t}"),
-    }
-}
-
-fn quote(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut cut: String = s.chars().take(MAX).collect();
-    if cut.len() < s.len() {
-        cut.push_str("...");
-    }
-    format!("{cut:?}")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn src(pairs: &[(&str, RawValue)]) -> HashMap<String, RawValue> {
@@ -889,3 +478,4 @@ mod tests {
         assert_eq!(Side::parse(Some("rx")).unwrap_err().message(), "mode must be \"rw\" or \"ro\", got \"rx\"");
     }
 }
+

@@ -1,0 +1,178 @@
+//! The `conf` table in Kong's kong.conf vocabulary, parsed into typed settings.
+//!
+//! Values arrive either already parsed (as `kong.configuration` holds them:
+//! booleans, numbers, arrays) or as kong.conf strings (`"on"`, `"5432"`).
+//! Unknown keys are ignored, since Kong passes hundreds; a known key with a
+//! wrong type or value is an error that names the key.
+//!
+//! The read-only side (`pg_ro_*`) falls back to the `pg_*` key of the same
+//! name when unset. IAM is on for read-only when `pg_ro_iam_auth` *or*
+//! `pg_iam_auth` is on, as Kong documents it.
+//!
+//! Rooms: this file holds the entry points ([`Endpoint::parse`],
+//! [`ConnectConf::parse`]) and the typed settings they produce; `keys.rs`
+//! the key catalogue and the two sides; `value.rs` the values as handed
+//! over and their coercions and messages; `read.rs` the reader with the
+//! ro -> rw fallback and the IAM rules.
+
+mod keys;
+mod read;
+mod value;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use keys::{key, Key, Side};
+pub use value::{ConfSource, RawValue};
+
+use crate::error::Result;
+
+impl Endpoint {
+    /// Reads the keys a token needs from `src` for `side`.
+    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<Endpoint> {
+        read::Reader::new(src, side).endpoint()
+    }
+}
+
+impl ConnectConf {
+    /// Reads every connection key from `src` for `side` and applies the IAM rules.
+    pub fn parse(src: &dyn ConfSource, side: Side) -> Result<ConnectConf> {
+        read::Reader::new(src, side).connect()
+    }
+}
+
+/// An STS AssumeRole step on top of the base credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AssumeRole {
+    /// `pg_iam_auth_assume_role_arn`.
+    pub role_arn: String,
+    /// `pg_iam_auth_role_session_name` (default `KongPostgres`).
+    pub session_name: String,
+    /// `pg_iam_auth_sts_endpoint_url`, for a custom or VPC STS endpoint.
+    pub sts_endpoint_url: Option<String>,
+}
+
+/// What a token is signed for: the database endpoint and user, and how to get
+/// credentials for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name, lowercased (it is signed lowercased).
+    pub host: String,
+    /// TCP port; always part of the signed host.
+    pub port: u16,
+    /// Database user (`DBUser`).
+    pub user: String,
+    /// Explicit region (`pg_iam_auth_region`); else parsed from the host.
+    pub region: Option<String>,
+    /// Optional assume-role step.
+    pub assume_role: Option<AssumeRole>,
+    /// `pg_timeout`: bounds credential lookups as well as database I/O.
+    pub timeout: Duration,
+}
+
+/// `pg_ssl_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2 only (`tlsv1_2`, the default).
+    Tls12,
+    /// TLS 1.3 only (`tlsv1_3`).
+    Tls13,
+    /// TLS 1.2 or 1.3 (`any`).
+    Any,
+}
+
+/// A source of trusted CA certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CaSource {
+    /// The operating system's store (keyword `system`).
+    System,
+    /// A PEM file.
+    File(PathBuf),
+}
+
+/// TLS settings for the database connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsConf {
+    /// `pg_ssl`: ask the server for TLS.
+    pub enabled: bool,
+    /// `pg_ssl_required`: fail if the server does not do TLS.
+    pub required: bool,
+    /// `pg_ssl_verify`: verify the chain and the host name.
+    pub verify: bool,
+    /// `pg_ssl_version`.
+    pub version: TlsVersion,
+    /// Client certificate and key files (`pg_ssl_cert`, `pg_ssl_cert_key`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`.
+    pub trusted: Vec<CaSource>,
+    /// `pg_ssl_cafile` as given (it is also the only entry of `trusted`).
+    pub cafile: Option<PathBuf>,
+}
+
+/// Everything `connect()` needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectConf {
+    /// Host, port, user, region, credentials.
+    pub endpoint: Endpoint,
+    /// Authenticate with an IAM token instead of a password.
+    pub iam: bool,
+    /// `pg_password` (ignored, and `None`, when IAM is on).
+    pub password: Option<String>,
+    /// `pg_database`.
+    pub database: String,
+    /// `pg_schema`: becomes the `search_path`.
+    pub schema: Option<String>,
+    /// `pg_application_name` (default `kong_rds_iam`): the session's
+    /// `application_name`, as pgmoon's option of that name.
+    pub application_name: String,
+    /// TLS settings (forced on and required under IAM).
+    pub tls: TlsConf,
+    /// Keep-alive pool settings.
+    pub pool: PoolConf,
+    /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
+    /// second to this host, node-wide (see [`crate::rate`]).
+    pub iam_max_rate: u32,
+}
+
+/// How connections are kept alive (see [`crate::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConf {
+    /// `pg_keepalive_timeout` (ms, default 60000): how long an idle
+    /// connection is kept; zero keeps it until the server closes it.
+    pub keepalive_timeout: Duration,
+    /// `pg_pool_size` (default 256): idle connections kept per pool key.
+    pub size: usize,
+    /// `pg_backlog`: when set, at most `size` connections of a key are in
+    /// use at once and up to this many callers wait for one.
+    pub backlog: Option<usize>,
+    /// `pg_max_lifetime` (ms): connections older than this (+-10%) are
+    /// closed instead of kept alive.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolConf {
+    fn default() -> Self {
+        PoolConf { keepalive_timeout: Duration::from_secs(60), size: 256, backlog: None, max_lifetime: None }
+    }
+}
+
+impl std::fmt::Debug for ConnectConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectConf")
+            .field("endpoint", &self.endpoint)
+            .field("iam", &self.iam)
+            .field("password", &self.password.as_ref().map(|_| "** redacted **"))
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .field("tls", &self.tls)
+            .field("pool", &self.pool)
+            .field("iam_max_rate", &self.iam_max_rate)
+            .finish()
+    }
+}
+
+/// Kong's default `pg_iam_auth_role_session_name`.
+pub const DEFAULT_SESSION_NAME: &str = "KongPostgres";
+
+
