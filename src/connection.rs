@@ -225,7 +225,7 @@ impl Handle {
             match outcome {
                 Some(Ok(out)) => QueryDone { conn: Some(conn), result: Ok(out) },
                 Some(Err(f)) => {
-                    let usable = f.usable;
+                    let usable = f.error.leaves_session_usable();
                     QueryDone { conn: usable.then_some(conn), result: Err(f) }
                 }
                 None => {
@@ -417,7 +417,7 @@ async fn rate_guard(conf: &ConnectConf) -> Result<()> {
 
 /// Whether the server refused the login (bad password, PAM failure).
 fn refused(e: &Error) -> bool {
-    e.kind() == ErrorKind::Auth && matches!(e.sqlstate(), Some("28000") | Some("28P01"))
+    e.is_auth() && matches!(e.sqlstate(), Some("28000") | Some("28P01"))
 }
 
 /// SQLSTATEs after which a session is not reused: the server is shutting
@@ -426,7 +426,7 @@ fn refused(e: &Error) -> bool {
 const NOT_REUSABLE: &[&str] = &["57P01", "57P02", "57P03", "25006"];
 
 fn failure(error: Error) -> QueryFailure {
-    QueryFailure { error, partial: Vec::new(), usable: false }
+    QueryFailure { error, partial: Vec::new() }
 }
 
 fn connect_timeout(conf: &ConnectConf) -> Error {

@@ -37,13 +37,29 @@ pub enum ErrorKind {
 }
 
 /// An error with a message that is safe to hand to Lua and logs.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Callers ask what kind of failure it is through predicates
+/// ([`Error::is_timeout`], [`Error::leaves_session_usable`], ...). The
+/// underlying error, when there is one (an `io::Error`, a TLS error), is
+/// kept as the [`std::error::Error::source`]; its text is already folded
+/// into the message, safely.
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     sqlstate: Option<String>,
     fields: Option<Box<ServerFields>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+impl PartialEq for Error {
+    /// Kind, message, SQLSTATE and fields; not the source.
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message && self.sqlstate == other.sqlstate && self.fields == other.fields
+    }
+}
+
+impl Eq for Error {}
 
 /// The fields of a server's `ErrorResponse` (severity, code, message,
 /// detail, hint, position, table, constraint, ...), by name, in the order
@@ -74,12 +90,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of `kind` with a message (lowercase by convention).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), sqlstate: None, fields: None }
+        Error { kind, message: message.into(), sqlstate: None, fields: None, source: None }
     }
 
     /// A server error with its SQLSTATE.
     pub fn db(message: impl Into<String>, sqlstate: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()), fields: None }
+        Error { kind: ErrorKind::Db, message: message.into(), sqlstate: Some(sqlstate.into()), fields: None, source: None }
     }
 
     /// The same error with the server's fields.
@@ -119,9 +135,48 @@ impl Error {
         Self::new(ErrorKind::Runtime, "internal error (a bug in kong_rds_iam; please report it)")
     }
 
-    /// What failed.
+    /// The same error with the error that caused it.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
+
+    /// What failed. Prefer the predicates below where one fits.
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// `pg_timeout` (or another deadline) passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+
+    /// The connection is closed, broken, or belongs to another process.
+    pub fn is_closed(&self) -> bool {
+        self.kind == ErrorKind::Closed
+    }
+
+    /// Another call is using the connection.
+    pub fn is_busy(&self) -> bool {
+        self.kind == ErrorKind::Busy
+    }
+
+    /// The server refused authentication (SQLSTATE class 28).
+    pub fn is_auth(&self) -> bool {
+        self.kind == ErrorKind::Auth
+    }
+
+    /// The server sent it (an `ErrorResponse`, SQLSTATE kept).
+    pub fn is_server(&self) -> bool {
+        self.sqlstate.is_some()
+    }
+
+    /// After a query failed with this error, whether the session can run the
+    /// next one: yes after a server error (the exchange ended with
+    /// ReadyForQuery) or a query refused before sending; no after an I/O or
+    /// protocol failure midway, a timeout, or anything that closed it.
+    pub fn leaves_session_usable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Db | ErrorKind::Auth | ErrorKind::Config)
     }
 
     /// The message, without any secret.
@@ -172,7 +227,11 @@ impl fmt::Debug for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Renders an error and its `source()` chain as one line, `a: b: c`,
 /// skipping links that repeat the previous text.
@@ -216,6 +275,19 @@ mod tests {
     #[test]
     fn one_line_folds_lines() {
         assert_eq!(one_line("no credentials. Attempted:\n  Environment: not set\n\n  Profile: none"), "no credentials. Attempted:; Environment: not set; Profile: none");
+    }
+
+    #[test]
+    fn predicates_and_the_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = Error::new(ErrorKind::Io, "reading the result failed: reset by peer").with_source(io);
+        assert!(!e.leaves_session_usable() && !e.is_timeout() && !e.is_server());
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()), Some("reset by peer".into()));
+        let db = Error::db("division by zero", "22012");
+        assert!(db.is_server() && db.leaves_session_usable() && !db.is_auth());
+        assert!(Error::new(ErrorKind::Timeout, "timeout").is_timeout());
+        assert!(Error::closed().is_closed() && Error::busy().is_busy());
+        assert!(Error::db("PAM authentication failed", "28000").with_kind(ErrorKind::Auth).is_auth());
     }
 
     #[test]

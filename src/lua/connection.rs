@@ -47,7 +47,7 @@ impl UserData for LuaConnection {
                 Ok(done) => this.0.finish_query(done),
                 Err(e) => {
                     this.0.abandon_query();
-                    Err(QueryFailure { error: e, partial: Vec::new(), usable: false })
+                    Err(QueryFailure { error: e, partial: Vec::new() })
                 }
             };
             outcome_values(lua, outcome, this.0.take_messages())

@@ -57,15 +57,14 @@ impl Statement {
 pub type QueryOutput = Vec<Statement>;
 
 /// A failed query: the error, and the results of the statements before it.
+/// Whether the session can go on is the error's to say
+/// ([`Error::leaves_session_usable`]).
 #[derive(Debug)]
 pub struct QueryFailure {
     /// What failed.
     pub error: Error,
     /// Results of the statements that completed before the failure.
     pub partial: QueryOutput,
-    /// Whether the connection can still be used (a server error) or not
-    /// (I/O or protocol failure mid-exchange).
-    pub usable: bool,
 }
 
 impl Connection {
@@ -75,20 +74,21 @@ impl Connection {
     /// session's encoding is the server's to refuse (SQLSTATE 22021), as it
     /// would be with any other client.
     pub async fn query(&mut self, sql: &[u8]) -> Result<QueryOutput, QueryFailure> {
-        let broken = |error: Error, partial: QueryOutput| QueryFailure { error, partial, usable: false };
+        let broken = |error: Error, partial: QueryOutput| QueryFailure { error, partial };
         if sql.contains(&0) {
-            return Err(QueryFailure { error: Error::config("query must not contain a zero byte"), partial: Vec::new(), usable: true });
+            return Err(QueryFailure { error: Error::config("query must not contain a zero byte"), partial: Vec::new() });
         }
         // Query: 'Q', length (self included), the text, a terminating zero.
         let Ok(len) = i32::try_from(sql.len() + 5) else {
-            return Err(QueryFailure { error: Error::config("query is too long"), partial: Vec::new(), usable: true });
+            return Err(QueryFailure { error: Error::config("query is too long"), partial: Vec::new() });
         };
         self.buf.put_u8(b'Q');
         self.buf.put_i32(len);
         self.buf.put_slice(sql);
         self.buf.put_u8(0);
         if let Err(e) = self.stream.send(&mut self.buf).await {
-            return Err(broken(Error::new(ErrorKind::Io, format!("sending the query failed: {e}")), Vec::new()));
+            let text = format!("sending the query failed: {e}");
+            return Err(broken(Error::new(ErrorKind::Io, text).with_source(e), Vec::new()));
         }
         let mut done: QueryOutput = Vec::new();
         let mut current: Option<Statement> = None;
@@ -96,7 +96,10 @@ impl Connection {
         loop {
             let message = match self.stream.recv().await {
                 Ok(m) => m,
-                Err(e) => return Err(broken(Error::new(ErrorKind::Io, format!("reading the result failed: {e}")), done)),
+                Err(e) => {
+                    let text = format!("reading the result failed: {e}");
+                    return Err(broken(Error::new(ErrorKind::Io, text).with_source(e), done));
+                }
             };
             match message {
                 Message::RowDescription(body) => {
@@ -143,7 +146,7 @@ impl Connection {
             }
         }
         match failure {
-            Some(error) => Err(QueryFailure { error, partial: done, usable: true }),
+            Some(error) => Err(QueryFailure { error, partial: done }),
             None => Ok(done),
         }
     }

@@ -177,7 +177,7 @@ async fn scram_exchange(stream: &mut MessageStream, buf: &mut BytesMut, password
 
 /// RDS answers a bad token with a bare PAM failure; say what usually causes it.
 fn with_iam_hint(e: Error) -> Error {
-    if e.kind() != ErrorKind::Auth {
+    if !e.is_auth() {
         return e;
     }
     let message = format!(
@@ -201,7 +201,8 @@ fn io_text(e: &io::Error) -> String {
 }
 
 fn io_error(doing: &str, e: &io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("connection failed while {doing}: {}", io_text(e)))
+    let cause = io::Error::new(e.kind(), e.to_string());
+    Error::new(ErrorKind::Io, format!("connection failed while {doing}: {}", io_text(e))).with_source(cause)
 }
 
 fn auth_error(e: &io::Error) -> Error {
