@@ -94,3 +94,42 @@ describe("token() through the LuaJIT FFI", function()
     assert.is_true(res.errors > 100, out)
   end)
 end)
+
+describe("the cross-language contract of src/lua/ffi.rs", function()
+  local rds = require "kong_rds_iam"
+  local ffi = require "ffi"
+  local contract = rds._contract
+
+  it("lays the C structs out in LuaJIT as Rust does", function()
+    pcall(ffi.cdef, contract.cdef)
+    local layout = contract.layout
+    assert.same({
+      ffi.sizeof("kong_rds_iam_value_v1"),
+      ffi.offsetof("kong_rds_iam_value_v1", "kind"),
+      ffi.offsetof("kong_rds_iam_value_v1", "number"),
+      ffi.offsetof("kong_rds_iam_value_v1", "ptr"),
+      ffi.offsetof("kong_rds_iam_value_v1", "len"),
+      ffi.sizeof("kong_rds_iam_result_v1"),
+    }, layout)
+  end)
+
+  it("numbers every Lua type, both sides and every result distinctly", function()
+    local seen = {}
+    for _, t in ipairs { "nil", "boolean", "number", "string", "table", "function", "thread", "userdata", "other" } do
+      local n = contract.kinds[t]
+      assert.is_number(n, t)
+      assert.is_nil(seen[n], "kind number used twice: " .. tostring(n))
+      seen[n] = t
+    end
+    assert.equal(0, contract.kinds["nil"]) -- zeroed slots read as nil
+    assert.not_equal(contract.sides.rw, contract.sides.ro)
+    -- defer is a flag added to a side: it must not collide with either
+    assert.equal(0, bit.band(contract.sides.defer, contract.sides.ro))
+    local results = {}
+    for _, name in ipairs { "too_small", "error", "token", "fetching" } do
+      assert.is_number(contract.results[name], name)
+      assert.is_nil(results[contract.results[name]], name)
+      results[contract.results[name]] = name
+    end
+  end)
+end)

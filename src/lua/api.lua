@@ -20,6 +20,8 @@ local M = {
   version = core.version,
   -- SQL NULL and JSON null: the NULL light userdata, equal to ngx.null and cjson.null.
   null = core.null,
+  -- src/lua/ffi.rs's cross-language contract, for the spec that checks it.
+  _contract = core.contract,
   -- The wake cosocket times out this long after the job's own bound (a
   -- safety net: Rust enforces pg_timeout). Tests lower it to exercise a
   -- waiter that goes away.
@@ -109,7 +111,7 @@ local token_epoch = core.token_epoch
 local no_keys = {}
 -- LuaJIT: the same call through the FFI, several times cheaper (nil on PUC Lua).
 local ffi_token = core.ffi_token
-local SIDE = { rw = 0, ro = 1 }
+local SIDE = { rw = core.contract.sides.rw, ro = core.contract.sides.ro } -- src/lua/ffi.rs
 local memo = setmetatable({}, { __mode = "k" })
 
 local function unchanged(conf, keys, values)

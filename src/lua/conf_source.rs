@@ -28,11 +28,12 @@ pub struct LuaValues {
     pub values: Table,
 }
 
-impl ConfSource for LuaValues {
-    fn get(&self, key: &str) -> Option<RawValue> {
-        // A name outside the list reads as unset; conf.rs's tests hold the
-        // parser to the list.
-        let i = key::token_index(self.side, key)?;
+impl crate::ffi::Positional for LuaValues {
+    fn len(&self) -> usize {
+        key::token_names(self.side).len()
+    }
+
+    fn value(&self, i: usize) -> Option<RawValue> {
         match self.values.raw_get::<Value>(i + 1) {
             Ok(value) => raw_value(value),
             Err(_) => Some(RawValue::Other("value")),

@@ -1,4 +1,4 @@
--- token() through the LuaJIT FFI: calls kong_rds_iam_token (src/ffi_token.rs)
+-- token() through the LuaJIT FFI: calls kong_rds_iam_token (src/lua/ffi.rs)
 -- with the conf values as C data instead of going through an mlua callback.
 -- Returns `issue(values, n, side)`, or nil where there is no FFI (PUC Lua)
 -- or the library cannot be opened by its path; api.lua then uses core.token.
@@ -10,13 +10,9 @@ if not ok then return nil end
 
 -- Declared once per Lua state: loading the module again (package.loaded
 -- cleared) finds them declared, which is fine.
-pcall(ffi.cdef, [[
-typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rds_iam_value_v1;
-typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;
-int kong_rds_iam_token(int side, const kong_rds_iam_value_v1 *values, size_t n,
-                       char *out, size_t cap, kong_rds_iam_result_v1 *result);
-extern const int32_t kong_rds_iam_token_epoch;
-]])
+-- The declarations and numbers are src/lua/ffi.rs's contract, defined there once.
+local contract = core.contract
+pcall(ffi.cdef, contract.cdef)
 local lib
 ok, lib = pcall(ffi.load, core.library_path)
 if not ok then return nil end
@@ -33,9 +29,10 @@ if epoch_ok then
 end
 local null = core.null
 
--- The kinds src/ffi_token.rs knows (nil is 0).
-local BOOLEAN, NUMBER, STRING = 1, 2, 3
-local OTHER = { table = 4, ["function"] = 5, thread = 6, userdata = 7 }
+local KINDS = contract.kinds
+local NIL, BOOLEAN, NUMBER, STRING, OTHER_KIND = KINDS["nil"], KINDS.boolean, KINDS.number, KINDS.string, KINDS.other
+local OTHER = { table = KINDS.table, ["function"] = KINDS["function"], thread = KINDS.thread, userdata = KINDS.userdata }
+local R = contract.results
 
 -- One set of buffers per Lua state: a call runs to completion without
 -- yielding, so calls never overlap.
@@ -51,7 +48,7 @@ local out = ffi_new("char[?]", cap)
 --- stay referenced during the call (the C side reads their bytes in place).
 --- With `defer`, credentials that must be fetched come back as the job of
 --- that fetch (wait for it, then call again) instead of blocking.
-local DEFER = 2 -- SIDE_DEFER in src/ffi_token.rs
+local DEFER = contract.sides.defer
 local match = string.match
 return function(values, n, side, defer)
   if n > MAX_VALUES then return nil, "internal error: too many token values" end
@@ -63,29 +60,29 @@ return function(values, n, side, defer)
     elseif t == "number" then
       slot.kind, slot.number = NUMBER, v
     elseif t == "nil" then
-      slot.kind = 0
+      slot.kind = NIL
     elseif t == "boolean" then
       slot.kind, slot.number = BOOLEAN, v and 1 or 0
     elseif t == "userdata" and v == null then
-      slot.kind = 0
+      slot.kind = NIL
     else
-      slot.kind = OTHER[t] or 8
+      slot.kind = OTHER[t] or OTHER_KIND
     end
   end
   if defer then side = side + DEFER end
   local status = token_c(side, values_c, n, out, cap, result)
-  if status == -1 then
+  if status == R.too_small then
     cap = tonumber(result[0].len) + 1
     out = ffi_new("char[?]", cap)
     status = token_c(side, values_c, n, out, cap, result)
   end
   local len = tonumber(result[0].len)
-  if status == 1 then
+  if status == R.token then
     return ffi_string(out, len), nil, result[0].expires_at, result[0].valid_until
   end
-  if status == 2 then
+  if status == R.fetching then
     local job, wait_ms = match(ffi_string(out, len), "^(%d+) (%d+)$")
     return nil, nil, nil, nil, tonumber(job), tonumber(wait_ms)
   end
-  return nil, status == 0 and ffi_string(out, len) or "internal error: token buffer"
+  return nil, status == R.error and ffi_string(out, len) or "internal error: token buffer"
 end

@@ -10,7 +10,6 @@
 mod conf_source;
 mod connection;
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -43,6 +42,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("token_keys", token_keys(lua)?)?;
+    core.set("contract", contract(lua)?)?;
     // The non-blocking path (api.lua's wait): see src/io_thread.rs.
     core.set("yield_enabled", snapshot.yield_enabled())?;
     core.set("wake_address", lua.create_function(lua_wake_address)?)?;
@@ -61,7 +61,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     if let Some(isyieldable) = isyieldable_function(lua)? {
         core.set("isyieldable", isyieldable)?;
     }
-    // LuaJIT's FFI route to token() (nil elsewhere): see src/ffi_token.rs.
+    // LuaJIT's FFI route to token() (nil elsewhere): see src/lua/ffi.rs.
     let ffi_token: Value = lua.load(include_str!("ffi_token.lua")).set_name("=kong_rds_iam.ffi_token").call(&core)?;
     core.set("ffi_token", ffi_token)?;
     lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
@@ -76,6 +76,32 @@ fn token_keys(lua: &Lua) -> LuaResult<Table> {
         sides.set(side.as_str(), lua.create_sequence_from(key::token_names(side).iter().copied())?)?;
     }
     Ok(sides)
+}
+
+/// `core.contract`: the numbers and C declarations of `src/lua/ffi.rs`'s
+/// contract, so that ffi_token.lua and api.lua use them instead of literals.
+fn contract(lua: &Lua) -> LuaResult<Table> {
+    use crate::ffi::contract as c;
+    let t = lua.create_table()?;
+    let kinds = lua.create_table()?;
+    for (name, n) in c::KINDS {
+        kinds.set(*name, *n)?;
+    }
+    t.set("kinds", kinds)?;
+    let sides = lua.create_table()?;
+    sides.set("rw", c::SIDE_RW)?;
+    sides.set("ro", c::SIDE_RO)?;
+    sides.set("defer", c::SIDE_DEFER)?;
+    t.set("sides", sides)?;
+    let results = lua.create_table()?;
+    results.set("too_small", c::RESULT_TOO_SMALL)?;
+    results.set("error", c::RESULT_ERROR)?;
+    results.set("token", c::RESULT_TOKEN)?;
+    results.set("fetching", c::RESULT_FETCHING)?;
+    t.set("results", results)?;
+    t.set("cdef", c::CDEF)?;
+    t.set("layout", lua.create_sequence_from(crate::ffi::layout())?)?;
+    Ok(t)
 }
 
 /// `nil, message[, sqlstate]`: how every runtime failure reaches Lua.
@@ -98,14 +124,14 @@ fn side(mode: Option<mlua::LuaString>) -> Result<Side, Error> {
 /// is not part of the public API). With `defer`, credentials that must be
 /// fetched come back as a job to wait for (then ask again).
 fn lua_token(lua: &Lua, (values, mode, defer): (Table, Option<mlua::LuaString>, Option<bool>)) -> LuaResult<TokenResult> {
+    use crate::ffi::contract::{SIDE_DEFER, SIDE_RO, SIDE_RW};
     let issued = guarded(|| {
         let side = side(mode)?;
-        let endpoint: Cow<'_, Endpoint> = Cow::Owned(Endpoint::parse(&LuaValues { side, values }, side)?);
-        let timeout = endpoint.timeout;
-        match defer {
-            Some(true) => token::issue_or_fetch(endpoint).map(|i| (i, timeout)),
-            _ => token::issue(endpoint).map(|t| (Issued::Token(t), timeout)),
-        }
+        let code = match side {
+            Side::ReadWrite => SIDE_RW,
+            Side::ReadOnly => SIDE_RO,
+        } + if defer == Some(true) { SIDE_DEFER } else { 0 };
+        crate::ffi::issue(code, &LuaValues { side, values })
     });
     // A tuple goes onto the Lua stack as is (no MultiValue in between).
     Ok(match issued {

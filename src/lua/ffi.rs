@@ -1,5 +1,11 @@
-//! `token()` over the LuaJIT FFI: the same work as `core.token`, without the
-//! Lua C API in between.
+//! `token()`'s one entry, and its door for the LuaJIT FFI.
+//!
+//! Both doors, `core.token` (mlua, PUC Lua) and `kong_rds_iam_token` (the
+//! FFI, LuaJIT), hand [`issue`] the same positional values: the conf's
+//! values for [`key::token_names`] of a side, read once by api.lua. The
+//! cross-language contract (value kinds, side and result numbers, the C
+//! structs) is defined once, in [`contract`], handed to Lua as
+//! `core.contract`, and checked against LuaJIT's view by a spec.
 //!
 //! Part of the Lua binding, but plain Rust (it knows the C ABI, not mlua),
 //! so it is built and unit-tested with or without a Lua feature.
@@ -17,12 +23,133 @@
 
 use std::borrow::Cow;
 use std::ffi::c_int;
+use std::time::Duration;
 
 use crate::conf::{key, ConfSource, Endpoint, RawValue, Side};
-use crate::error::{guarded, Error};
+use crate::error::{guarded, Error, Result};
 use crate::token::{self, Issued};
 
-/// One conf value (the `kong_rds_iam_value` C struct in `ffi_token.lua`).
+/// The numbers and C declarations both languages use, defined once.
+pub mod contract {
+    use std::ffi::c_int;
+
+    /// A value's Lua type, as `FfiValue::kind` carries it.
+    pub const KIND_NIL: c_int = 0;
+    /// `boolean` (`number` is 1 or 0).
+    pub const KIND_BOOLEAN: c_int = 1;
+    /// `number`.
+    pub const KIND_NUMBER: c_int = 2;
+    /// `string` (`ptr`, `len`).
+    pub const KIND_STRING: c_int = 3;
+    /// `table`.
+    pub const KIND_TABLE: c_int = 4;
+    /// `function`.
+    pub const KIND_FUNCTION: c_int = 5;
+    /// `thread`.
+    pub const KIND_THREAD: c_int = 6;
+    /// `userdata` (other than the NULL sentinel, which is nil).
+    pub const KIND_USERDATA: c_int = 7;
+    /// Any other value.
+    pub const KIND_OTHER: c_int = 8;
+
+    /// The kinds by Lua type name, for `core.contract.kinds`.
+    pub const KINDS: &[(&str, c_int)] = &[
+        ("nil", KIND_NIL),
+        ("boolean", KIND_BOOLEAN),
+        ("number", KIND_NUMBER),
+        ("string", KIND_STRING),
+        ("table", KIND_TABLE),
+        ("function", KIND_FUNCTION),
+        ("thread", KIND_THREAD),
+        ("userdata", KIND_USERDATA),
+        ("other", KIND_OTHER),
+    ];
+
+    /// The read-write side (`pg_*`).
+    pub const SIDE_RW: c_int = 0;
+    /// The read-only side (`pg_ro_*`, falling back to `pg_*`).
+    pub const SIDE_RO: c_int = 1;
+    /// Added to a side: the caller can wait for a fetch job instead of blocking.
+    pub const SIDE_DEFER: c_int = 2;
+
+    /// The token did not fit in `out`: `result.len` says how much is needed.
+    pub const RESULT_TOO_SMALL: c_int = -1;
+    /// A runtime failure: `out` holds the message.
+    pub const RESULT_ERROR: c_int = 0;
+    /// `out` holds the token.
+    pub const RESULT_TOKEN: c_int = 1;
+    /// Credentials must be fetched first: `out` holds `"<job> <wait_ms>"`.
+    pub const RESULT_FETCHING: c_int = 2;
+
+    /// The C declarations of this ABI, for `ffi.cdef`.
+    pub const CDEF: &str = "\
+typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rds_iam_value_v1;
+typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;
+int kong_rds_iam_token(int side, const kong_rds_iam_value_v1 *values, size_t n,
+                       char *out, size_t cap, kong_rds_iam_result_v1 *result);
+extern const int32_t kong_rds_iam_token_epoch;
+";
+}
+
+use contract::*;
+
+/// The values of [`key::token_names`] of a side, by position.
+pub trait Positional {
+    /// The value at `i`, `None` when unset.
+    fn value(&self, i: usize) -> Option<RawValue>;
+    /// How many values there are.
+    fn len(&self) -> usize;
+}
+
+/// The one entry behind both doors: parses the endpoint from the positional
+/// `values` for `side` (a [`contract`] side number, maybe plus
+/// [`SIDE_DEFER`]) and issues its token, or, deferring, names the credential
+/// fetch to wait for. The timeout is the conf's `pg_timeout`, for that wait.
+pub fn issue(side: c_int, values: &dyn Positional) -> Result<(Issued, Duration)> {
+    let defer = side & SIDE_DEFER != 0;
+    let side = if side & SIDE_RO != 0 { Side::ReadOnly } else { Side::ReadWrite };
+    if values.len() != key::token_names(side).len() {
+        return Err(Error::new(crate::error::ErrorKind::Runtime, "internal error: token values do not match the token keys"));
+    }
+    let endpoint: Cow<'_, Endpoint> = Cow::Owned(Endpoint::parse(&ByPosition { side, values }, side)?);
+    let timeout = endpoint.timeout;
+    if defer {
+        token::issue_or_fetch(endpoint).map(|i| (i, timeout))
+    } else {
+        token::issue(endpoint).map(|t| (Issued::Token(t), timeout))
+    }
+}
+
+/// Positional values seen as a [`ConfSource`] by name.
+struct ByPosition<'a> {
+    side: Side,
+    values: &'a dyn Positional,
+}
+
+impl ConfSource for ByPosition<'_> {
+    fn get(&self, name: &str) -> Option<RawValue> {
+        // A name outside the list reads as unset; conf's tests hold the
+        // parser to the list.
+        self.values.value(key::token_index(self.side, name)?)
+    }
+}
+
+/// `[sizeof value, offsetof kind, number, ptr, len, sizeof result]`, as Rust
+/// lays the structs out: `core.contract.layout`, compared with LuaJIT's
+/// `ffi.sizeof`/`ffi.offsetof` of [`contract::CDEF`] by a spec.
+pub fn layout() -> [usize; 6] {
+    use std::mem::{offset_of, size_of};
+    [
+        size_of::<FfiValue>(),
+        offset_of!(FfiValue, kind),
+        offset_of!(FfiValue, number),
+        offset_of!(FfiValue, ptr),
+        offset_of!(FfiValue, len),
+        size_of::<FfiResult>(),
+    ]
+}
+
+/// One conf value (the `kong_rds_iam_value_v1` C struct of [`contract::CDEF`]).
 #[repr(C)]
 pub struct FfiValue {
     /// One of the `KIND_*` constants.
@@ -35,14 +162,6 @@ pub struct FfiValue {
     len: usize,
 }
 
-const KIND_NIL: c_int = 0;
-const KIND_BOOLEAN: c_int = 1;
-const KIND_NUMBER: c_int = 2;
-const KIND_STRING: c_int = 3;
-const KIND_TABLE: c_int = 4;
-const KIND_FUNCTION: c_int = 5;
-const KIND_THREAD: c_int = 6;
-const KIND_USERDATA: c_int = 7;
 
 /// What a call produced, besides the bytes written to `out`.
 #[repr(C)]
@@ -56,18 +175,6 @@ pub struct FfiResult {
     valid_until: f64,
 }
 
-/// The token did not fit in `out`: `result.len` says how much is needed.
-const RESULT_TOO_SMALL: c_int = -1;
-/// A runtime failure: `out` holds the message.
-const RESULT_ERROR: c_int = 0;
-/// `out` holds the token.
-const RESULT_TOKEN: c_int = 1;
-/// Credentials must be fetched first: `out` holds `"<job> <wait_ms>"`, the
-/// fetch to wait for (see `crate::jobs`); then call again.
-const RESULT_FETCHING: c_int = 2;
-
-/// Added to `side`: the caller can wait for a fetch job instead of blocking.
-const SIDE_DEFER: c_int = 2;
 
 /// Issues the token for `values` (the conf's values for
 /// [`key::token_names`] of `side`: 0 read-write, 1 read-only, in order;
@@ -90,23 +197,10 @@ pub unsafe extern "C" fn kong_rds_iam_token(
     if values.is_null() || out.is_null() || result.is_null() {
         return RESULT_ERROR;
     }
-    let defer = side & SIDE_DEFER != 0;
-    let side = if side & 1 == 1 { Side::ReadOnly } else { Side::ReadWrite };
     // SAFETY: the caller's contract (non-null was checked above).
     let (values, out, result) =
         unsafe { (std::slice::from_raw_parts(values, n), std::slice::from_raw_parts_mut(out, cap), &mut *result) };
-    if values.len() != key::token_names(side).len() {
-        return write(out, result, b"internal error: token values do not match the token keys", RESULT_ERROR);
-    }
-    let issued = guarded(|| {
-        let endpoint: Cow<'_, Endpoint> = Cow::Owned(Endpoint::parse(&FfiValues { side, values }, side)?);
-        let timeout = endpoint.timeout;
-        if defer {
-            token::issue_or_fetch(endpoint).map(|i| (i, timeout))
-        } else {
-            token::issue(endpoint).map(|t| (Issued::Token(t), timeout))
-        }
-    });
+    let issued = guarded(|| issue(side, &FfiValues(values)));
     match issued {
         Ok((Issued::Fetching(job), timeout)) => {
             result.expires_at = 0.0;
@@ -140,16 +234,16 @@ fn write(out: &mut [u8], result: &mut FfiResult, bytes: &[u8], status: c_int) ->
     }
 }
 
-/// The values as a [`ConfSource`]: `values[i]` is the value of `key::token_names(side)[i]`.
-struct FfiValues<'a> {
-    side: Side,
-    values: &'a [FfiValue],
-}
+/// The C values by position: `values[i]` is the value of `key::token_names(side)[i]`.
+struct FfiValues<'a>(&'a [FfiValue]);
 
-impl ConfSource for FfiValues<'_> {
-    fn get(&self, key: &str) -> Option<RawValue> {
-        let i = key::token_index(self.side, key)?;
-        let v = self.values.get(i)?;
+impl Positional for FfiValues<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn value(&self, i: usize) -> Option<RawValue> {
+        let v = self.0.get(i)?;
         Some(match v.kind {
             KIND_NIL => return None,
             KIND_BOOLEAN => RawValue::Bool(v.number != 0.0),
@@ -192,7 +286,7 @@ mod tests {
         values[1] = FfiValue { kind: KIND_NUMBER, number: 6432.0, ptr: std::ptr::null(), len: 0 };
         values[2] = FfiValue { kind: KIND_BOOLEAN, number: 1.0, ptr: std::ptr::null(), len: 0 };
         values[3] = FfiValue { kind: KIND_STRING, number: 0.0, ptr: b"\xff".as_ptr(), len: 1 };
-        let src = FfiValues { side: Side::ReadWrite, values: &values };
+        let src = ByPosition { side: Side::ReadWrite, values: &FfiValues(&values) };
         assert_eq!(src.get("pg_host"), Some(RawValue::Str("db.example".into())));
         assert_eq!(src.get("pg_port"), Some(RawValue::Int(6432)));
         assert_eq!(src.get("pg_user"), Some(RawValue::Bool(true)));
@@ -219,5 +313,19 @@ mod tests {
         let status = unsafe { kong_rds_iam_token(0, values.as_ptr(), 2, out.as_mut_ptr(), out.len(), &mut result) };
         assert_eq!(status, RESULT_ERROR);
         assert!(std::str::from_utf8(&out[..result.len]).unwrap().starts_with("internal error"));
+    }
+
+    /// The layout ffi.cdef declares in [`contract::CDEF`] is the one Rust
+    /// uses; spec/ffi_route_spec.lua checks LuaJIT's side of it.
+    #[test]
+    fn the_c_structs_match_their_declaration() {
+        use std::mem::{offset_of, size_of};
+        assert!(CDEF.contains("typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rds_iam_value_v1;"));
+        assert_eq!((offset_of!(FfiValue, kind), offset_of!(FfiValue, number), offset_of!(FfiValue, ptr), offset_of!(FfiValue, len)), (0, 8, 16, 24));
+        assert_eq!(size_of::<FfiValue>(), 32);
+        assert!(CDEF.contains("typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;"));
+        assert_eq!((offset_of!(FfiResult, len), offset_of!(FfiResult, expires_at), offset_of!(FfiResult, valid_until)), (0, 8, 16));
+        assert_eq!(size_of::<FfiResult>(), 24);
+        assert_eq!(layout(), [32, 0, 8, 16, 24, 24]);
     }
 }
