@@ -39,6 +39,9 @@ pub struct Handle {
     last_session: pg::escape::Session,
 }
 
+// The connection is held inline: a handle is made once per connection and
+// moved rarely, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Open(pg::Connection),
     /// A query job owns the connection.
@@ -262,7 +265,9 @@ impl Handle {
             let outcome = match jobs::first(tokio::time::timeout(timeout, conn.wait_for_notification()), abandon.raised()).await {
                 First::Left(Ok(Ok(n))) => Ok(n),
                 First::Left(Ok(Err(e))) => return (None, Err(e)),
-                First::Left(Err(_)) => Err(Error::new(ErrorKind::Timeout, format!("timeout: no notification within {} ms", timeout.as_millis()))),
+                First::Left(Err(_)) => {
+                    Err(Error::new(ErrorKind::Timeout, format!("timeout: no notification within {} ms", timeout.as_millis())))
+                }
                 First::Right(()) => return (None, Err(Error::closed())),
             };
             (Some(conn), outcome)
@@ -432,12 +437,7 @@ fn failure(error: Error) -> QueryFailure {
 fn connect_timeout(conf: &ConnectConf) -> Error {
     Error::new(
         ErrorKind::Timeout,
-        format!(
-            "timeout: no connection to {}:{} within {} ms",
-            conf.endpoint.host,
-            conf.endpoint.port,
-            conf.endpoint.timeout.as_millis()
-        ),
+        format!("timeout: no connection to {}:{} within {} ms", conf.endpoint.host, conf.endpoint.port, conf.endpoint.timeout.as_millis()),
     )
 }
 

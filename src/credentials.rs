@@ -20,8 +20,8 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_types::os_shim_internal::Fs;
-use aws_types::sdk_config::SharedHttpClient;
 use aws_types::region::Region;
+use aws_types::sdk_config::SharedHttpClient;
 
 use crate::conf::AssumeRole;
 use crate::env_snapshot::{self, Snapshot};
@@ -345,8 +345,7 @@ impl ProcessCredentials {
 fn http_client(proxy: ProxyConfig) -> SharedHttpClient {
     use aws_smithy_http_client::{tls, Builder, ConnectorBuilder};
     Builder::new().build_with_connector_fn(move |settings, components| {
-        let mut connector =
-            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
         connector.set_connector_settings(settings.cloned());
         if let Some(components) = components {
             connector.set_sleep_impl(components.sleep_impl());

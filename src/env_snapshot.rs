@@ -26,8 +26,7 @@ static FROZEN: OnceCell<Snapshot> = OnceCell::new();
 const OWN_PREFIX: &str = "KONG_RDS_IAM_";
 
 /// Proxy variables, in both spellings.
-const PROXY_VARS: &[&str] =
-    &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+const PROXY_VARS: &[&str] = &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
 
 /// Takes the snapshot if it was not taken yet; later calls change nothing.
 pub fn freeze() -> &'static Snapshot {
@@ -89,9 +88,7 @@ impl Snapshot {
             "profile"
         } else if self.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
             "web_identity"
-        } else if self.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
-            || self.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
-        {
+        } else if self.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() || self.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some() {
             "ecs"
         } else if self.var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             "default chain"

@@ -257,8 +257,7 @@ pub fn one_line(text: &str) -> String {
 /// Runs `f`, turning a panic (a bug) into an error, so that a caller in Lua
 /// still gets `nil, err` and no unwind crosses into C.
 pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(Error::internal()))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::internal()))
 }
 
 #[cfg(test)]
@@ -274,7 +273,10 @@ mod tests {
 
     #[test]
     fn one_line_folds_lines() {
-        assert_eq!(one_line("no credentials. Attempted:\n  Environment: not set\n\n  Profile: none"), "no credentials. Attempted:; Environment: not set; Profile: none");
+        assert_eq!(
+            one_line("no credentials. Attempted:\n  Environment: not set\n\n  Profile: none"),
+            "no credentials. Attempted:; Environment: not set; Profile: none"
+        );
     }
 
     #[test]

@@ -75,8 +75,8 @@ fn start(prefix: Option<&Path>) -> Result<IoThread> {
     sweep_stale(&dir, pid);
     let path = dir.join(format!("kong_rds_iam.{pid}.sock"));
     let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| io_error(format!("cannot listen on {}: {e}", path.display())))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(&path).map_err(|e| io_error(format!("cannot listen on {}: {e}", path.display())))?;
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     remove_at_exit(pid, &path, temporary.then_some(dir.as_path()));
     listener.set_nonblocking(true).map_err(|e| io_error(format!("cannot set up the wake socket: {e}")))?;

@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn a_panicked_job_reads_as_an_internal_error() {
         let id = submit(|_| async {}).unwrap();
-        let _ = start(id).unwrap();
+        drop(start(id).unwrap());
         assert!(finish(id, Box::new(Panicked)));
         assert!(take::<()>(id).unwrap_err().message().starts_with("internal error"));
     }

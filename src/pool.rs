@@ -157,7 +157,8 @@ impl Lease {
     }
 }
 
-/// What [`checkout`] found.
+/// What [`checkout`] found (moved once: the idle connection stays inline).
+#[allow(clippy::large_enum_variant)]
 pub enum Checkout {
     /// An idle connection, alive when checked.
     Reuse(Idle, Lease),
@@ -170,6 +171,7 @@ pub enum Checkout {
 /// caller cannot, since only its own frozen worker could free one) up to
 /// `timeout` for one to come back.
 pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Duration) -> Result<Checkout> {
+    #[allow(clippy::large_enum_variant)]
     enum Step {
         Reuse(Idle),
         Open,
@@ -234,7 +236,14 @@ pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Durati
 /// in a transaction or holds unread input is closed instead (an error says
 /// why); so is one past `retire_at` (that is not an error). Past `size`
 /// idle connections, the one idle longest is closed.
-pub async fn put_back(lease: Lease, conn: pg::Connection, reused: u32, retire_at: Option<Instant>, max_idle: Duration, size: usize) -> Result<()> {
+pub async fn put_back(
+    lease: Lease,
+    conn: pg::Connection,
+    reused: u32,
+    retire_at: Option<Instant>,
+    max_idle: Duration,
+    size: usize,
+) -> Result<()> {
     let now = Instant::now();
     if !conn.is_idle() {
         close_all(vec![Idle { conn, reused, retire_at, idle_until: None }]).await;

@@ -58,8 +58,8 @@ fn build(tls: &TlsConf) -> Result<ClientConfig> {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| tls_error(format!("could not read client certificate {}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| tls_error(format!("could not read client key {}: {e}", key.display())))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error(format!("could not read client key {}: {e}", key.display())))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| tls_error(format!("client certificate: {e}")))
         }
     }

@@ -178,9 +178,10 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
     let fingerprint = wanted.fingerprint();
     let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(TokenCache::default())))?;
     let now = SystemTime::now();
-    let hit = cache.lock().ok().and_then(|c| {
-        c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone())
-    });
+    let hit = cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone()));
     if let Some(token) = hit {
         return Ok(token);
     }
@@ -212,8 +213,6 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
     Ok(token)
 }
 
-
-
 /// Drops every cached token for `endpoint`'s host, port and user (a server
 /// refused one), here and, through [`epoch`], in api.lua's memo.
 pub fn forget(endpoint: &Endpoint) {
@@ -239,5 +238,3 @@ use kong_rds_iam_token_epoch as EPOCH;
 pub fn epoch() -> i32 {
     EPOCH.load(std::sync::atomic::Ordering::Acquire)
 }
-
-

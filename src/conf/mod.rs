@@ -174,5 +174,3 @@ impl std::fmt::Debug for ConnectConf {
 
 /// Kong's default `pg_iam_auth_role_session_name`.
 pub const DEFAULT_SESSION_NAME: &str = "KongPostgres";
-
-

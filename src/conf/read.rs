@@ -78,9 +78,7 @@ impl<'a> Reader<'a> {
             Some((name, v)) => match optional_string(name, v, false)? {
                 None => None,
                 Some(r) if region::is_valid(&r) => Some(r),
-                Some(r) => {
-                    return Err(Error::config(format!("{name} must be an AWS region like us-east-1, got {}", quote(&r))))
-                }
+                Some(r) => return Err(Error::config(format!("{name} must be an AWS region like us-east-1, got {}", quote(&r)))),
             },
         };
         let assume_role = match self.optional_string(key::ASSUME_ROLE_ARN)? {
@@ -109,14 +107,7 @@ impl<'a> Reader<'a> {
         };
         let mut host = host;
         host.make_ascii_lowercase();
-        Ok(Endpoint {
-            host,
-            port,
-            user,
-            region,
-            assume_role,
-            timeout: Duration::from_millis(timeout_ms as u64),
-        })
+        Ok(Endpoint { host, port, user, region, assume_role, timeout: Duration::from_millis(timeout_ms as u64) })
     }
 
     /// IAM for this side: `pg_iam_auth`, or for read-only also `pg_ro_iam_auth`.
@@ -150,9 +141,7 @@ impl<'a> Reader<'a> {
                 RawValue::Str(s) if s == "tlsv1_2" => TlsVersion::Tls12,
                 RawValue::Str(s) if s == "tlsv1_3" => TlsVersion::Tls13,
                 RawValue::Str(s) if s == "any" => TlsVersion::Any,
-                other => {
-                    return Err(Error::config(format!("{name} must be one of tlsv1_2, tlsv1_3, any, got {}", show(&other))))
-                }
+                other => return Err(Error::config(format!("{name} must be one of tlsv1_2, tlsv1_3, any, got {}", show(&other)))),
             },
         };
         let cert = self.optional_string(key::SSL_CERT)?;
@@ -233,24 +222,17 @@ impl<'a> Reader<'a> {
             Some(RawValue::Str(s)) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
             Some(RawValue::List(l)) => l.into_iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
             Some(other) => {
-                return Err(Error::config(format!(
-                    "{KEY} must be a comma-separated string or an array of paths, got {}",
-                    show(&other)
-                )))
+                return Err(Error::config(format!("{KEY} must be a comma-separated string or an array of paths, got {}", show(&other))))
             }
         };
-        Ok(items
-            .into_iter()
-            .map(|p| if p == "system" { CaSource::System } else { CaSource::File(PathBuf::from(p)) })
-            .collect())
+        Ok(items.into_iter().map(|p| if p == "system" { CaSource::System } else { CaSource::File(PathBuf::from(p)) }).collect())
     }
 }
 
 /// No whitespace, control character or `/`: could be a host name or address.
 fn is_host_text(host: &str) -> bool {
     // Printable ASCII (every real host name) is decided byte by byte.
-    host.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
-        || !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    host.bytes().all(|b| b.is_ascii_graphic() && b != b'/') || !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
 }
 
 #[cfg(test)]
@@ -392,16 +374,25 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let cases: Vec<(Vec<(&str, RawValue)>, Side, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, RawValue)>, Side, &'a str);
+        let cases: Vec<Case> = vec![
             (vec![("pg_port", s("abc"))], Side::ReadWrite, "pg_port must be an integer 1-65535, got \"abc\""),
             (vec![("pg_port", RawValue::Int(0))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 0"),
             (vec![("pg_port", RawValue::Int(70000))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 70000"),
             (vec![("pg_port", RawValue::Float(5432.5))], Side::ReadWrite, "pg_port must be an integer 1-65535, got 5432.5"),
             (vec![("pg_ro_port", s("x"))], Side::ReadOnly, "pg_ro_port must be an integer 1-65535, got \"x\""),
             (vec![("pg_timeout", RawValue::Int(-1))], Side::ReadWrite, "pg_timeout must be an integer 1-3600000, got -1"),
-            (vec![("pg_iam_auth", s("maybe"))], Side::ReadWrite, "pg_iam_auth must be a boolean (on/off, true/false, yes/no), got \"maybe\""),
+            (
+                vec![("pg_iam_auth", s("maybe"))],
+                Side::ReadWrite,
+                "pg_iam_auth must be a boolean (on/off, true/false, yes/no), got \"maybe\"",
+            ),
             (vec![("pg_ssl", RawValue::Int(1))], Side::ReadWrite, "pg_ssl must be a boolean (on/off, true/false, yes/no), got 1"),
-            (vec![("pg_ssl_verify", RawValue::Other("function"))], Side::ReadWrite, "pg_ssl_verify must be a boolean (on/off, true/false, yes/no), got a function"),
+            (
+                vec![("pg_ssl_verify", RawValue::Other("function"))],
+                Side::ReadWrite,
+                "pg_ssl_verify must be a boolean (on/off, true/false, yes/no), got a function",
+            ),
             (vec![("pg_host", s("  "))], Side::ReadWrite, "pg_host must be a non-empty string, got \"  \""),
             (vec![("pg_host", RawValue::Bool(true))], Side::ReadWrite, "pg_host must be a non-empty string, got true"),
             (vec![("pg_host", s("a b"))], Side::ReadWrite, "pg_host must be a host name or address, got \"a b\""),
@@ -412,16 +403,32 @@ mod tests {
             ),
             (vec![("pg_user", RawValue::Int(3))], Side::ReadWrite, "pg_user must be a non-empty string, got 3"),
             (vec![("pg_database", RawValue::List(vec![]))], Side::ReadWrite, "pg_database must be a non-empty string, got a table"),
-            (vec![("pg_ssl_version", s("tlsv1_1"))], Side::ReadWrite, "pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got \"tlsv1_1\""),
-            (vec![("pg_iam_auth_region", s("US East"))], Side::ReadWrite, "pg_iam_auth_region must be an AWS region like us-east-1, got \"US East\""),
-            (vec![("pg_iam_auth_assume_role_arn", s("role"))], Side::ReadWrite, "pg_iam_auth_assume_role_arn must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got \"role\""),
+            (
+                vec![("pg_ssl_version", s("tlsv1_1"))],
+                Side::ReadWrite,
+                "pg_ssl_version must be one of tlsv1_2, tlsv1_3, any, got \"tlsv1_1\"",
+            ),
+            (
+                vec![("pg_iam_auth_region", s("US East"))],
+                Side::ReadWrite,
+                "pg_iam_auth_region must be an AWS region like us-east-1, got \"US East\"",
+            ),
+            (
+                vec![("pg_iam_auth_assume_role_arn", s("role"))],
+                Side::ReadWrite,
+                "pg_iam_auth_assume_role_arn must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME), got \"role\"",
+            ),
             (
                 vec![("pg_iam_auth_assume_role_arn", s("arn:aws:iam::1:role/r")), ("pg_iam_auth_sts_endpoint_url", s("sts.local"))],
                 Side::ReadWrite,
                 "pg_iam_auth_sts_endpoint_url must be an http(s) URL, got \"sts.local\"",
             ),
             (vec![("pg_ssl_cert", s("/c.pem"))], Side::ReadWrite, "pg_ssl_cert and pg_ssl_cert_key must be set together"),
-            (vec![("lua_ssl_trusted_certificate", RawValue::Bool(false))], Side::ReadWrite, "lua_ssl_trusted_certificate must be a comma-separated string or an array of paths, got false"),
+            (
+                vec![("lua_ssl_trusted_certificate", RawValue::Bool(false))],
+                Side::ReadWrite,
+                "lua_ssl_trusted_certificate must be a comma-separated string or an array of paths, got false",
+            ),
             (vec![("pg_schema", RawValue::Int(1))], Side::ReadWrite, "pg_schema must be a string, got 1"),
         ];
         for (pairs, side, want) in cases {
@@ -450,9 +457,12 @@ mod tests {
     fn trusted_certificates_from_string_array_or_cafile() {
         let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system, /a.pem,/b.pem"))]), Side::ReadWrite).unwrap();
         assert_eq!(c.tls.trusted, vec![CaSource::System, CaSource::File("/a.pem".into()), CaSource::File("/b.pem".into())]);
-        let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", RawValue::List(vec!["/x.pem".into()]))]), Side::ReadWrite).unwrap();
+        let c =
+            ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", RawValue::List(vec!["/x.pem".into()]))]), Side::ReadWrite).unwrap();
         assert_eq!(c.tls.trusted, vec![CaSource::File("/x.pem".into())]);
-        let c = ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system")), ("pg_ssl_cafile", s("/rds.pem"))]), Side::ReadWrite).unwrap();
+        let c =
+            ConnectConf::parse(&src(&[("lua_ssl_trusted_certificate", s("system")), ("pg_ssl_cafile", s("/rds.pem"))]), Side::ReadWrite)
+                .unwrap();
         assert_eq!(c.tls.trusted, vec![CaSource::File("/rds.pem".into())]);
     }
 
@@ -465,7 +475,8 @@ mod tests {
 
     #[test]
     fn empty_strings_mean_unset_for_optional_keys() {
-        let c = ConnectConf::parse(&src(&[("pg_password", s("")), ("pg_schema", s("")), ("pg_iam_auth_region", s(""))]), Side::ReadWrite).unwrap();
+        let c = ConnectConf::parse(&src(&[("pg_password", s("")), ("pg_schema", s("")), ("pg_iam_auth_region", s(""))]), Side::ReadWrite)
+            .unwrap();
         assert_eq!(c.password, None);
         assert_eq!(c.schema, None);
         assert_eq!(c.endpoint.region, None);
@@ -478,4 +489,3 @@ mod tests {
         assert_eq!(Side::parse(Some("rx")).unwrap_err().message(), "mode must be \"rw\" or \"ro\", got \"rx\"");
     }
 }
-

@@ -135,4 +135,3 @@ pub(super) fn quote(s: &str) -> String {
     }
     format!("{cut:?}")
 }
-

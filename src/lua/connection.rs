@@ -106,7 +106,8 @@ impl UserData for LuaConnection {
         });
         methods.add_method("getreusedtimes", |_, this, ()| Ok(this.0.reused_times()));
         methods.add_method_mut("settimeout", |_, this, ms: f64| {
-            if !(ms >= 1.0 && ms <= 3_600_000.0) {
+            // NaN is not contained either: it is refused too.
+            if !(1.0..=3_600_000.0).contains(&ms) {
                 return Err(mlua::Error::runtime("bad argument #1 to 'settimeout' (milliseconds 1-3600000 expected)"));
             }
             this.0.set_timeout(Duration::from_millis(ms as u64));
@@ -145,9 +146,21 @@ fn escape_literal(lua: &Lua, v: Value, session: crate::error::Result<escape::Ses
     let text: Vec<u8> = match v {
         Value::Nil => b"NULL".to_vec(),
         Value::LightUserData(ud) if ud.0.is_null() => b"NULL".to_vec(),
-        Value::Boolean(b) => if b { b"TRUE".to_vec() } else { b"FALSE".to_vec() },
+        Value::Boolean(b) => {
+            if b {
+                b"TRUE".to_vec()
+            } else {
+                b"FALSE".to_vec()
+            }
+        }
         Value::Integer(i) if i.unsigned_abs() < (1 << 53) => escape::float_literal(i as f64),
-        Value::Integer(i) => if i < 0 { format!(" {i}").into_bytes() } else { i.to_string().into_bytes() },
+        Value::Integer(i) => {
+            if i < 0 {
+                format!(" {i}").into_bytes()
+            } else {
+                i.to_string().into_bytes()
+            }
+        }
         Value::Number(n) => escape::float_literal(n),
         Value::String(s) => match session.and_then(|session| escape::literal(&s.as_bytes(), &session).map_err(escape_error)) {
             Ok(text) => text,
@@ -323,4 +336,3 @@ fn json(lua: &Lua, j: &serde_json::Value) -> LuaResult<Value> {
         }
     })
 }
-

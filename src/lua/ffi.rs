@@ -99,6 +99,11 @@ pub trait Positional {
     fn value(&self, i: usize) -> Option<RawValue>;
     /// How many values there are.
     fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The one entry behind both doors: parses the endpoint from the positional
@@ -162,7 +167,6 @@ pub struct FfiValue {
     len: usize,
 }
 
-
 /// What a call produced, besides the bytes written to `out`.
 #[repr(C)]
 pub struct FfiResult {
@@ -174,7 +178,6 @@ pub struct FfiResult {
     /// Until when api.lua's memo may serve it (Unix seconds).
     valid_until: f64,
 }
-
 
 /// Issues the token for `values` (the conf's values for
 /// [`key::token_names`] of `side`: 0 read-write, 1 read-only, in order;
@@ -198,8 +201,7 @@ pub unsafe extern "C" fn kong_rds_iam_token(
         return RESULT_ERROR;
     }
     // SAFETY: the caller's contract (non-null was checked above).
-    let (values, out, result) =
-        unsafe { (std::slice::from_raw_parts(values, n), std::slice::from_raw_parts_mut(out, cap), &mut *result) };
+    let (values, out, result) = unsafe { (std::slice::from_raw_parts(values, n), std::slice::from_raw_parts_mut(out, cap), &mut *result) };
     let issued = guarded(|| issue(side, &FfiValues(values)));
     match issued {
         Ok((Issued::Fetching(job), timeout)) => {
@@ -321,7 +323,10 @@ mod tests {
     fn the_c_structs_match_their_declaration() {
         use std::mem::{offset_of, size_of};
         assert!(CDEF.contains("typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rds_iam_value_v1;"));
-        assert_eq!((offset_of!(FfiValue, kind), offset_of!(FfiValue, number), offset_of!(FfiValue, ptr), offset_of!(FfiValue, len)), (0, 8, 16, 24));
+        assert_eq!(
+            (offset_of!(FfiValue, kind), offset_of!(FfiValue, number), offset_of!(FfiValue, ptr), offset_of!(FfiValue, len)),
+            (0, 8, 16, 24)
+        );
         assert_eq!(size_of::<FfiValue>(), 32);
         assert!(CDEF.contains("typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;"));
         assert_eq!((offset_of!(FfiResult, len), offset_of!(FfiResult, expires_at), offset_of!(FfiResult, valid_until)), (0, 8, 16));

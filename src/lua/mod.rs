@@ -52,10 +52,13 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("fetch_finish", lua.create_function(lua_fetch_finish)?)?;
     core.set("nop_start", lua.create_function(|_, ()| Ok(jobs::submit(|_| async {}).ok().map(|id| id as f64)))?)?;
     core.set("nop_finish", lua.create_function(|_, job: f64| Ok(jobs::take::<()>(job as u64).is_ok()))?)?;
-    core.set("abandon", lua.create_function(|_, job: f64| {
-        jobs::abandon(job as u64);
-        Ok(())
-    })?)?;
+    core.set(
+        "abandon",
+        lua.create_function(|_, job: f64| {
+            jobs::abandon(job as u64);
+            Ok(())
+        })?,
+    )?;
     core.set("stats", lua.create_function(lua_stats)?)?;
     core.set("token_epoch", lua.create_function(|_, ()| Ok(token::epoch()))?)?;
     if let Some(isyieldable) = isyieldable_function(lua)? {
@@ -149,8 +152,7 @@ fn lua_token(lua: &Lua, (values, mode, defer): (Table, Option<mlua::LuaString>, 
 }
 
 /// `token, err, expires_at, valid_until, job, wait_ms`.
-type TokenResult =
-    (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64>, Option<i64>, Option<f64>, Option<f64>);
+type TokenResult = (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64>, Option<i64>, Option<f64>, Option<f64>);
 
 /// `conn, err, sqlstate = core.connect(conf, mode)`
 fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {

@@ -202,8 +202,7 @@ impl Encoding {
     /// values) rather than guess: guessing a single-byte encoding for a
     /// multibyte one is exactly the trail-byte bug this module exists for.
     pub fn from_name(name: &str) -> Option<Encoding> {
-        let key: String =
-            name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
+        let key: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
         let encoding = match key.as_str() {
             "utf8" | "unicode" => Encoding::Utf8,
             "sqlascii" => Encoding::SqlAscii,
@@ -783,17 +782,10 @@ mod tests {
                     b"\xB1\\'",
                 ],
             ),
-            (
-                "GBK",
-                vec![b"\x81\x5C", b"\x81\x5C'; insert into canary values (30); --", b"\xC4\xE3\x81\x5C\\'"],
-            ),
+            ("GBK", vec![b"\x81\x5C", b"\x81\x5C'; insert into canary values (30); --", b"\xC4\xE3\x81\x5C\\'"]),
             (
                 "BIG5",
-                vec![
-                    b"\xB3\x5C",
-                    b"\xB3\x5C'; insert into canary values (40); --",
-                    b"\xA5\x5C\\'; insert into canary values (41); --",
-                ],
+                vec![b"\xB3\x5C", b"\xB3\x5C'; insert into canary values (40); --", b"\xA5\x5C\\'; insert into canary values (41); --"],
             ),
         ];
         // Payloads fitted to the check's query, `select encode(convert_to(<literal>, 'ENC'), 'hex')`,

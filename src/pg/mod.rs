@@ -10,10 +10,10 @@
 
 mod cancel;
 pub mod escape;
+pub mod query;
 mod server_error;
 mod startup;
 mod stream;
-pub mod query;
 pub mod value;
 
 pub use cancel::CancelToken;
@@ -82,9 +82,8 @@ impl Connection {
     /// `standard_conforming_strings`, as the server last reported them (an
     /// encoding the escaper does not know is an error, never a guess).
     pub fn escape_session(&self) -> Result<escape::Session, crate::error::Error> {
-        let encoding = escape::Encoding::from_name(&self.client_encoding).ok_or_else(|| {
-            crate::error::Error::config(format!("cannot escape values for client_encoding {:?}", self.client_encoding))
-        })?;
+        let encoding = escape::Encoding::from_name(&self.client_encoding)
+            .ok_or_else(|| crate::error::Error::config(format!("cannot escape values for client_encoding {:?}", self.client_encoding)))?;
         Ok(escape::Session { encoding, standard_conforming_strings: self.standard_conforming_strings })
     }
 
@@ -117,9 +116,7 @@ impl Connection {
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a local buffer on our own socket; it
         // neither blocks (MSG_DONTWAIT) nor consumes anything (MSG_PEEK).
-        let n = unsafe {
-            libc::recv(self.stream.raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        };
+        let n = unsafe { libc::recv(self.stream.raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
         n < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
     }
 

@@ -161,11 +161,8 @@ impl Connection {
             return Ok(self.messages.notifications.remove(0));
         }
         loop {
-            let message = self
-                .stream
-                .recv()
-                .await
-                .map_err(|e| Error::new(ErrorKind::Io, format!("waiting for a notification failed: {e}")))?;
+            let message =
+                self.stream.recv().await.map_err(|e| Error::new(ErrorKind::Io, format!("waiting for a notification failed: {e}")))?;
             match message {
                 Message::NotificationResponse(body) => {
                     return Ok(super::Notification {

@@ -212,4 +212,3 @@ fn auth_error(e: &io::Error) -> Error {
 fn protocol(e: io::Error) -> Error {
     Error::new(ErrorKind::Protocol, format!("protocol error: {}", io_text(&e)))
 }
-

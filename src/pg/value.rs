@@ -235,7 +235,10 @@ mod tests {
     fn arrays() {
         assert_eq!(decode(1007, b"{1,2,NULL}"), Cell::Array(vec![Cell::Int(1), Cell::Int(2), Cell::Null]));
         assert_eq!(decode(1009, br#"{a,"b c","q\"x",NULL,"NULL"}"#), Cell::Array(vec![t("a"), t("b c"), t("q\"x"), Cell::Null, t("NULL")]));
-        assert_eq!(decode(1007, b"{{1,2},{3,4}}"), Cell::Array(vec![Cell::Array(vec![Cell::Int(1), Cell::Int(2)]), Cell::Array(vec![Cell::Int(3), Cell::Int(4)])]));
+        assert_eq!(
+            decode(1007, b"{{1,2},{3,4}}"),
+            Cell::Array(vec![Cell::Array(vec![Cell::Int(1), Cell::Int(2)]), Cell::Array(vec![Cell::Int(3), Cell::Int(4)])])
+        );
         assert_eq!(decode(1009, b"{}"), Cell::Array(vec![]));
         assert_eq!(decode(1007, b"[0:1]={5,6}"), Cell::Array(vec![Cell::Int(5), Cell::Int(6)]));
         assert_eq!(decode(1000, b"{t,f}"), Cell::Array(vec![Cell::Bool(true), Cell::Bool(false)]));
