@@ -19,6 +19,12 @@ local rds = require "kong_rds_iam"
 local emu = require "spec.support.emulator"
 local fake = require "spec.support.fake_aws"
 local lua_process = require "spec.support.lua_process"
+local iam_probe = require "spec.support.iam_probe"
+local iam_proof = require "spec.support.iam_proof"
+local iam_token = require "spec.support.iam_token"
+local aws_keys = require "spec.support.aws_keys"
+local aws_files = require "spec.support.aws_files"
+local connect_proxy = require "spec.support.connect_proxy"
 local cjson = require "cjson.safe"
 local socket = require "socket"
 
@@ -30,235 +36,27 @@ local MARGIN = 15            -- s, the module refreshes credentials with less li
 local e, f, tmp
 
 ---------------------------------------------------------------- helpers --
+-- They live in spec/support (see its README.md); the ones that need this
+-- spec's emulator `e` or fake `f` are bound to them here.
 
+local exists, merge, contains, sh = util.exists, util.merge, util.contains, util.succeeds
+local random_string = aws_keys.random_string
+local akid_of, session_token_of = iam_token.akid, iam_token.session_token
+local env_with, result_of = iam_probe.env_with, iam_probe.result_of
+local spawn, collect = lua_process.spawn, lua_process.collect
+local issued = fake.issued_akids
 
-
-
-local exists = util.exists
-
-local function sh(cmd)
-  local r = os.execute(cmd)
-  return r == 0 or r == true
-end
-
-math.randomseed(math.floor(socket.gettime() * 1000) % 2147483647)
-local function random_string(n, alphabet)
-  alphabet = alphabet or "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-  local t = {}
-  for i = 1, n do
-    local k = math.random(#alphabet)
-    t[i] = alphabet:sub(k, k)
-  end
-  return table.concat(t)
-end
-
--- A long-term key pair the emulator (and the fake STS verifier) know.
-local function static_key(prefix)
-  local k = {
-    akid = (prefix .. random_string(20)):sub(1, 20),
-    secret = random_string(40, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"),
-  }
-  assert(e:add_key(k.akid, k.secret))
-  assert(f:add_key(k.akid, k.secret))
-  return k
-end
-
-local merge = util.merge
-
-local function url_decode(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
-local function param(token, name)
-  return token and token:match("[?&]" .. name .. "=([^&]*)")
-end
-
-local function akid_of(token)
-  local cred = param(token, "X%-Amz%-Credential")
-  return cred and url_decode(cred):match("^([^/]+)/")
-end
-
-local function session_token_of(token)
-  local v = param(token, "X%-Amz%-Security%-Token")
-  return v and url_decode(v)
-end
-
-local function lua_literal(v)
-  if type(v) == "string" then return ("%q"):format(v) end
-  return tostring(v)
-end
-
--- The conf every case connects with (plus `extra`), as Lua source.
-local function conf_source(extra)
-  local conf = merge({
-    pg_host = "localhost", pg_port = e.port, pg_user = "iam_user", pg_iam_auth = true,
-    pg_iam_auth_region = "us-east-1", pg_timeout = 5000,
-  }, extra)
-  local parts = {}
-  for k, v in pairs(conf) do
-    parts[#parts + 1] = ("%s = %s"):format(k, lua_literal(v))
-  end
-  table.sort(parts)
-  return "{ " .. table.concat(parts, ", ") .. " }"
-end
-
--- Environment of a case: IMDS off unless the case points it at the fake.
-local function env_with(...)
-  local env = merge(...)
-  if not env.AWS_EC2_METADATA_SERVICE_ENDPOINT then
-    env.AWS_EC2_METADATA_DISABLED = "true"
-  end
-  return env
-end
-
-local function result_of(out)
-  local json = out:match("RESULT ([^\n]*)")
-  local res = json and cjson.decode(json)
-  assert(res, "subprocess failed:\n" .. out)
-  return res
-end
-
--- What every source case runs: source, token, connect + query, source again.
-local PROBE = [[
-local cjson = require "cjson"
-local rds = require "kong_rds_iam"
-local conf = CONF
-local out = {}
-out.base_source, out.base_source_err = rds.credentials_source()
-out.source, out.source_err = rds.credentials_source(conf)
-out.token, out.token_err, out.expires_at = rds.token(conf)
-local c, cerr = rds.connect(conf)
-out.connect_err = cerr
-if c then
-  local rows, qerr = c:query("select current_user")
-  out.user = rows and rows[1] and rows[1].current_user
-  if not rows then out.query_err = qerr end
-  c:close()
-end
-out.source_after = rds.credentials_source(conf)
-io.write("RESULT ", cjson.encode(out), "\n")
-]]
-
-local function probe(env, conf_extra, opts)
-  local code = PROBE:gsub("CONF", function() return conf_source(conf_extra) end)
-  local out = lua_process.run(code, env, opts)
-  return result_of(out), out
-end
-
--- Lines of the verifier log about one access key.
-local function log_lines(akid, text)
-  local lines = {}
-  for line in (text or e:log()):gmatch("[^\n]+") do
-    if line:find('akid="' .. akid .. '"', 1, true) then
-      lines[#lines + 1] = line
-    end
-  end
-  return lines
-end
-
-local function has_line(akid, what)
-  for _, line in ipairs(log_lines(akid)) do
-    if line:find(what, 1, true) then return true end
-  end
-  return false
-end
-
--- The probe connected with IAM and the verifier accepted its key; returns it.
-local function assert_accepted(res, out, user)
-  user = user or "iam_user"
-  assert.is_nil(res.token_err, out)
-  assert.is_nil(res.connect_err, out)
-  assert.is_nil(res.query_err, out)
-  assert.equal(user, res.user, out)
-  local akid = akid_of(res.token)
-  assert.truthy(akid, out)
-  assert.is_true(has_line(akid, ('user="%s" akid="%s" ACCEPT'):format(user, akid)),
-    "no ACCEPT for " .. akid .. " in the verifier log:\n" .. e:log())
-  return akid
-end
-
--- A token for the same key id (and session token) signed with another secret
--- is refused by the server and the verifier says why.
-local function assert_wrong_secret_rejected(token)
-  local akid = assert(akid_of(token))
-  local wrong = rds.sign_token {
-    host = "localhost", port = e.port, user = "iam_user", region = "us-east-1",
-    access_key_id = akid, secret_access_key = "not-the-secret-of-" .. akid,
-    session_token = session_token_of(token),
-  }
-  local c, err = rds.connect { pg_host = "localhost", pg_port = e.port, pg_user = "iam_user",
-    pg_password = wrong, pg_ssl = true, pg_timeout = 10000 }
-  assert.is_nil(c)
-  assert.is_string(err)
-  assert.is_true(has_line(akid, ('akid="%s" REJECT reason="signature mismatch"'):format(akid)),
-    "no signature REJECT for " .. akid .. ":\n" .. e:log())
-end
-
-local function assert_end_to_end(res, out, source)
-  assert.is_nil(res.source_err, out)
-  assert.equal(source, res.source, out)
-  assert.equal(source, res.source_after, out)
-  local akid = assert_accepted(res, out)
-  assert_wrong_secret_rejected(res.token)
-  return akid
-end
-
-local function requests(service, pred)
-  local list = {}
-  for _, r in ipairs(assert(f:requests(service))) do
-    if not pred or pred(r) then list[#list + 1] = r end
-  end
-  return list
-end
-
-local function sts_requests(action)
-  return requests("sts", function(r) return r.action == action end)
-end
-
-local function issued(list)
-  local akids = {}
-  for _, r in ipairs(list) do
-    if r.issued_akid then akids[#akids + 1] = r.issued_akid end
-  end
-  return akids
-end
-
-local function contains(list, value)
-  for _, v in ipairs(list) do
-    if v == value then return true end
-  end
-  return false
-end
-
-local function credential_of(akid)
-  for _, c in ipairs(assert(f:credentials())) do
-    if c.access_key_id == akid then return c end
-  end
-end
-
--- Starts Lua code in a fresh luajit with exactly `env` (like lua_process.run)
--- without waiting; returns the pipe to read its output from.
-local function spawn(code, env, opts)
-  opts = opts or {}
-  local pwd = assert(io.popen("pwd"))
-  local root = pwd:read("*l")
-  pwd:close()
-  local script = os.tmpname()
-  write_file(script, ("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n"):format(
-    root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;", root .. "/target/lua/?.so;") .. code)
-  local parts = { "env", "-i", "PATH=" .. shell_quote(os.getenv("PATH")), "HOME=/nonexistent-home" }
-  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
-  parts[#parts + 1] = "luajit " .. shell_quote(script) .. " 2>&1; rm -f " .. shell_quote(script)
-  return assert(io.popen(table.concat(parts, " ")))
-end
-
-local function collect(pipe)
-  local out = pipe:read("*a")
-  pipe:close()
-  return out
-end
-
-local PYTHON = exists("/usr/bin/python3") and "/usr/bin/python3" or "python3"
+local function static_key(prefix) return aws_keys.static(e, f, prefix) end
+local function conf_source(extra) return iam_probe.conf_source(e.port, extra) end
+local function probe(env, conf_extra, opts) return iam_probe.run(e.port, env, conf_extra, opts) end
+local function log_lines(akid, text) return iam_proof.log_lines(e, akid, text) end
+local function has_line(akid, what) return iam_proof.has_line(e, akid, what) end
+local function assert_accepted(res, out, user) return iam_proof.accepted(e, res, out, user) end
+local function assert_wrong_secret_rejected(token) return iam_proof.wrong_secret_rejected(e, token) end
+local function assert_end_to_end(res, out, source) return iam_proof.end_to_end(e, res, out, source) end
+local function requests(service, pred) return f:requests_where(service, pred) end
+local function sts_requests(action) return f:sts_requests(action) end
+local function credential_of(akid) return f:credential(akid) end
 
 ----------------------------------------------------------------- cases --
 
@@ -289,27 +87,10 @@ describe("credentials", function()
     assert(f:reset(true))
   end)
 
-  local function env_keys(k)
-    return { AWS_ACCESS_KEY_ID = k.akid, AWS_SECRET_ACCESS_KEY = k.secret, AWS_SESSION_TOKEN = k.session_token }
-  end
-
+  local env_keys = aws_keys.env
   -- AWS_PROFILE=kong in a credentials file whose [default] is a decoy.
-  local function profile_env()
-    local path = tmp .. "/credentials"
-    if not exists(path) then
-      write_file(path, ("[default]\naws_access_key_id = AKIDDECOYDEFAULT0001\naws_secret_access_key = decoy\n\n"
-        .. "[kong]\naws_access_key_id = %s\naws_secret_access_key = %s\n"):format(profile_key.akid, profile_key.secret))
-    end
-    return { AWS_PROFILE = "kong", AWS_SHARED_CREDENTIALS_FILE = path, AWS_CONFIG_FILE = tmp .. "/no-config" }
-  end
-
-  local function home_dir(name, key)
-    local dir = tmp .. "/" .. name
-    sh("mkdir -p " .. shell_quote(dir .. "/.aws"))
-    write_file(dir .. "/.aws/credentials",
-      ("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n"):format(key.akid, key.secret))
-    return dir
-  end
+  local function profile_env() return aws_files.profile_env(tmp, profile_key) end
+  local function home_dir(name, key) return aws_files.home_dir(tmp .. "/" .. name, key) end
 
   describe("each source, end to end", function()
     it("environment keys without a session token", function()
@@ -483,34 +264,7 @@ describe("credentials", function()
     -- Runs `conf` in a private network namespace (loopback only) with
     -- HTTPS_PROXY pointing at connect_proxy.py; returns the proxy's log lines.
     local function through_proxy(env, conf_extra, after_require)
-      local log = os.tmpname()
-      local ready = os.tmpname()
-      os.remove(ready)
-      local code = ([[
-        local cjson = require "cjson"
-        local socket = require "socket"
-        local proxy = io.popen(%q, "w")
-        local deadline = socket.gettime() + 10
-        while socket.gettime() < deadline do
-          local fh = io.open(%q)
-          if fh then fh:close() break end
-          socket.sleep(0.02)
-        end
-        local rds = require "kong_rds_iam"
-        %s
-        local t0 = socket.gettime()
-        local tok, err = rds.token(%s)
-        io.write("RESULT ", cjson.encode { token = tok, err = err, elapsed = socket.gettime() - t0 }, "\n")
-        proxy:close()
-      ]]):format(("%s spec/support/connect_proxy.py 3128 %s %s"):format(PYTHON, shell_quote(log), shell_quote(ready)),
-        ready, after_require or "", conf_source(merge({ pg_timeout = 3000 }, conf_extra)))
-      local out = lua_process.run(code, merge(env, { HTTPS_PROXY = "http://127.0.0.1:3128" }),
-        { prefix = [[unshare -n sh -c 'ip link set lo up && exec "$@"' sh]] })
-      local lines = {}
-      for line in (read_file(log) or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
-      os.remove(log)
-      os.remove(ready)
-      return result_of(out), lines, out
+      return connect_proxy.token(e.port, env, conf_extra, after_require)
     end
 
     local function assert_only_connects_to(lines, hostport, out)

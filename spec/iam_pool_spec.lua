@@ -173,13 +173,15 @@ for r in results: print(r)
 
     it("does not space them with pg_iam_auth_max_rate = 0 (negative control)", function()
       local n = start(0)
-      local secs, ok, out, waited = burst(n, 100)
+      -- 60, not 100: unspaced, they are all open at once, and the emulator's
+      -- PostgreSQL takes 100 connections in all
+      local secs, ok, out, waited = burst(n, 60)
       n:stop()
-      assert.equal(100, ok, out)
+      assert.equal(60, ok, out)
       -- no login waited for the guard; the time is the emulator's Python
       -- verifier's (about 30 logins/s on 2 cores), not asserted
       assert.equal(0, waited)
-      io.stderr:write(("iam_pool_spec: 100 unguarded logins took %.2f s\n"):format(secs))
+      io.stderr:write(("iam_pool_spec: 60 unguarded logins took %.2f s\n"):format(secs))
     end)
   end)
 end)

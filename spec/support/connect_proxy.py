@@ -11,9 +11,10 @@ client gets a tunnel error and nothing leaves the machine. READY_FILE is
 created once it listens. It exits at EOF on stdin (run it with
 `io.popen(cmd, "w")` and close the pipe) or after 120 s.
 
-credentials_spec.lua runs it inside a fresh network namespace
-(`unshare -n`, loopback only) together with the process under test, so even
-a client that ignored the proxy could not reach a real AWS address.
+credentials_spec.lua runs it (through connect_proxy.lua) inside a fresh
+network namespace (`unshare -n`, loopback only) together with the process
+under test, so even a client that ignored the proxy could not reach a real
+AWS address.
 """
 
 import socket

@@ -42,7 +42,7 @@ local function python()
   if env and env ~= "" then
     return env
   end
-  return read_file("/usr/bin/python3") and "/usr/bin/python3" or "python3"
+  return util.python()
 end
 
 -- Our own pid: /proc/self is the process that opens it.
@@ -185,6 +185,30 @@ function Fake:requests(service)
   return control(self, "GET", "/requests" .. (service and ("?service=" .. service) or ""))
 end
 
+-- Request records of one service (all if nil), oldest first, for which
+-- pred(record) is true (all without pred). Raises if the fake does not answer.
+function Fake:requests_where(service, pred)
+  local list = {}
+  for _, r in ipairs(assert(self:requests(service))) do
+    if not pred or pred(r) then list[#list + 1] = r end
+  end
+  return list
+end
+
+-- STS request records of one Action ("AssumeRole", ...).
+function Fake:sts_requests(action)
+  return self:requests_where("sts", function(r) return r.action == action end)
+end
+
+-- The access key ids issued in answer to a list of request records, in order.
+function M.issued_akids(records)
+  local akids = {}
+  for _, r in ipairs(records) do
+    if r.issued_akid then akids[#akids + 1] = r.issued_akid end
+  end
+  return akids
+end
+
 -- Every credential issued so far (access_key_id, secret_access_key,
 -- session_token, expiration, service, role_arn, registered).
 function Fake:credentials()
@@ -199,6 +223,13 @@ function Fake:last_credential(service)
     if service == nil or all[i].service == service then
       return all[i]
     end
+  end
+end
+
+-- The issued credential with this access key id, or nil.
+function Fake:credential(akid)
+  for _, c in ipairs(assert(self:credentials())) do
+    if c.access_key_id == akid then return c end
   end
 end
 

@@ -12,10 +12,9 @@ local function cwd()
   return dir
 end
 
---- out, ok, code = run(code, env, opts)
--- env: table of variables (nothing else is inherited but PATH and HOME unless
--- opts.home is false); opts.prefix: a command to run luajit under (faketime).
-function M.run(code, env, opts)
+-- The shell command that runs `code` (written to a new script file, with the
+-- repository's lua/ and target/lua/ on the paths) and that script's path.
+local function command(code, env, opts)
   opts = opts or {}
   local root = cwd()
   local script = os.tmpname()
@@ -29,11 +28,33 @@ function M.run(code, env, opts)
   for k, v in pairs(env or {}) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
   if opts.prefix then parts[#parts + 1] = opts.prefix end
   parts[#parts + 1] = "luajit " .. shell_quote(script) .. " 2>&1"
-  local p = assert(io.popen(table.concat(parts, " ")))
+  return table.concat(parts, " "), script
+end
+
+--- out, ok, code = run(code, env, opts)
+-- env: table of variables (nothing else is inherited but PATH and HOME unless
+-- opts.home is false); opts.prefix: a command to run luajit under (faketime).
+function M.run(code, env, opts)
+  local cmd, script = command(code, env, opts)
+  local p = assert(io.popen(cmd))
   local out = p:read("*a")
-  local ok, _, code = p:close()
+  local ok, _, status = p:close()
   os.remove(script)
-  return out, ok, code
+  return out, ok, status
+end
+
+--- pipe = spawn(code, env, opts): starts the same process as run() without
+-- waiting for it (run several at once); read its output with collect(pipe).
+function M.spawn(code, env, opts)
+  local cmd, script = command(code, env, opts)
+  return assert(io.popen(cmd .. "; rm -f " .. shell_quote(script)))
+end
+
+--- Everything a spawned process printed (stdout and stderr), once it has exited.
+function M.collect(pipe)
+  local out = pipe:read("*a")
+  pipe:close()
+  return out
 end
 
 return M

@@ -67,4 +67,23 @@ function M.sh(cmd)
   return out
 end
 
+--- Whether a list holds `value`.
+function M.contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
+--- Whether a shell command exits 0 (os.execute of Lua 5.1 and 5.2+).
+function M.succeeds(cmd)
+  local r = os.execute(cmd)
+  return r == 0 or r == true
+end
+
+--- The python3 to run helper scripts with.
+function M.python()
+  return M.exists("/usr/bin/python3") and "/usr/bin/python3" or "python3"
+end
+
 return M
