@@ -462,6 +462,7 @@ function Postgres:connect()
     if type(fields) == "table" then self.last_error_fields = fields end
     return nil, error_text(err, sqlstate, fields, "FATAL")
   end
+  conn:_pgmoon_types() -- int8 always a number, oid as text: pgmoon's types
   self._conn = conn
   return true
 end

@@ -293,6 +293,12 @@ function Connection.escape_identifier(self, name)
   return h:escape_identifier(name)
 end
 
+--- conn:_pgmoon_types(): rows typed exactly as pgmoon types them from now
+--- on (int8 always a number, oid as text); for kong_rds_iam.pgmoon.
+function Connection._pgmoon_types(self)
+  return handle_of("_pgmoon_types", self):pgmoon_types()
+end
+
 function Connection.__tostring(self)
   return tostring(self[HANDLE])
 end

@@ -7,11 +7,11 @@ use mlua::{Lua, LuaString, MultiValue, Result as LuaResult, UserData, UserDataMe
 
 use crate::connection::{Handle, QueryDone};
 use crate::jobs::{self, Abandon};
-use crate::pg::value::{self, Cell};
+use crate::pg::value::{self, Cell, Decoding};
 use crate::pg::{escape, Messages, Notification, QueryFailure, QueryOutput, Statement};
 
-/// `conn` in Lua.
-pub struct LuaConnection(pub Handle);
+/// `conn` in Lua: the handle, and how its rows are typed.
+pub struct LuaConnection(pub Handle, pub Decoding);
 
 /// The NULL light userdata: `rds.null`, equal to `ngx.null` and `cjson.null`.
 pub fn null() -> Value {
@@ -22,7 +22,7 @@ impl UserData for LuaConnection {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("query", |lua, this, sql: LuaString| {
             let outcome = this.0.query(&sql.as_bytes());
-            outcome_values(lua, outcome, this.0.take_messages())
+            outcome_values(lua, outcome, this.0.take_messages(), this.1)
         });
         // The query as a job (api.lua's yielding path): `job, wait_ms`, or
         // `nil, err` (busy, closed) with nothing submitted.
@@ -50,7 +50,12 @@ impl UserData for LuaConnection {
                     Err(QueryFailure { error: e, partial: Vec::new() })
                 }
             };
-            outcome_values(lua, outcome, this.0.take_messages())
+            outcome_values(lua, outcome, this.0.take_messages(), this.1)
+        });
+        // kong_rds_iam.pgmoon: type rows exactly as pgmoon does from now on.
+        methods.add_method_mut("pgmoon_types", |_, this, ()| {
+            this.1 = Decoding::Pgmoon;
+            Ok(())
         });
         methods.add_method_mut("query_abandon", |_, this, job: f64| {
             jobs::abandon(job as u64);
@@ -177,11 +182,16 @@ fn escape_error(e: escape::EscapeError) -> crate::error::Error {
 
 /// `res, num_queries, notifications, notices` or `nil, err, partial,
 /// num_queries, sqlstate, fields` (fields: the server's error fields by name).
-fn outcome_values(lua: &Lua, outcome: std::result::Result<QueryOutput, QueryFailure>, messages: Messages) -> LuaResult<MultiValue> {
+fn outcome_values(
+    lua: &Lua,
+    outcome: std::result::Result<QueryOutput, QueryFailure>,
+    messages: Messages,
+    decoding: Decoding,
+) -> LuaResult<MultiValue> {
     match outcome {
         Ok(out) => {
             let n = out.len() as i64;
-            let mut values = vec![results(lua, &out)?, Value::Integer(n)];
+            let mut values = vec![results(lua, &out, decoding)?, Value::Integer(n)];
             if !messages.notifications.is_empty() || !messages.notices.is_empty() {
                 values.push(notifications(lua, &messages.notifications)?);
                 values.push(if messages.notices.is_empty() {
@@ -194,7 +204,7 @@ fn outcome_values(lua: &Lua, outcome: std::result::Result<QueryOutput, QueryFail
         }
         Err(failure) => {
             let n = failure.partial.len() as i64;
-            let partial = if failure.partial.is_empty() { Value::Nil } else { results(lua, &failure.partial)? };
+            let partial = if failure.partial.is_empty() { Value::Nil } else { results(lua, &failure.partial, decoding)? };
             let sqlstate = match failure.error.sqlstate() {
                 Some(s) => Value::String(lua.create_string(s)?),
                 None => Value::Nil,
@@ -250,18 +260,18 @@ fn notifications(lua: &Lua, list: &[Notification]) -> LuaResult<Value> {
 }
 
 /// One result as pgmoon shapes it; several statements give an array of them.
-fn results(lua: &Lua, out: &QueryOutput) -> LuaResult<Value> {
+fn results(lua: &Lua, out: &QueryOutput, decoding: Decoding) -> LuaResult<Value> {
     if out.len() == 1 {
-        return statement(lua, &out[0]);
+        return statement(lua, &out[0], decoding);
     }
     let all = lua.create_table_with_capacity(out.len(), 0)?;
     for (i, s) in out.iter().enumerate() {
-        all.raw_set(i + 1, statement(lua, s)?)?;
+        all.raw_set(i + 1, statement(lua, s, decoding)?)?;
     }
     Ok(Value::Table(all))
 }
 
-fn statement(lua: &Lua, s: &Statement) -> LuaResult<Value> {
+fn statement(lua: &Lua, s: &Statement, decoding: Decoding) -> LuaResult<Value> {
     let Some(columns) = &s.columns else {
         return Ok(match s.affected_rows() {
             Some(n) => {
@@ -280,7 +290,7 @@ fn statement(lua: &Lua, s: &Statement) -> LuaResult<Value> {
             let (Some(name), Some(column)) = (names.get(j), columns.get(j)) else { break };
             let v = match field {
                 None => null(),
-                Some(raw) => cell(lua, value::decode(column.type_oid, raw))?,
+                Some(raw) => cell(lua, value::decode_as(decoding, column.type_oid, raw))?,
             };
             row.raw_set(name, v)?;
         }

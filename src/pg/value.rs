@@ -62,6 +62,33 @@ fn array_element(type_oid: u32) -> Option<u32> {
     })
 }
 
+/// How values are typed: this module's rules, or exactly pgmoon's where they
+/// differ (`kong_rds_iam.pgmoon` asks for those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decoding {
+    /// `int8` beyond 2^53 stays text (no precision lost); `oid` is a number.
+    #[default]
+    Native,
+    /// As pgmoon: `int8` is always a number (as its `tonumber`), `oid` and
+    /// `oid[]` are text.
+    Pgmoon,
+}
+
+/// Decodes one non-NULL field as `decoding` says.
+pub fn decode_as(decoding: Decoding, type_oid: u32, raw: &[u8]) -> Cell<'_> {
+    match (decoding, type_oid) {
+        (Decoding::Pgmoon, oid::INT8) => match std::str::from_utf8(raw).ok().and_then(|t| t.parse::<f64>().ok()) {
+            Some(f) => Cell::Float(f),
+            None => decode(type_oid, raw),
+        },
+        (Decoding::Pgmoon, oid::OID) | (Decoding::Pgmoon, 1028) => match std::str::from_utf8(raw) {
+            Ok(text) => Cell::Text(std::borrow::Cow::Borrowed(text)),
+            Err(_) => Cell::Bytes(raw.to_vec()),
+        },
+        _ => decode(type_oid, raw),
+    }
+}
+
 /// Decodes one non-NULL field. Text that is not UTF-8 (a session whose
 /// client_encoding is SJIS, say) is handed over as the bytes the server sent.
 pub fn decode(type_oid: u32, raw: &[u8]) -> Cell<'_> {
@@ -227,6 +254,10 @@ mod tests {
         assert_eq!(decode(17, b"\\x00ff41"), Cell::Bytes(vec![0, 255, 65]));
         assert_eq!(decode(2950, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), t("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
         assert_eq!(decode(3802, br#"{"a":[1,null]}"#), Cell::Json(serde_json::json!({"a": [1, null]})));
+        assert_eq!(decode_as(Decoding::Pgmoon, 20, b"9007199254740993"), Cell::Float(9007199254740992.0));
+        assert_eq!(decode_as(Decoding::Native, 20, b"9007199254740993"), t("9007199254740993"));
+        assert_eq!(decode_as(Decoding::Pgmoon, 26, b"12345"), t("12345"));
+        assert_eq!(decode_as(Decoding::Pgmoon, 23, b"7"), Cell::Int(7));
         // SJIS text (client_encoding SJIS): the bytes as sent
         assert_eq!(decode(25, b"\x83\x5c'"), Cell::Bytes(b"\x83\x5c'".to_vec()));
     }
