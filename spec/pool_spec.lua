@@ -105,6 +105,26 @@ describe("the keep-alive pool", function()
     assert(other:close())
   end)
 
+  it("counts IAM logins, tokens, credential fetches and open handles in rds.stats()", function()
+    local before = rds.stats()
+    local conf = fresh(iam)
+    local c = assert(rds.connect(conf))
+    local mid = rds.stats()
+    assert.equal(before.iam_auth_ok + 1, mid.iam_auth_ok)
+    assert.equal(before.open_handles + 1, mid.open_handles)
+    assert.is_true(mid.tokens_signed + mid.token_cache_hits > before.tokens_signed + before.token_cache_hits)
+    assert.is_true((mid.credential_fetches.environment or 0) >= 1, require("cjson").encode(mid.credential_fetches))
+    assert.is_true(c:keepalive())
+    local again = assert(rds.connect(conf)) -- reused: no new login
+    assert.equal(mid.iam_auth_ok, rds.stats().iam_auth_ok)
+    assert(again:close())
+    local bad = merge(conf, { pg_user = "no_such_iam_user" })
+    assert.is_nil((rds.connect(bad)))
+    local after = rds.stats()
+    assert.is_true((after.iam_auth_failed["28000"] or 0) + (after.iam_auth_failed["28P01"] or 0) >= 1, require("cjson").encode(after.iam_auth_failed))
+    assert.is_nil(after.credentials_expire_in) -- static keys from the environment carry no expiry
+  end)
+
   it("splits the pool by database settings but not by password", function()
     local conf = fresh(pw)
     local c1 = assert(rds.connect(conf))
@@ -262,5 +282,53 @@ describe("the keep-alive pool", function()
     assert.equal(1, again:getreusedtimes())
     assert.equal(pid, backend(again))
     assert(again:close())
+  end)
+end)
+
+describe("connections left to the garbage collector", function()
+  local e
+
+  lazy_setup(function()
+    e = assert(emu.start { region = "us-east-1" })
+  end)
+
+  lazy_teardown(function()
+    rds._gc_floor = 256
+    if e then e:stop() end
+  end)
+
+  local function conf()
+    return { pg_host = e.host, pg_port = e.port, pg_database = e.db, pg_user = "pw_scram",
+             pg_password = e.users.pw_scram, pg_application_name = "gc_spec" }
+  end
+
+  local function leak(n)
+    local failed
+    for _ = 1, n do
+      local c, err, sqlstate = rds.connect(conf())
+      if not c then failed = tostring(sqlstate) .. " " .. tostring(err) break end
+      assert(c:query("select 1"))
+      c = nil -- never closed: left to the collector
+    end
+    return failed
+  end
+
+  it("are collected by connect() once many are open, so the server is not exhausted", function()
+    collectgarbage("collect")
+    rds._gc_floor = 20
+    assert.is_nil(leak(150)) -- the emulator's PostgreSQL takes 100 connections
+    assert.is_true(rds.stats().open_handles <= 45, tostring(rds.stats().open_handles))
+    collectgarbage("collect")
+  end)
+
+  it("exhaust it without that (negative control)", function()
+    collectgarbage("collect")
+    collectgarbage("stop")
+    rds._gc_floor = 1e9
+    local err = leak(150)
+    collectgarbage("restart")
+    collectgarbage("collect")
+    -- 53300 too_many_connections ("too many clients" or "remaining connection slots are reserved")
+    assert.matches("^53300 ", err or "no failure")
   end)
 end)

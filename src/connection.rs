@@ -87,7 +87,7 @@ impl Handle {
         let started = std::time::SystemTime::now();
         rate_guard(&conf).await?;
         let token = token::issue_async(&conf.endpoint).await?;
-        let conn = match Self::session(&conf, Some(&token.token)).await {
+        let conn = match Self::session(&conf, Some(&token.token)).await.inspect_err(count_refusal) {
             // RDS refused a token from the cache: its credentials may have been
             // revoked or rotated early. Drop it, refresh the credentials (at
             // most once per source per 30 s) and try once more with a new one,
@@ -97,10 +97,11 @@ impl Handle {
                 credentials::invalidate(conf.endpoint.assume_role.as_ref());
                 rate_guard(&conf).await?;
                 let fresh = token::issue_async(&conf.endpoint).await?;
-                Self::session(&conf, Some(&fresh.token)).await?
+                Self::session(&conf, Some(&fresh.token)).await.inspect_err(count_refusal)?
             }
             other => other?,
         };
+        crate::stats::bump(&crate::stats::IAM_AUTH_OK);
         Ok(Handle::new(conn, &conf, lease))
     }
 
@@ -119,6 +120,7 @@ impl Handle {
     fn new(conn: pg::Connection, conf: &ConnectConf, lease: Lease) -> Handle {
         let label = format!("{}@{}:{}/{}", conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database);
         let last_session = conn.escape_session().unwrap_or_default();
+        crate::stats::bump(&crate::stats::OPEN_HANDLES);
         Handle {
             last_session,
             state: State::Open(conn),
@@ -420,6 +422,13 @@ async fn rate_guard(conf: &ConnectConf) -> Result<()> {
     }
 }
 
+/// Counts an IAM login the server refused, by SQLSTATE.
+fn count_refusal(e: &Error) {
+    if let Some(state) = e.sqlstate().filter(|_| e.is_auth()) {
+        crate::stats::iam_auth_failed(state);
+    }
+}
+
 /// Whether the server refused the login (bad password, PAM failure).
 fn refused(e: &Error) -> bool {
     e.is_auth() && matches!(e.sqlstate(), Some("28000") | Some("28P01"))
@@ -443,6 +452,7 @@ fn connect_timeout(conf: &ConnectConf) -> Error {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        crate::stats::OPEN_HANDLES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if self.owner != process::generation() {
             if let State::Open(conn) = std::mem::replace(&mut self.state, State::Closed) {
                 conn.abandon();

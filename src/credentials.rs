@@ -195,6 +195,18 @@ pub fn invalidate(role: Option<&AssumeRole>) -> bool {
     true
 }
 
+/// Seconds until the cached credentials of `role` expire (negative once
+/// past), or `None` when none are cached or they carry no expiry.
+pub fn seconds_left(role: Option<&AssumeRole>) -> Option<i64> {
+    let state = state().ok()?;
+    let cache = state.cache.lock().ok()?;
+    let expiry = cache.get(&role.cloned())?.expiry()?;
+    Some(match expiry.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    })
+}
+
 /// See [`invalidate`].
 pub const INVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
@@ -301,8 +313,11 @@ impl ProcessCredentials {
                 ErrorKind::Credentials,
                 format!("could not get aws credentials from {}: {}", describe(role), lower_first(&chain_text(&e))),
             );
-            self.scrub(error)
+            let error = self.scrub(error);
+            crate::stats::credential_failed(&source, error.message());
+            error
         })?;
+        crate::stats::credential_fetched(&source);
         let now = SystemTime::now();
         if let Some(expiry) = credentials.expiry() {
             if expiry <= now + REFRESH_MARGIN {

@@ -19,5 +19,6 @@ pub mod process;
 pub mod rate;
 pub mod region;
 pub mod signer;
+pub mod stats;
 pub mod tls;
 pub mod token;

@@ -183,8 +183,10 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
         .ok()
         .and_then(|c| c.get(&fingerprint).filter(|(signed, t)| now < t.valid_until && wanted.matches(signed)).map(|(_, t)| t.clone()));
     if let Some(token) = hit {
+        crate::stats::bump(&crate::stats::TOKEN_CACHE_HITS);
         return Ok(token);
     }
+    crate::stats::bump(&crate::stats::TOKENS_SIGNED);
     let token = signer::shared().sign(&SigningParams {
         host: wanted.host,
         port: wanted.port,

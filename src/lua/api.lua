@@ -303,10 +303,27 @@ function Connection.__tostring(self)
   return tostring(self[HANDLE])
 end
 
+-- A connection left to the garbage collector keeps its server session until
+-- the collector runs, and a handle is too small a userdata to make it run:
+-- thousands of unclosed ones exhaust the server. So when this process has
+-- many handles open, connect() runs a full collection first, and then waits
+-- for twice as many before the next one (amortized).
+M._gc_floor = 256
+local gc_mark
+
+local function collect_unclosed()
+  local open = core.open_handles()
+  if open >= (gc_mark or M._gc_floor) then
+    collectgarbage("collect")
+    gc_mark = math.max(M._gc_floor, 2 * core.open_handles())
+  end
+end
+
 --- conn, err, sqlstate = rds.connect(conf, mode)
 function M.connect(conf, mode)
   check("connect", 1, conf, "table")
   check("connect", 2, mode, "string", true)
+  collect_unclosed()
   local h, err, sqlstate
   if yieldable() then
     local job, bound_ms = core.connect_start(conf, mode)

@@ -61,6 +61,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     )?;
     core.set("stats", lua.create_function(lua_stats)?)?;
     core.set("token_epoch", lua.create_function(|_, ()| Ok(token::epoch()))?)?;
+    core.set("open_handles", lua.create_function(|_, ()| Ok(crate::stats::OPEN_HANDLES.load(std::sync::atomic::Ordering::Relaxed)))?)?;
     if let Some(isyieldable) = isyieldable_function(lua)? {
         core.set("isyieldable", isyieldable)?;
     }
@@ -234,6 +235,23 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     t.set("jobs", jobs::count())?;
     t.set("io_thread", io_thread::running())?;
     t.set("rate_waits", crate::rate::WAITS.load(std::sync::atomic::Ordering::Relaxed))?;
+    let s = crate::stats::snapshot();
+    t.set("tokens_signed", s.tokens_signed)?;
+    t.set("token_cache_hits", s.token_cache_hits)?;
+    t.set("iam_auth_ok", s.iam_auth_ok)?;
+    t.set("open_handles", s.open_handles)?;
+    let by_name = |map: &std::collections::BTreeMap<String, u64>| -> LuaResult<Table> {
+        let t = lua.create_table()?;
+        for (k, v) in map {
+            t.set(k.as_str(), *v)?;
+        }
+        Ok(t)
+    };
+    t.set("credential_fetches", by_name(&s.credential_fetches)?)?;
+    t.set("credential_failures", by_name(&s.credential_failures)?)?;
+    t.set("iam_auth_failed", by_name(&s.iam_auth_failed)?)?;
+    t.set("last_credential_error", s.last_credential_error)?;
+    t.set("credentials_expire_in", credentials::seconds_left(None))?;
     let pools = lua.create_table()?;
     for f in crate::pool::figures() {
         let p = lua.create_table()?;

@@ -1,0 +1,118 @@
+//! This process's counters for `rds.stats()`: plain atomics bumped where
+//! things happen (no allocation on the token fast path), and a few figures
+//! read on demand. Counted since the process started; the counters kept by
+//! name start from zero in a forked child, the plain ones carry over.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::process;
+
+/// Tokens signed (cache misses on the Rust side).
+pub static TOKENS_SIGNED: AtomicU64 = AtomicU64::new(0);
+/// Tokens served from the Rust token cache (api.lua's memo hits are not counted).
+pub static TOKEN_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+/// New IAM logins the server accepted.
+pub static IAM_AUTH_OK: AtomicU64 = AtomicU64::new(0);
+/// Connection handles alive (opened and not yet dropped by Lua's GC).
+pub static OPEN_HANDLES: AtomicU64 = AtomicU64::new(0);
+
+/// Counters kept by name: credential fetches and failures by source, IAM
+/// logins refused by SQLSTATE, and the last credential error.
+#[derive(Default)]
+struct Named {
+    generation: u64,
+    fetches: BTreeMap<String, u64>,
+    fetch_failures: BTreeMap<String, u64>,
+    iam_auth_failed: BTreeMap<String, u64>,
+    last_credential_error: Option<String>,
+}
+
+static NAMED: Mutex<Option<Named>> = Mutex::new(None);
+
+fn named<T>(f: impl FnOnce(&mut Named) -> T) -> T {
+    let mut guard = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+    let generation = process::generation();
+    if guard.as_ref().is_none_or(|n| n.generation != generation) {
+        *guard = Some(Named { generation, ..Named::default() });
+    }
+    f(guard.get_or_insert_with(Named::default))
+}
+
+/// A credential fetch from `source` succeeded.
+pub fn credential_fetched(source: &str) {
+    named(|n| *n.fetches.entry(source.to_owned()).or_default() += 1);
+}
+
+/// A credential fetch from `source` failed with `message` (already scrubbed).
+pub fn credential_failed(source: &str, message: &str) {
+    named(|n| {
+        *n.fetch_failures.entry(source.to_owned()).or_default() += 1;
+        n.last_credential_error = Some(message.to_owned());
+    });
+}
+
+/// The server refused an IAM login with `sqlstate`.
+pub fn iam_auth_failed(sqlstate: &str) {
+    named(|n| *n.iam_auth_failed.entry(sqlstate.to_owned()).or_default() += 1);
+}
+
+/// What `rds.stats()` shows of these counters.
+pub struct Snapshot {
+    /// See [`TOKENS_SIGNED`].
+    pub tokens_signed: u64,
+    /// See [`TOKEN_CACHE_HITS`].
+    pub token_cache_hits: u64,
+    /// See [`IAM_AUTH_OK`].
+    pub iam_auth_ok: u64,
+    /// See [`OPEN_HANDLES`].
+    pub open_handles: u64,
+    /// Credential fetches by source.
+    pub credential_fetches: BTreeMap<String, u64>,
+    /// Failed credential fetches by source.
+    pub credential_failures: BTreeMap<String, u64>,
+    /// Refused IAM logins by SQLSTATE.
+    pub iam_auth_failed: BTreeMap<String, u64>,
+    /// The last credential error's text.
+    pub last_credential_error: Option<String>,
+}
+
+/// The counters now. The plain atomics are process-wide; in a forked child
+/// they start from what the parent had (they are cheap to bump, not reset).
+pub fn snapshot() -> Snapshot {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    named(|n| Snapshot {
+        tokens_signed: load(&TOKENS_SIGNED),
+        token_cache_hits: load(&TOKEN_CACHE_HITS),
+        iam_auth_ok: load(&IAM_AUTH_OK),
+        open_handles: load(&OPEN_HANDLES),
+        credential_fetches: n.fetches.clone(),
+        credential_failures: n.fetch_failures.clone(),
+        iam_auth_failed: n.iam_auth_failed.clone(),
+        last_credential_error: n.last_credential_error.clone(),
+    })
+}
+
+/// Bumps a counter.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_counters_add_up() {
+        credential_fetched("stats-test-source");
+        credential_fetched("stats-test-source");
+        credential_failed("stats-test-other", "could not get aws credentials from imds: refused");
+        iam_auth_failed("28000");
+        let s = snapshot();
+        assert_eq!(s.credential_fetches.get("stats-test-source"), Some(&2));
+        assert_eq!(s.credential_failures.get("stats-test-other"), Some(&1));
+        assert!(s.iam_auth_failed.get("28000").is_some_and(|n| *n >= 1));
+        assert!(s.last_credential_error.is_some());
+    }
+}
