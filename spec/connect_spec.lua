@@ -721,3 +721,50 @@ describe("connect()", function()
     end)
   end)
 end)
+
+describe("CA, certificate and key files", function()
+  local e
+
+  lazy_setup(function()
+    e = assert(emu.start { region = REGION })
+  end)
+
+  lazy_teardown(function()
+    if e then e:stop() end
+  end)
+
+  local function conf(extra)
+    return merge({
+      pg_host = e.host, pg_port = e.port, pg_database = e.db, pg_user = "pw_scram",
+      pg_password = e.users.pw_scram, pg_ssl = true, pg_ssl_verify = true, pg_timeout = 3000,
+    }, extra)
+  end
+
+  it("are read only when they are regular files: a device, a FIFO or a directory fails at once", function()
+    local fifo = os.tmpname()
+    os.remove(fifo)
+    assert(os.execute("mkfifo " .. util.shell_quote(fifo)))
+    for _, path in ipairs { "/dev/zero", fifo, "/tmp" } do
+      local t0 = socket.gettime()
+      local c, err = rds.connect(conf { pg_ssl_cafile = path })
+      assert.is_nil(c)
+      assert.equal("ca file " .. path .. " is not a regular file", err)
+      assert.is_true(socket.gettime() - t0 < 1, path .. " took too long")
+      c, err = rds.connect(conf { pg_ssl_cert = path, pg_ssl_cert_key = e.client_key })
+      assert.is_nil(c)
+      assert.equal("client certificate " .. path .. " is not a regular file", err)
+    end
+    os.remove(fifo)
+    -- a regular file still works
+    assert(assert(rds.connect(conf { pg_ssl_cafile = e.ca })):close())
+  end)
+
+  it("larger than 16 MB are refused", function()
+    local big = os.tmpname()
+    assert(os.execute("truncate -s 17M " .. util.shell_quote(big)))
+    local c, err = rds.connect(conf { pg_ssl_cafile = big })
+    os.remove(big)
+    assert.is_nil(c)
+    assert.equal("ca file " .. big .. " is larger than 16 MB", err)
+  end)
+end)

@@ -230,6 +230,19 @@ describe("token(conf)", function()
   end)
 end)
 
+describe("a conf proxy whose __index raises", function()
+  it("gives nil, err even when the error object's __tostring raises too", function()
+    local bad = setmetatable({}, { __tostring = function() error("no text for you") end })
+    local conf = setmetatable({}, { __index = function() error(bad) end })
+    local token, err = rds.token(conf)
+    assert.is_nil(token)
+    assert.equal("cannot read conf: its __index raised: an error object that cannot be shown", err)
+    local ok_conf = setmetatable({}, { __index = function() error("plain text") end })
+    local _, err2 = rds.token(ok_conf)
+    assert.matches("its __index raised: .*plain text", err2)
+  end)
+end)
+
 describe("conf validation names the key", function()
   local bad = {
     { { pg_port = "abc" }, 'pg_port must be an integer 1-65535, got "abc"' },

@@ -288,7 +288,9 @@ impl ProcessCredentials {
         };
         let (result, source) = match role {
             None => {
-                let result = base.provide_credentials().await;
+                let Ok(result) = crate::jobs::catching(base.provide_credentials()).await else {
+                    return Err(self.panicked(role));
+                };
                 let source = result.as_ref().ok().and_then(feature_source).unwrap_or_else(|| env_snapshot::get().expected_source());
                 (result, source.to_owned())
             }
@@ -304,7 +306,9 @@ impl ProcessCredentials {
                     .configure(&config.build())
                     .build_from_provider(base)
                     .await;
-                let result = provider.provide_credentials().await;
+                let Ok(result) = crate::jobs::catching(provider.provide_credentials()).await else {
+                    return Err(self.panicked(Some(role)));
+                };
                 (result, format!("assume_role({})", env_snapshot::get().expected_source()))
             }
         };
@@ -332,6 +336,18 @@ impl ProcessCredentials {
 }
 
 impl ProcessCredentials {
+    /// The error for a credential provider that panicked (aws-config does on
+    /// some malformed answers, e.g. an IMDS role name that is no URI path).
+    fn panicked(&self, role: Option<&AssumeRole>) -> Error {
+        let source = describe(role);
+        let error = Error::new(
+            ErrorKind::Credentials,
+            format!("could not get aws credentials from {source}: the provider failed on an answer it could not use (malformed data from the endpoint)"),
+        );
+        crate::stats::credential_failed(&source, error.message());
+        error
+    }
+
     /// Removes every secret this process knows from an error's text: the
     /// frozen environment's secret key, session token and container
     /// authorization token, and the secrets of every cached credential. SDK

@@ -211,6 +211,20 @@ pub async fn first<A: Future, B: Future>(a: A, b: B) -> First<A::Output, B::Outp
     .await
 }
 
+/// Runs `future`, turning a panic while it is polled into `Err(())`: for
+/// third-party futures that panic on input they did not expect (aws-config's
+/// IMDS client on a malformed role name), so that the caller can say what
+/// failed instead of "internal error".
+pub async fn catching<F: Future>(future: F) -> std::result::Result<F::Output, ()> {
+    tokio::pin!(future);
+    std::future::poll_fn(|cx| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+        Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+        Err(_) => std::task::Poll::Ready(Err(())),
+    })
+    .await
+}
+
 /// The output of a job that panicked.
 pub(crate) struct Panicked;
 

@@ -55,14 +55,44 @@ fn build(tls: &TlsConf) -> Result<ClientConfig> {
     match &tls.client_cert {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            let cert_pem = read_pem_file(cert, "client certificate")?;
+            let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| tls_error(format!("could not read client certificate {}: {e}", cert.display())))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error(format!("could not read client key {}: {e}", key.display())))?;
+            let key_pem = read_pem_file(key, "client key")?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| tls_error(format!("could not read client key {}: {e}", key.display())))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| tls_error(format!("client certificate: {e}")))
         }
     }
+}
+
+/// The most a CA, certificate or key file may hold.
+const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
+
+/// A PEM file's bytes: a regular file only (a FIFO would hang the read, a
+/// device such as /dev/zero never end) of at most [`MAX_PEM_FILE`] bytes.
+fn read_pem_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let failed = |e: std::io::Error| {
+        let text = e.to_string();
+        let mut chars = text.chars();
+        let lower: String = chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
+        tls_error(format!("could not read {what} {}: {lower}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(failed)?;
+    if !meta.is_file() {
+        return Err(tls_error(format!("{what} {} is not a regular file", path.display())));
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(tls_error(format!("{what} {} is larger than 16 MB", path.display())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path).map_err(failed)?.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes).map_err(failed)?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(tls_error(format!("{what} {} is larger than 16 MB", path.display())));
+    }
+    Ok(bytes)
 }
 
 fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
@@ -77,8 +107,9 @@ fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
                 }
             }
             CaSource::File(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                let pem = read_pem_file(path, "ca file")?;
+                let certs = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| tls_error(format!("could not read ca file {}: {e}", path.display())))?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {

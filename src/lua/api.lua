@@ -149,7 +149,10 @@ function M.token(conf, mode)
     local ok, err = pcall(read, conf, keys, values)
     if not ok then
       memo[conf] = nil
-      return nil, "cannot read conf: its __index raised: " .. tostring(err):sub(1, 200)
+      -- the error object's own __tostring may raise too
+      local shown, text = pcall(tostring, err)
+      if not shown or type(text) ~= "string" then text = "an error object that cannot be shown" end
+      return nil, "cannot read conf: its __index raised: " .. text:sub(1, 200)
     end
   else
     read(conf, keys, values)

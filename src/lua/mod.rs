@@ -26,6 +26,7 @@ use conf_source::{LuaConf, LuaValues};
 #[mlua::lua_module(skip_memory_check)]
 fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     let snapshot = env_snapshot::freeze();
+    quiet_panics();
     // Before nginx forks its workers, so that they share the buckets.
     crate::rate::map_at_load();
     let library_path = pin_library();
@@ -420,6 +421,20 @@ fn isyieldable_function(lua: &Lua) -> LuaResult<Option<mlua::Function>> {
     }
     // SAFETY: a C function that pushes one boolean and touches nothing else.
     Ok(Some(unsafe { lua.create_c_function(isyieldable)? }))
+}
+
+/// A panic (a bug, here or in a dependency) is caught and answered as
+/// `nil, "internal error ..."`; what reaches stderr (nginx's error log) is
+/// this one line, never a backtrace, and never the panic's own text, which
+/// could quote data.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            eprintln!("kong_rds_iam: internal error (a bug; please report it){place}");
+        }));
+    });
 }
 
 /// Keeps this library mapped for the life of the process; returns the path

@@ -1,0 +1,41 @@
+-- A credential provider that panics on an answer it cannot use (aws-config's
+-- IMDS client on a role name that is no URI path) gives a clear nil, err,
+-- and what reaches stderr is one line, never a backtrace. Fake IMDS on
+-- 127.0.0.1, the module in a child process.
+local fake = require "spec.support.fake_aws"
+local lua_process = require "spec.support.lua_process"
+local util = require "spec.support.util"
+
+describe("a credential provider that panics", function()
+  local f
+
+  lazy_setup(function()
+    f = assert(fake.start {})
+  end)
+
+  lazy_teardown(function()
+    if f then f:stop() end
+  end)
+
+  it("gives nil and a clear error, and one line on stderr", function()
+    assert(f:configure_imds { role_name = "bad role" })
+    local out = lua_process.run([[
+      local rds = require "kong_rds_iam"
+      local source, err = rds.credentials_source()
+      local token, terr = rds.token { pg_host = "db.abc.us-east-1.rds.amazonaws.com", pg_user = "u" }
+      io.write("@@", tostring(source), "|", tostring(err), "|", tostring(token), "|", tostring(terr), "\n")
+    ]], util.merge(f:env("imds"), { RUST_BACKTRACE = "1" }))
+    local result = out:match("@@([^\n]*)")
+    assert.truthy(result, out)
+    local source, err, token, terr = result:match("^(.-)|(.-)|(.-)|(.*)$")
+    assert.equal("nil", source)
+    assert.equal("could not get aws credentials from imds: the provider failed on an answer it could not use (malformed data from the endpoint)", err)
+    assert.equal("nil", token)
+    assert.equal(err, terr)
+    local stderr = out:gsub("@@[^\n]*\n?", "")
+    local _, lines = stderr:gsub("[^\n]+", "")
+    assert.is_true(lines <= 2, "stderr: " .. stderr) -- one line per panic, no backtrace
+    assert.is_nil(stderr:find("stack backtrace", 1, true), stderr)
+    assert.truthy(stderr:find("kong_rds_iam: internal error", 1, true), stderr)
+  end)
+end)
