@@ -315,7 +315,11 @@ impl ProcessCredentials {
         let credentials = result.map_err(|e| {
             let error = Error::new(
                 ErrorKind::Credentials,
-                format!("could not get aws credentials from {}: {}", describe(role), lower_first(&chain_text(&e))),
+                format!(
+                    "could not get aws credentials from {}: {}",
+                    describe(role),
+                    lower_first(&withhold_process_output(&chain_text(&e)))
+                ),
             );
             let error = self.scrub(error);
             crate::stats::credential_failed(&source, error.message());
@@ -432,6 +436,19 @@ fn feature_source(credentials: &Credentials) -> Option<&'static str> {
     })
 }
 
+/// aws-config quotes a failed `credential_process`'s stderr (and the reason
+/// its stdout did not parse) in the error; what a credential process prints
+/// may be a secret, so only the exit status is kept.
+fn withhold_process_output(text: &str) -> std::borrow::Cow<'_, str> {
+    for marker in [". Stderr: ", "could not parse response: "] {
+        if let Some(at) = text.find(marker) {
+            let kept = &text[..at + marker.len() - 2];
+            return std::borrow::Cow::Owned(format!("{kept} (withheld: what a credential process prints may be secret)"));
+        }
+    }
+    std::borrow::Cow::Borrowed(text)
+}
+
 fn lower_first(s: &str) -> String {
     let mut chars = s.chars();
     match chars.next() {
@@ -473,6 +490,18 @@ mod tests {
         assert!(!short.wants_refresh(now + Duration::from_secs(50)));
         assert!(short.wants_refresh(now + Duration::from_secs(70)));
         assert!(!identity(None, now).wants_refresh(now + hour));
+    }
+
+    #[test]
+    fn a_credential_process_output_is_withheld() {
+        let text = "Error retrieving credentials: external process exited with code exit status: 3. Stderr: token=hunter2";
+        let out = withhold_process_output(text);
+        assert_eq!(out, "Error retrieving credentials: external process exited with code exit status: 3. Stderr (withheld: what a credential process prints may be secret)");
+        let parse = withhold_process_output(
+            "Error retrieving credentials from external process, could not parse response: {\"SecretAccessKey\": \"x\"",
+        );
+        assert!(!parse.contains("SecretAccessKey"), "{parse}");
+        assert_eq!(withhold_process_output("connection refused"), "connection refused");
     }
 
     #[test]

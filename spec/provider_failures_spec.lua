@@ -1,6 +1,7 @@
 -- A credential provider that panics on an answer it cannot use (aws-config's
 -- IMDS client on a role name that is no URI path) gives a clear nil, err,
--- and what reaches stderr is one line, never a backtrace. Fake IMDS on
+-- and what reaches stderr is one line, never a backtrace; a credential
+-- process that fails is reported without what it printed. Fake IMDS on
 -- 127.0.0.1, the module in a child process.
 local fake = require "spec.support.fake_aws"
 local lua_process = require "spec.support.lua_process"
@@ -37,5 +38,28 @@ describe("a credential provider that panics", function()
     assert.is_true(lines <= 2, "stderr: " .. stderr) -- one line per panic, no backtrace
     assert.is_nil(stderr:find("stack backtrace", 1, true), stderr)
     assert.truthy(stderr:find("kong_rds_iam: internal error", 1, true), stderr)
+  end)
+end)
+
+describe("a credential_process that fails", function()
+  it("is reported with its exit status, never with what it printed", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. util.shell_quote(dir)))
+    local script = util.write_file(dir .. "/creds.sh",
+      "#!/bin/sh\necho 'SECRET-ON-STDERR-0123456789' >&2\necho '{\"SecretAccessKey\": \"SECRET-ON-STDOUT\"}'\nexit 3\n")
+    assert(os.execute("chmod +x " .. util.shell_quote(script)))
+    local config = util.write_file(dir .. "/config", "[default]\ncredential_process = " .. script .. "\n")
+    local out = lua_process.run([[
+      local rds = require "kong_rds_iam"
+      local source, err = rds.credentials_source()
+      io.write("@@", tostring(source), "|", tostring(err), "\n")
+    ]], { AWS_CONFIG_FILE = config, AWS_SHARED_CREDENTIALS_FILE = dir .. "/none", AWS_EC2_METADATA_DISABLED = "true" })
+    os.execute("rm -rf " .. util.shell_quote(dir))
+    local result = assert(out:match("@@([^\n]*)"), out)
+    assert.matches("^nil|could not get aws credentials from ", result)
+    assert.matches("exit status: 3", result, 1, true)
+    assert.is_nil(out:find("SECRET-ON-STDERR", 1, true), out)
+    assert.is_nil(out:find("SECRET-ON-STDOUT", 1, true), out)
   end)
 end)
