@@ -349,7 +349,8 @@ describe("connect()", function()
 
     it("tlsv1_3 fails with a tls error", function()
       local err, sqlstate = refused(iam_conf(e, { pg_ssl_version = "tlsv1_3" }))
-      assert.matches("^tls handshake failed", err)
+      assert.matches("^tls handshake failed: %l", err)
+      assert.is_nil(err:find("%u%l+%u")) -- no Rust CamelCase names
       assert.is_nil(sqlstate)
     end)
 
@@ -393,22 +394,23 @@ describe("connect()", function()
 
     it("fails with another CA", function()
       local err = refused(iam_conf(e, { pg_ssl_verify = true, pg_ssl_cafile = e.other_ca }))
-      assert.matches("^tls handshake failed: .*certificate", err)
+      -- a short sentence, not rustls's UnknownIssuer
+      assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
     end)
 
     it("fails for a host name not in the certificate (127.0.0.2)", function()
       local err = refused(iam_conf(e, { pg_host = "127.0.0.2", pg_ssl_verify = true, pg_ssl_cafile = e.ca }))
-      assert.matches("^tls handshake failed: .*127%.0%.0%.2", err)
+      assert.equal("tls handshake failed: the server's certificate is not valid for 127.0.0.2", err)
     end)
 
     it("fails with only the system store (the CA is not in it)", function()
       local err = refused(iam_conf(e, { pg_ssl_verify = true, lua_ssl_trusted_certificate = "system" }))
-      assert.matches("^tls handshake failed", err)
+      assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
     end)
 
     it("fails naming a CA file that does not exist", function()
       local err = refused(iam_conf(e, { pg_ssl_verify = true, pg_ssl_cafile = "/nonexistent/ca.pem" }))
-      assert.matches("/nonexistent/ca.pem", err, 1, true)
+      assert.equal("could not read ca file /nonexistent/ca.pem: no such file or directory (os error 2)", err)
     end)
 
     it("reads lua_ssl_trusted_certificate as a comma list with system", function()

@@ -124,6 +124,36 @@ fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
     Ok(roots)
 }
 
+/// A failed handshake as a short lowercase sentence: rustls's errors print
+/// as Rust names (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).
+pub fn handshake_text(e: &std::io::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        let text = e.to_string();
+        let mut chars = text.chars();
+        return chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer => "the server's certificate is not signed by a trusted ca".into(),
+            C::Expired | C::ExpiredContext { .. } => "the server's certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "the server's certificate is not valid yet".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!("the server's certificate is not valid for {host}"),
+            C::Revoked => "the server's certificate is revoked".into(),
+            C::BadSignature => "the server's certificate has a bad signature".into(),
+            C::BadEncoding => "the server's certificate cannot be parsed".into(),
+            C::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+                "the server presents a ca certificate as its own certificate".into()
+            }
+            _ => "the server's certificate is not acceptable".into(),
+        },
+        rustls::Error::AlertReceived(alert) => format!("the server refused the handshake (alert {})", format!("{alert:?}").to_lowercase()),
+        rustls::Error::NoCertificatesPresented => "the server presented no certificate".into(),
+        rustls::Error::PeerIncompatible(_) => "the server offers no tls version or cipher this client accepts".into(),
+        _ => "the handshake failed".into(),
+    }
+}
+
 /// The server name to verify and send as SNI (none is sent for addresses).
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).map_err(|_| tls_error(format!("{host} is not a valid tls server name")))

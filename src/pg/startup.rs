@@ -99,10 +99,9 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
         b'S' => {
             let config = tls::client_config(&conf.tls)?;
             let name = tls::server_name(&conf.endpoint.host)?;
-            let stream = TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| Error::new(ErrorKind::Tls, format!("tls handshake failed: {}", io_text(&e))))?;
+            let stream = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+                Error::new(ErrorKind::Tls, format!("tls handshake failed: {}", tls::handshake_text(&e, &conf.endpoint.host)))
+            })?;
             Ok(Transport::Tls(Box::new(stream)))
         }
         b'N' if conf.tls.required => Err(Error::new(
