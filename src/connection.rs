@@ -80,8 +80,8 @@ impl Handle {
             Checkout::Reuse(idle, lease) => return Ok(Handle::reused(idle, lease, &conf)),
             Checkout::Open(lease) => lease,
         };
-        if !conf.iam {
-            let conn = Self::session(&conf, conf.password.as_deref()).await?;
+        if !conf.auth.is_iam() {
+            let conn = Self::session(&conf, conf.auth.password()).await?;
             return Ok(Handle::new(conn, &conf, lease));
         }
         let started = std::time::SystemTime::now();

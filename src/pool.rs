@@ -47,7 +47,7 @@ impl Key {
             schema: conf.schema.clone(),
             application_name: conf.application_name.clone(),
             tls: conf.tls.clone(),
-            iam: conf.iam,
+            iam: conf.auth.is_iam(),
         }
     }
 

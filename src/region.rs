@@ -18,6 +18,42 @@ use crate::env_snapshot::{self, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::process;
 
+/// An endpoint with the region it is signed for: what a token is made for,
+/// resolved once (the host was lowercased when the endpoint was parsed), so
+/// that nothing downstream looks for a region again or meets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Host, port, user, role, timeout.
+    pub endpoint: std::borrow::Cow<'a, Endpoint>,
+    /// `pg_iam_auth_region`, else the host's, else the environment's.
+    derived: Option<String>,
+}
+
+impl<'a> Target<'a> {
+    /// Resolves the region of `endpoint`, blocking to read the profile files
+    /// when it comes to them.
+    pub fn resolve(endpoint: std::borrow::Cow<'a, Endpoint>) -> Result<Target<'a>> {
+        let derived = derived(&endpoint)?;
+        Ok(Target { endpoint, derived })
+    }
+
+    /// [`Target::resolve`] for a job.
+    pub async fn resolve_async(endpoint: std::borrow::Cow<'a, Endpoint>) -> Result<Target<'a>> {
+        let derived = derived_async(&endpoint).await?;
+        Ok(Target { endpoint, derived })
+    }
+
+    /// The region to sign for.
+    pub fn region(&self) -> &str {
+        self.endpoint.region.as_deref().or(self.derived.as_deref()).unwrap_or_default()
+    }
+
+    /// The same target, owning its endpoint.
+    pub fn into_owned(self) -> Target<'static> {
+        Target { endpoint: std::borrow::Cow::Owned(self.endpoint.into_owned()), derived: self.derived }
+    }
+}
+
 /// The region `endpoint` is signed for, when its conf does not name one
 /// (`None` when it does: then it is `endpoint.region`); an error when none
 /// is found anywhere. Blocks to read the profile files when it comes to them.

@@ -18,7 +18,7 @@ use crate::conf::{AssumeRole, Endpoint};
 use crate::credentials::{self, Identity, REFRESH_MARGIN};
 use crate::error::Result;
 use crate::process::PerProcess;
-use crate::region;
+use crate::region::Target;
 use crate::signer::{self, SigningParams, TOKEN_LIFETIME_SECS};
 
 /// A signed token and when it stops working.
@@ -49,16 +49,8 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
 /// What a cached token was signed for; compared in full on every hit. It
 /// owns the endpoint the token was issued for (moved in, not copied).
 struct Signed {
-    endpoint: Endpoint,
-    /// The region when the endpoint does not name one (host or environment).
-    derived_region: Option<String>,
+    target: Target<'static>,
     identity: Arc<Identity>,
-}
-
-impl Signed {
-    fn region(&self) -> &str {
-        self.endpoint.region.as_deref().or(self.derived_region.as_deref()).unwrap_or_default()
-    }
 }
 
 /// What a token is wanted for, borrowed: look-ups allocate nothing.
@@ -80,13 +72,13 @@ impl Wanted<'_> {
     }
 
     fn matches(&self, s: &Signed) -> bool {
-        self.host == s.endpoint.host
-            && self.port == s.endpoint.port
-            && self.user == s.endpoint.user
-            && self.region == s.region()
+        self.host == s.target.endpoint.host
+            && self.port == s.target.endpoint.port
+            && self.user == s.target.endpoint.user
+            && self.region == s.target.region()
             && self.access_key_id == s.identity.access_key_id()
             && self.credentials_expiry == s.identity.expiry()
-            && self.role == s.endpoint.assume_role.as_ref()
+            && self.role == s.target.endpoint.assume_role.as_ref()
     }
 }
 
@@ -125,10 +117,9 @@ impl Hasher for Prehashed {
 /// is kept by the cache as is; a borrowed one is copied when a new token is
 /// cached.
 pub fn issue(endpoint: Cow<'_, Endpoint>) -> Result<Arc<Token>> {
-    let derived_region = region::derived(&endpoint)?;
-    let region = endpoint.region.as_deref().or(derived_region.as_deref());
-    let identity = credentials::get(endpoint.assume_role.as_ref(), region, endpoint.timeout)?;
-    issue_with(endpoint, derived_region, identity)
+    let target = Target::resolve(endpoint)?;
+    let identity = credentials::get(target.endpoint.assume_role.as_ref(), Some(target.region()), target.endpoint.timeout)?;
+    issue_with(target, identity)
 }
 
 /// What [`issue_or_fetch`] gives.
@@ -143,12 +134,12 @@ pub enum Issued {
 /// A token for `endpoint` if it can be had without waiting for the network;
 /// else the credential fetch to wait for, as a job.
 pub fn issue_or_fetch(endpoint: Cow<'_, Endpoint>) -> Result<Issued> {
-    let derived_region = region::derived(&endpoint)?;
-    let region = endpoint.region.as_deref().or(derived_region.as_deref());
-    match credentials::cached(endpoint.assume_role.as_ref()) {
-        Some(identity) => Ok(Issued::Token(issue_with(endpoint, derived_region, identity)?)),
+    let target = Target::resolve(endpoint)?;
+    match credentials::cached(target.endpoint.assume_role.as_ref()) {
+        Some(identity) => Ok(Issued::Token(issue_with(target, identity)?)),
         None => {
-            let (role, region, timeout) = (endpoint.assume_role.clone(), region.map(str::to_owned), endpoint.timeout);
+            let e = &target.endpoint;
+            let (role, region, timeout) = (e.assume_role.clone(), Some(target.region().to_owned()), e.timeout);
             let job = crate::jobs::submit(move |_| async move { credentials::get_async(role, region, timeout).await.map(drop) })?;
             Ok(Issued::Fetching(job))
         }
@@ -157,15 +148,15 @@ pub fn issue_or_fetch(endpoint: Cow<'_, Endpoint>) -> Result<Issued> {
 
 /// [`issue`] for a job: credentials are fetched without blocking.
 pub async fn issue_async(endpoint: &Endpoint) -> Result<Arc<Token>> {
-    let derived_region = region::derived_async(endpoint).await?;
-    let region = endpoint.region.as_deref().or(derived_region.as_deref());
-    let identity = credentials::get_async(endpoint.assume_role.clone(), region.map(str::to_owned), endpoint.timeout).await?;
-    issue_with(Cow::Borrowed(endpoint), derived_region, identity)
+    let target = Target::resolve_async(Cow::Borrowed(endpoint)).await?;
+    let identity = credentials::get_async(endpoint.assume_role.clone(), Some(target.region().to_owned()), endpoint.timeout).await?;
+    issue_with(target, identity)
 }
 
-/// Signs (or takes from the cache) the token for `endpoint` with `identity`.
-fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, identity: Arc<Identity>) -> Result<Arc<Token>> {
-    let region = endpoint.region.as_deref().or(derived_region.as_deref()).unwrap_or_default();
+/// Signs (or takes from the cache) the token for `target` with `identity`.
+fn issue_with(target: Target<'_>, identity: Arc<Identity>) -> Result<Arc<Token>> {
+    let endpoint = &target.endpoint;
+    let region = target.region();
     let wanted = Wanted {
         host: &endpoint.host,
         port: endpoint.port,
@@ -209,7 +200,7 @@ fn issue_with(endpoint: Cow<'_, Endpoint>, derived_region: Option<String>, ident
                 c.clear();
             }
         }
-        let signed = Signed { endpoint: endpoint.into_owned(), derived_region, identity };
+        let signed = Signed { target: target.into_owned(), identity };
         c.insert(fingerprint, (signed, token.clone()));
     }
     Ok(token)
@@ -221,7 +212,8 @@ pub fn forget(endpoint: &Endpoint) {
     if let Ok(cache) = CACHE.get_or_try_init(|| Ok(Mutex::new(TokenCache::default()))) {
         if let Ok(mut c) = cache.lock() {
             c.retain(|_, (signed, _)| {
-                !(signed.endpoint.host == endpoint.host && signed.endpoint.port == endpoint.port && signed.endpoint.user == endpoint.user)
+                let e = &signed.target.endpoint;
+                !(e.host == endpoint.host && e.port == endpoint.port && e.user == endpoint.user)
             });
         }
     }

@@ -114,10 +114,8 @@ pub struct TlsConf {
 pub struct ConnectConf {
     /// Host, port, user, region, credentials.
     pub endpoint: Endpoint,
-    /// Authenticate with an IAM token instead of a password.
-    pub iam: bool,
-    /// `pg_password` (ignored, and `None`, when IAM is on).
-    pub password: Option<String>,
+    /// How the session authenticates: IAM or a password, one or the other.
+    pub auth: Auth,
     /// `pg_database`.
     pub database: String,
     /// `pg_schema`: becomes the `search_path`.
@@ -132,6 +130,41 @@ pub struct ConnectConf {
     /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
     /// second to this host, node-wide (see [`crate::rate`]).
     pub iam_max_rate: u32,
+}
+
+/// How a connection authenticates. IAM and a password are exclusive by
+/// type: under IAM `pg_password` is not even kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// An IAM token, signed for the endpoint, is the password (TLS forced).
+    Iam,
+    /// `pg_password`, when set, for whatever the server asks.
+    Password(Option<String>),
+}
+
+impl Auth {
+    /// Whether this is IAM.
+    pub fn is_iam(&self) -> bool {
+        matches!(self, Auth::Iam)
+    }
+
+    /// The configured password (never under IAM).
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            Auth::Iam => None,
+            Auth::Password(p) => p.as_deref(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Iam => f.write_str("Iam"),
+            Auth::Password(None) => f.write_str("Password(None)"),
+            Auth::Password(Some(_)) => f.write_str("Password(** redacted **)"),
+        }
+    }
 }
 
 /// How connections are kept alive (see [`crate::pool`]).
@@ -160,8 +193,7 @@ impl std::fmt::Debug for ConnectConf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectConf")
             .field("endpoint", &self.endpoint)
-            .field("iam", &self.iam)
-            .field("password", &self.password.as_ref().map(|_| "** redacted **"))
+            .field("auth", &self.auth)
             .field("database", &self.database)
             .field("schema", &self.schema)
             .field("application_name", &self.application_name)

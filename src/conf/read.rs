@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::keys::{key, Key, Side};
 use super::value::{boolean, integer, is_empty_string, non_empty_string, optional_string, quote, show, ConfSource, RawValue};
-use super::{AssumeRole, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
+use super::{AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
 use crate::error::{Error, Result};
 use crate::region;
 
@@ -202,8 +202,7 @@ impl<'a> Reader<'a> {
         }
         Ok(ConnectConf {
             endpoint,
-            iam,
-            password: if iam { None } else { password },
+            auth: if iam { Auth::Iam } else { Auth::Password(password) },
             database,
             schema,
             application_name,
@@ -299,7 +298,7 @@ mod tests {
         assert_eq!(c.endpoint.user, "kong");
         assert_eq!(c.endpoint.timeout, Duration::from_millis(5000));
         assert_eq!(c.database, "kong");
-        assert!(!c.iam && !c.tls.enabled && !c.tls.required && !c.tls.verify);
+        assert!(!c.auth.is_iam() && !c.tls.enabled && !c.tls.required && !c.tls.verify);
         assert_eq!(c.tls.version, TlsVersion::Tls12);
         assert_eq!(c.tls.trusted, vec![CaSource::System]);
         assert_eq!(c.endpoint.assume_role, None);
@@ -318,14 +317,14 @@ mod tests {
         let b = ConnectConf::parse(&parsed, Side::ReadWrite).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.endpoint.port, 6432);
-        assert!(a.iam && a.tls.enabled && a.tls.required && a.tls.verify);
+        assert!(a.auth.is_iam() && a.tls.enabled && a.tls.required && a.tls.verify);
     }
 
     #[test]
     fn iam_ignores_password_and_forces_tls() {
         let c = ConnectConf::parse(&src(&[("pg_iam_auth", s("on")), ("pg_password", s("hunter2")), ("pg_ssl", s("off"))]), Side::ReadWrite)
             .unwrap();
-        assert_eq!(c.password, None);
+        assert_eq!(c.auth.password(), None);
         assert!(c.tls.enabled && c.tls.required);
     }
 
@@ -364,12 +363,12 @@ mod tests {
     #[test]
     fn read_only_iam_follows_the_docs() {
         let rw_on = src(&[("pg_iam_auth", s("on"))]);
-        assert!(ConnectConf::parse(&rw_on, Side::ReadOnly).unwrap().iam);
+        assert!(ConnectConf::parse(&rw_on, Side::ReadOnly).unwrap().auth.is_iam());
         let ro_only = src(&[("pg_ro_iam_auth", s("on")), ("pg_password", s("pw"))]);
-        assert!(ConnectConf::parse(&ro_only, Side::ReadOnly).unwrap().iam);
+        assert!(ConnectConf::parse(&ro_only, Side::ReadOnly).unwrap().auth.is_iam());
         let rw = ConnectConf::parse(&ro_only, Side::ReadWrite).unwrap();
-        assert!(!rw.iam);
-        assert_eq!(rw.password.as_deref(), Some("pw"));
+        assert!(!rw.auth.is_iam());
+        assert_eq!(rw.auth.password(), Some("pw"));
     }
 
     #[test]
@@ -477,7 +476,7 @@ mod tests {
     fn empty_strings_mean_unset_for_optional_keys() {
         let c = ConnectConf::parse(&src(&[("pg_password", s("")), ("pg_schema", s("")), ("pg_iam_auth_region", s(""))]), Side::ReadWrite)
             .unwrap();
-        assert_eq!(c.password, None);
+        assert_eq!(c.auth.password(), None);
         assert_eq!(c.schema, None);
         assert_eq!(c.endpoint.region, None);
     }

@@ -284,8 +284,8 @@ fn lua_settings(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lu
     t.set("database", c.database.as_str())?;
     t.set("schema", c.schema.as_deref())?;
     t.set("timeout", c.endpoint.timeout.as_millis() as i64)?;
-    t.set("iam", c.iam)?;
-    t.set("password", c.password.as_deref())?;
+    t.set("iam", c.auth.is_iam())?;
+    t.set("password", c.auth.password())?;
     t.set("region", c.endpoint.region.as_deref())?;
     if let Some(role) = &c.endpoint.assume_role {
         t.set("assume_role_arn", role.role_arn.as_str())?;

@@ -45,7 +45,7 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
     frontend::startup_message(params, &mut buf).map_err(protocol)?;
     stream.send(&mut buf).await.map_err(|e| io_error("sending the startup message", &e))?;
 
-    authenticate(&mut stream, &mut buf, &conf.endpoint.user, password, conf.iam).await?;
+    authenticate(&mut stream, &mut buf, &conf.endpoint.user, password, conf.auth.is_iam()).await?;
 
     let mut server_version = String::new();
     let mut parameters: Vec<(String, String)> = Vec::new();
@@ -106,7 +106,7 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
         }
         b'N' if conf.tls.required => Err(Error::new(
             ErrorKind::Tls,
-            if conf.iam {
+            if conf.auth.is_iam() {
                 "the server does not support tls, which iam authentication requires"
             } else {
                 "the server does not support tls, but pg_ssl_required is on"
