@@ -110,6 +110,14 @@ impl Handle {
         tokio::time::timeout(conf.endpoint.timeout, pg::connect(conf, password)).await.map_err(|_| connect_timeout(conf))?
     }
 
+    /// An idle pooled connection for `conf`, taken at once without any
+    /// I/O, when there is one (the yielding path tries this before it hands
+    /// a connect to the I/O thread).
+    pub fn from_pool(conf: &ConnectConf) -> Option<Handle> {
+        let (idle, lease) = pool::take_idle(pool::Key::of(conf))?;
+        Some(Handle::reused(idle, lease, conf))
+    }
+
     /// How long a caller may wait for [`Handle::open_job`]: each of its
     /// steps is bounded by `pg_timeout`; this bounds them all.
     pub fn open_bound(conf: &ConnectConf) -> Duration {

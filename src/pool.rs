@@ -232,6 +232,35 @@ pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Durati
     }
 }
 
+/// An idle, live connection for `key` right now, if there is one: what
+/// [`checkout`] would reuse, without waiting for anything (a yielding
+/// caller then needs no hand-off to the I/O thread). Dead or expired idle
+/// connections met on the way are closed in the background.
+pub fn take_idle(key: Key) -> Option<(Idle, Lease)> {
+    let key = Arc::new(key);
+    let mut dead = Vec::new();
+    let found = with_slot(&key, |slot| {
+        let now = Instant::now();
+        while let Some(idle) = slot.idle.pop() {
+            if idle.expired(now) || !idle.conn.is_alive() {
+                slot.closed += 1;
+                dead.push(idle);
+                continue;
+            }
+            slot.busy += 1;
+            slot.reused += 1;
+            return Some(idle);
+        }
+        None
+    });
+    if !dead.is_empty() {
+        // Without an I/O thread to say goodbye from, the sockets just close.
+        let _ = process::spawn_background(close_all(dead));
+    }
+    // A lease only for a connection handed out: dropping one counts it back.
+    found.map(|idle| (idle, Lease { key, generation: process::generation() }))
+}
+
 /// Puts `conn` back as idle under its lease's key. A connection that is
 /// in a transaction or holds unread input is closed instead (an error says
 /// why); so is one past `retire_at` (that is not an error). Past `size`

@@ -331,9 +331,13 @@ function M.connect(conf, mode)
   if yieldable() then
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end
-    local ok, werr = wait(job, bound_ms)
-    if not ok then return nil, werr end
-    h, err, sqlstate = core.connect_finish(job)
+    if type(job) == "userdata" then
+      h = job -- an idle pooled connection, taken at once: no hand-off
+    else
+      local ok, werr = wait(job, bound_ms)
+      if not ok then return nil, werr end
+      h, err, sqlstate = core.connect_finish(job)
+    end
   else
     h, err, sqlstate = core.connect(conf, mode)
   end

@@ -167,16 +167,23 @@ fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lua
     }
 }
 
-/// `job, wait_ms = core.connect_start(conf, mode)`: the connect as a job.
+/// `job, wait_ms = core.connect_start(conf, mode)`: the connect as a job;
+/// or `conn` itself when an idle pooled connection could be taken at once.
 fn lua_connect_start(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
     let conf = LuaConf(conf);
     let submitted = guarded(|| {
         let conf = ConnectConf::parse(&conf, side(mode)?)?;
+        if let Some(handle) = Handle::from_pool(&conf) {
+            return Ok(Err(handle));
+        }
         let bound = Handle::open_bound(&conf);
-        Ok((jobs::submit(move |_| Handle::open_job(conf))?, bound))
+        Ok(Ok((jobs::submit(move |_| Handle::open_job(conf))?, bound)))
     });
     match submitted {
-        Ok((job, bound)) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+        Ok(Ok((job, bound))) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+        Ok(Err(handle)) => {
+            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle, Default::default()))?)]))
+        }
         Err(e) => failure(lua, &e),
     }
 }
