@@ -14,6 +14,15 @@
 --   /drain?v=VARIANT   close this worker's idle connections of VARIANT
 --   /nop?n=N           N calls of rds._nop(), each timed: median/p99/mean (us)
 --   /info              JSON: what the module offers (_nop, stats), versions
+--   /cycle?v=VARIANT   one connect (from the pool after the first) + one
+--                      `select 1 as x` + keepalive, timed as a whole (the
+--                      per-query buffer of /stats holds these cycle times;
+--                      /stats also counts the new physical connections)
+--   /decode?v=VARIANT  connect (pooled) + the 10,000-row query of
+--                      bench/sql/rows_mixed.sql, timed, + keepalive: JSON
+--                      with us (the query() call), rows, types checked
+--   /pooldrain?v=V     close the idle connections of rds's own keep-alive
+--                      pool for V (rds_tls, rds_plain) in this worker
 --
 -- Connections: ours are Rust objects, not tied to a request, so a per-worker
 -- free list keeps them open across requests. pgmoon's cosockets belong to
@@ -37,6 +46,11 @@ end
 
 local E = os.getenv -- the worker sees these through `env` directives
 local SQL = "select 1 as x"
+-- 10,000 rows x 6 columns: int4, int8, text, bool, float8, timestamptz
+-- (table made by bench/sql/rows_mixed.sql; int8 values stay below 2^53, so
+-- both drivers give numbers).
+local DECODE_SQL = "select id, big, name, flag, score, created from bench_rows_mixed order by id"
+local DECODE_ROWS = 10000
 
 local function conf_of(ssl)
   return {
@@ -148,8 +162,136 @@ function M.query()
   return q_rds(v, k)
 end
 
+-- connect + one query + keepalive, as Kong's Postgres strategy does per
+-- request. Ours: rds.connect takes an idle connection from the module's
+-- per-worker pool; pgmoon: the cosocket keepalive pool.
+local n_new = 0
+
+local function cycle_rds(v)
+  local t0 = clock()
+  local conn, err = rds.connect(CONFS[v])
+  if not conn then return fail("connect " .. v .. ": " .. tostring(err)) end
+  local res, qerr = conn:query(SQL)
+  if not res or not res[1] or res[1].x ~= 1 then
+    pcall(conn.close, conn)
+    return fail("query " .. v .. ": " .. tostring(qerr))
+  end
+  local reused = conn:getreusedtimes()
+  local ok, kerr = conn:keepalive()
+  if not ok then return fail("keepalive " .. v .. ": " .. tostring(kerr)) end
+  record(clock() - t0)
+  n_queries = n_queries + 1
+  if reused == 0 then n_new = n_new + 1 end
+  ngx.print("ok")
+end
+
+local function cycle_pgmoon()
+  if not pgmoon then return fail("pgmoon not present") end
+  local t0 = clock()
+  local pg = pgmoon.new(pg_cfg)
+  local ok, err = pg:connect()
+  if not ok then return fail("pgmoon connect: " .. tostring(err)) end
+  local res, qerr = pg:query(SQL)
+  if not res or not res[1] or res[1].x ~= 1 then
+    pcall(pg.disconnect, pg)
+    return fail("pgmoon query: " .. tostring(qerr))
+  end
+  local reused = pg.sock:getreusedtimes()
+  local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
+  if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
+  record(clock() - t0)
+  n_queries = n_queries + 1
+  if reused == 0 then n_new = n_new + 1 end
+  ngx.print("ok")
+end
+
+function M.cycle()
+  local v = ngx.req.get_uri_args().v
+  if v == "pgmoon_plain" then return cycle_pgmoon() end
+  if not CONFS[v] then return fail("unknown variant " .. tostring(v)) end
+  return cycle_rds(v)
+end
+
+-- The first row's types as both drivers should give them.
+local function check_rows(res)
+  if type(res) ~= "table" or #res ~= DECODE_ROWS then
+    return "expected " .. DECODE_ROWS .. " rows, got " .. (type(res) == "table" and #res or tostring(res))
+  end
+  local r = res[DECODE_ROWS]
+  if r.id ~= DECODE_ROWS or type(r.big) ~= "number" or type(r.name) ~= "string" or type(r.flag) ~= "boolean"
+      or type(r.score) ~= "number" or type(r.created) ~= "string" then
+    return "unexpected row: " .. cjson.encode(r)
+  end
+  return nil
+end
+
+-- One 10,000-row query on a pooled connection, timed around query() only;
+-- a full GC first so that every measurement starts from the same heap (the
+-- GC work the decode itself causes is in the time).
+function M.decode()
+  local v = ngx.req.get_uri_args().v
+  local res, err, dt, reused
+  if v == "pgmoon_plain" then
+    if not pgmoon then return fail("pgmoon not present") end
+    local pg = pgmoon.new(pg_cfg)
+    local ok, cerr = pg:connect()
+    if not ok then return fail("pgmoon connect: " .. tostring(cerr)) end
+    collectgarbage()
+    local t0 = clock()
+    res, err = pg:query(DECODE_SQL)
+    dt = clock() - t0
+    if not res then
+      pcall(pg.disconnect, pg)
+      return fail("pgmoon decode query: " .. tostring(err))
+    end
+    reused = pg.sock:getreusedtimes()
+    local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
+    if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
+  elseif CONFS[v] then
+    local conn, cerr = rds.connect(CONFS[v])
+    if not conn then return fail("connect " .. v .. ": " .. tostring(cerr)) end
+    collectgarbage()
+    local t0 = clock()
+    res, err = conn:query(DECODE_SQL)
+    dt = clock() - t0
+    if not res then
+      pcall(conn.close, conn)
+      return fail("decode query " .. v .. ": " .. tostring(err))
+    end
+    reused = conn:getreusedtimes()
+    local kok, kerr = conn:keepalive()
+    if not kok then return fail("keepalive " .. v .. ": " .. tostring(kerr)) end
+  else
+    return fail("unknown variant " .. tostring(v))
+  end
+  local bad = check_rows(res)
+  if bad then return fail(v .. ": " .. bad) end
+  local rows = #res
+  res = nil -- luacheck: ignore
+  reply(200, { us = dt * 1e6, rows = rows, reused = reused, kb = collectgarbage("count") })
+end
+
+-- Closes the idle connections of the module's own pool for variant v:
+-- check out (LIFO) and close until a new one (reused 0) comes, which is
+-- closed too.
+function M.pooldrain()
+  local v = ngx.req.get_uri_args().v
+  local closed = 0
+  if CONFS[v] then
+    for _ = 1, 1000 do
+      local conn = rds.connect(CONFS[v])
+      if not conn then break end
+      local reused = conn:getreusedtimes()
+      conn:close()
+      if reused == 0 then break end
+      closed = closed + 1
+    end
+  end
+  reply(200, { closed = closed })
+end
+
 function M.reset()
-  n_lat, n_queries = 0, 0
+  n_lat, n_queries, n_new = 0, 0, 0
   reply(200, { ok = true })
 end
 
@@ -179,6 +321,7 @@ end
 function M.stats()
   local out = summary(lat, n_lat)
   out.queries = n_queries
+  out.new_conns = n_new
   local s1 = stats_now()
   if s1 then
     out.io_thread = s1.io_thread

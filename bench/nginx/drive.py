@@ -17,11 +17,26 @@ warm-up with N clients (fills the worker's pool with N open connections),
 own keep-alive connection), /stats (per-query times measured inside the
 handler), /drain (closes the cell's connections: the emulator allows 100).
 Then rds._nop() timed in one handler of each instance.
+
+Two more families, in the same rounds (so their ratios come from the same
+conditions):
+- cycle (`ngx_cyc_*`): per N of --cyc-ns, cells --cyc-cells (yield_tls,
+  yield_plain, pgmoon; block_plain on request) run right after that N's
+  query cells: each request is connect (pooled after the warm-up) + one
+  `select 1 as x` + keepalive (GET /cycle?v=...), for --cyc-secs; then
+  /pooldrain (ours) or /drain (pgmoon).
+- decode (`ngx_dec_*`): after the N loop, --dec-k sequential requests per
+  cell of --dec-cells (yield_tls, yield_plain, block_plain, pgmoon), one
+  10,000-row query each (GET /decode?v=...), interleaved request by request
+  (the cell order rotates); per round the median per cell.
 """
 import argparse
 import http.client
 import json
 import os
+import re
+import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -41,6 +56,16 @@ CELLS = [
     ("block_plain", "block", "rds_plain"),
     ("pgmoon", "yield", "pgmoon_plain"),
 ]
+
+# cycle cells: name -> (instance, handler variant); same variants as above
+CYC_CELLS = [
+    ("yield_tls", "yield", "rds_tls"),
+    ("yield_plain", "yield", "rds_plain"),
+    ("block_plain", "block", "rds_plain"),
+    ("pgmoon", "yield", "pgmoon_plain"),
+]
+DEC_CELLS = CYC_CELLS
+DEC_ROWS = 10000
 
 HARD_LIMIT_S = 30 * 60  # the whole run stops by itself after this
 
@@ -126,6 +151,17 @@ def proc_sample(pid):
     return cpu, vol, invol, n
 
 
+def user_sys_s(pid):
+    """User and system CPU time (s) of process pid, all threads (/proc/PID/stat, clock ticks)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return int(v[11]) / tck, int(v[12]) / tck
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def machine_busy_ns():
     """Busy CPU time of the whole machine (all CPUs, /proc/stat: everything but idle and iowait), ns."""
     with open("/proc/stat") as f:
@@ -171,6 +207,9 @@ http {{
     location = /drain {{ content_by_lua_block {{ require("bench_nginx").drain() }} }}
     location = /nop   {{ content_by_lua_block {{ require("bench_nginx").nop() }} }}
     location = /info  {{ content_by_lua_block {{ require("bench_nginx").info() }} }}
+    location = /cycle {{ content_by_lua_block {{ require("bench_nginx").cycle() }} }}
+    location = /decode {{ content_by_lua_block {{ require("bench_nginx").decode() }} }}
+    location = /pooldrain {{ content_by_lua_block {{ require("bench_nginx").pooldrain() }} }}
   }}
 }}
 """
@@ -322,11 +361,285 @@ def load(inst, path, n, secs, min_each=0, max_each=1000000):
     return len(lat), errs, end - start[0], lat, first_err
 
 
+def load_fast(inst, path, n, secs, min_each=0):
+    """As load(), with one thread driving n non-blocking keep-alive
+    connections through epoll (selectors), for short requests where
+    http.client in threads would be the bottleneck. Also returns the
+    client's own CPU time (s) over the window."""
+    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    sel = selectors.DefaultSelector()
+    lat, errs, first_err = [], 0, [None]
+    conns = []
+    for _ in range(n):
+        try:
+            c = socket.create_connection(("127.0.0.1", inst.port), timeout=10)
+        except OSError as e:
+            errs += 1
+            first_err[0] = first_err[0] or "connect: %s" % e
+            continue
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setblocking(False)
+        conns.append(c)
+    state = {}
+    cpu0 = time.process_time()
+    start = time.monotonic()
+    deadline, hard = start + secs, start + secs + 120
+    end = start
+    for c in conns:
+        state[c] = [bytearray(), time.monotonic(), 0]  # buffer, t0 of the request in flight, count
+        c.send(req)
+        sel.register(c, selectors.EVENT_READ)
+    live = len(conns)
+
+    def done_with(c):
+        sel.unregister(c)
+        c.close()
+
+    while live:
+        now = time.monotonic()
+        if now > hard:
+            errs += live
+            first_err[0] = first_err[0] or "hard time limit"
+            break
+        for key, _ in sel.select(timeout=1.0):
+            c = key.fileobj
+            st = state[c]
+            try:
+                data = c.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:
+                data, first_err[0] = b"", first_err[0] or str(e)
+            if not data:
+                errs += 1
+                first_err[0] = first_err[0] or "connection closed by nginx"
+                done_with(c)
+                live -= 1
+                continue
+            buf = st[0]
+            buf += data
+            h = buf.find(b"\r\n\r\n")
+            if h < 0:
+                continue
+            head = bytes(buf[:h]).lower()
+            body_at = h + 4
+            m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+            if m:
+                total = body_at + int(m.group(1))
+                if len(buf) < total:
+                    continue
+            elif b"transfer-encoding: chunked" in head:
+                t = buf.find(b"0\r\n\r\n", body_at)
+                if t < 0:
+                    continue
+                total = t + 5
+            else:
+                total = len(buf)
+            ok = head.startswith(b"http/1.1 200")
+            t1 = time.monotonic()
+            if ok:
+                lat.append(t1 - st[1])
+            else:
+                errs += 1
+                first_err[0] = first_err[0] or bytes(buf[body_at:total])[:300].decode("utf-8", "replace")
+            del buf[:total]
+            st[2] += 1
+            end = max(end, t1)
+            if (t1 < deadline or st[2] < min_each) and errs <= 20 * max(1, n):
+                st[1] = time.monotonic()
+                c.send(req)
+            else:
+                done_with(c)
+                live -= 1
+    for c in conns:
+        try:
+            c.close()
+        except OSError:
+            pass
+    sel.close()
+    return len(lat), errs, end - start, lat, first_err[0], time.process_time() - cpu0
+
+
 def pct(sorted_vals, q):
     if not sorted_vals:
         return 0.0
     i = max(0, min(len(sorted_vals) - 1, int(-(-q * len(sorted_vals) // 1)) - 1))
     return sorted_vals[i]
+
+
+def drain(inst, variant):
+    """Closes the idle connections of variant in inst's worker: ours from the
+    module's pool (/pooldrain), pgmoon's from the cosocket pool (/drain)."""
+    if variant == "pgmoon_plain":
+        _, dr = inst.get_json("/drain?v=pgmoon_plain")
+    else:
+        _, dr = inst.get_json("/pooldrain?v=%s" % variant)
+    return dr.get("closed")
+
+
+def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
+    """One cell of the connect + `select 1` + keepalive cycle: warm-up (fills
+    the pool with n connections), /reset, secs of load, /stats, drain."""
+    path = "/cycle?v=%s" % variant
+    tag = "%s_n%d" % (cell, n)
+    _, werr, _, _, wfirst, _ = load_fast(inst, path, n, warm, min_each=2)
+    if werr:
+        say("round %d cycle %s warm-up: %d errors, first: %s" % (r, tag, werr, wfirst))
+    inst.get("/reset")
+    wpid = inst.worker_pid()
+    p0 = proc_sample(wpid) if wpid else None
+    u0 = user_sys_s(wpid) if wpid else None
+    m0 = machine_busy_ns()
+    att = None
+    if attach and wpid:
+        cmd = attach.format(pid=wpid, tag="cycle_%s_r%d" % (tag, r), secs=max(0.5, secs - 0.4))
+        att = subprocess.Popen(["/bin/sh", "-c", "sleep 0.2; exec " + cmd], stdout=sys.stderr, stderr=sys.stderr)
+    reqs, errs, elapsed, lat, first, ccpu = load_fast(inst, path, n, secs)
+    p1 = proc_sample(wpid) if wpid else None
+    u1 = user_sys_s(wpid) if wpid else None
+    m1 = machine_busy_ns()
+    if att:
+        try:
+            att.wait(secs + 30)
+        except subprocess.TimeoutExpired:
+            att.kill()
+            att.wait()
+    _, st = inst.get_json("/stats")
+    closed = drain(inst, variant)
+    if errs:
+        say("round %d cycle %s: %d errors, first: %s" % (r, tag, errs, first))
+        emit("ngx_cyc_err_" + tag, errs)
+    if not reqs or elapsed <= 0:
+        return
+    lat.sort()
+    emit("ngx_cyc_round_" + tag, r)
+    emit("ngx_cyc_rps_" + tag, reqs / elapsed)
+    emit("ngx_cyc_p50_" + tag, st.get("p50_us", 0))
+    emit("ngx_cyc_p99_" + tag, st.get("p99_us", 0))
+    emit("ngx_cyc_req_p50_" + tag, pct(lat, 0.5) * 1e3)
+    emit("ngx_cyc_req_p99_" + tag, pct(lat, 0.99) * 1e3)
+    emit("ngx_cyc_new_" + tag, st.get("new_conns", 0))
+    iot = 1 if (st.get("io_thread") is True or (wpid and has_io_thread(wpid))) else 0
+    emit("ngx_cyc_iothread_" + tag, iot)
+    if st.get("jobs") is not None:
+        emit("ngx_cyc_jobs_left_" + tag, st["jobs"])
+    cpu = cs = None
+    if p0 and p1:
+        cpu = (p1[0] - p0[0]) / 1e3 / reqs
+        cs = ((p1[1] - p0[1]) + (p1[2] - p0[2])) / reqs
+        emit("ngx_cyc_cpu_us_" + tag, cpu)
+        emit("ngx_cyc_cs_" + tag, cs)
+        emit("ngx_cyc_mcpu_us_" + tag, (m1 - m0) / 1e3 / reqs)
+    emit("ngx_cyc_client_cpu_us_" + tag, ccpu * 1e6 / reqs)
+    if u0 and u1:
+        emit("ngx_cyc_usr_us_" + tag, (u1[0] - u0[0]) * 1e6 / reqs)
+        emit("ngx_cyc_sys_us_" + tag, (u1[1] - u0[1]) * 1e6 / reqs)
+    say("round %d cycle %-16s %8.0f req/s  p50 %7.1f us  p99 %8.1f us  req p99 %7.2f ms  new conns %s  io thread %s  "
+        "jobs left %s  worker CPU/req %s us (user %s, sys %s)  ctx sw/req %s  client CPU/req %.1f us  (drained %s)" % (
+            r, tag, reqs / elapsed, st.get("p50_us", 0), st.get("p99_us", 0), pct(lat, 0.99) * 1e3,
+            st.get("new_conns"), "yes" if iot else "no", st.get("jobs", "n/a"),
+            "n/a" if cpu is None else "%.1f" % cpu,
+            "%.0f" % ((u1[0] - u0[0]) * 1e6 / reqs) if u0 and u1 else "n/a",
+            "%.0f" % ((u1[1] - u0[1]) * 1e6 / reqs) if u0 and u1 else "n/a",
+            "n/a" if cs is None else "%.2f" % cs, ccpu * 1e6 / reqs, closed))
+
+
+DECODE_SQL = "select id, big, name, flag, score, created from bench_rows_mixed order by id"
+
+
+def libpq_floor(k):
+    """The server + transfer floor of the decode query: psql (libpq, C, rows
+    kept in a PGresult, no Lua) over TCP without TLS as the md5 user, k
+    queries on one connection, each timed by psql's \\timing (printing to
+    /dev/null is outside it). Returns the times (ms), or None without psql."""
+    psql = shutil.which("psql")
+    if not psql:
+        return None
+    script = "\\timing on\n\\o /dev/null\n" + ("%s;\n" % DECODE_SQL) * k
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": os.environ["RDS_EMU_PW_MD5_PASSWORD"],
+           "PGSSLMODE": "disable", "PGGSSENCMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+    try:
+        out = subprocess.run([psql, "-X", "-q", "-h", os.environ.get("RDS_EMU_HOST", "127.0.0.1"),
+                              "-p", os.environ["RDS_EMU_PORT"], "-U", os.environ["RDS_EMU_PW_MD5_USER"],
+                              "-d", os.environ.get("RDS_EMU_DB", "kong"), "-v", "ON_ERROR_STOP=1"],
+                             input=script.encode(), env=env, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        say("psql floor failed: %s" % e)
+        return None
+    times = [float(x) for x in re.findall(rb"Time: ([0-9.]+) ms", out.stdout + out.stderr)]
+    if out.returncode != 0 or len(times) != k:
+        say("psql floor: rc %d, %d timings: %s" % (out.returncode, len(times), (out.stderr or b"")[-300:]))
+        return None
+    return times
+
+
+def decode_round(insts, r, cells, k, last):
+    """k sequential 10,000-row requests per cell, interleaved request by
+    request (the starting cell rotates), after one unmeasured request per
+    cell; per cell the round's median query time, client time, worker CPU."""
+    per = {c[0]: {"us": [], "req_ms": [], "cpu_ms": [], "mcpu_ms": [], "cs": []} for c in cells}
+    errs = {c[0]: 0 for c in cells}
+    for cell, iname, variant in cells:  # warm-up: opens the connection, JIT
+        status, body = insts[iname].get_json("/decode?v=%s" % variant)
+        if status != 200:
+            say("round %d decode %s warm-up: %s %s" % (r, cell, status, body))
+    for i in range(k):
+        for j in range(len(cells)):
+            cell, iname, variant = cells[(i + j) % len(cells)]
+            inst = insts[iname]
+            wpid = inst.worker_pid()
+            p0 = proc_sample(wpid) if wpid else None
+            m0 = machine_busy_ns()
+            t0 = time.monotonic()
+            status, body = inst.get_json("/decode?v=%s" % variant)
+            t1 = time.monotonic()
+            m1 = machine_busy_ns()
+            p1 = proc_sample(wpid) if wpid else None
+            if status != 200 or body.get("rows") != DEC_ROWS:
+                errs[cell] += 1
+                if errs[cell] == 1:
+                    say("round %d decode %s: %s %s" % (r, cell, status, body))
+                continue
+            d = per[cell]
+            d["us"].append(body["us"])
+            d["req_ms"].append((t1 - t0) * 1e3)
+            d["mcpu_ms"].append((m1 - m0) / 1e6)
+            if p0 and p1:
+                d["cpu_ms"].append((p1[0] - p0[0]) / 1e6)
+                d["cs"].append((p1[1] - p0[1]) + (p1[2] - p0[2]))
+    floor = libpq_floor(k + 1)
+    if floor:
+        ms = statistics.median(floor[1:])  # the first query warms the connection up
+        emit("ngx_dec_round_libpq", r)
+        emit("ngx_dec_rows_per_s_libpq", DEC_ROWS / (ms / 1e3))
+        emit("ngx_dec_ms_libpq", ms)
+        emit("ngx_dec_min_ms_libpq", min(floor[1:]))
+        say("round %d decode %-12s %8.0f rows/s  query %6.2f ms (min %6.2f)  (psql \\timing, server + transfer floor)" % (
+            r, "libpq", DEC_ROWS / (ms / 1e3), ms, min(floor[1:])))
+    for cell, iname, variant in cells:
+        d = per[cell]
+        if errs[cell]:
+            emit("ngx_dec_err_" + cell, errs[cell])
+        if d["us"]:
+            us = statistics.median(d["us"])
+            emit("ngx_dec_round_" + cell, r)
+            emit("ngx_dec_rows_per_s_" + cell, DEC_ROWS / (us / 1e6))
+            emit("ngx_dec_ms_" + cell, us / 1e3)
+            emit("ngx_dec_min_ms_" + cell, min(d["us"]) / 1e3)
+            emit("ngx_dec_req_ms_" + cell, statistics.median(d["req_ms"]))
+            emit("ngx_dec_mcpu_ms_" + cell, statistics.median(d["mcpu_ms"]))
+            if d["cpu_ms"]:
+                emit("ngx_dec_cpu_ms_" + cell, statistics.median(d["cpu_ms"]))
+                emit("ngx_dec_cs_" + cell, statistics.median(d["cs"]))
+            say("round %d decode %-12s %8.0f rows/s  query %6.2f ms (min %6.2f)  request %6.2f ms  worker CPU %s ms  "
+                "ctx sw %s  machine CPU %.2f ms  (n=%d)" % (
+                    r, cell, DEC_ROWS / (us / 1e6), us / 1e3, min(d["us"]) / 1e3, statistics.median(d["req_ms"]),
+                    "%.2f" % statistics.median(d["cpu_ms"]) if d["cpu_ms"] else "n/a",
+                    "%.0f" % statistics.median(d["cs"]) if d["cs"] else "n/a",
+                    statistics.median(d["mcpu_ms"]), len(d["us"])))
+    if last:
+        for cell, iname, variant in cells:
+            drain(insts[iname], variant)
 
 
 def main():
@@ -340,6 +653,12 @@ def main():
     ap.add_argument("--cells", default=",".join(c[0] for c in CELLS))
     ap.add_argument("--nop-calls", type=int, default=20000)
     ap.add_argument("--pgmoon", default="")
+    ap.add_argument("--cyc-ns", default="1,50")
+    ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon")
+    ap.add_argument("--cyc-secs", type=float, default=None, help="default: --secs")
+    ap.add_argument("--cyc-warm", type=float, default=None, help="default: --warm")
+    ap.add_argument("--dec-k", type=int, default=5, help="10,000-row requests per cell and round (0: none)")
+    ap.add_argument("--dec-cells", default="yield_tls,yield_plain,block_plain,pgmoon")
     ap.add_argument("--attach", default="",
                     help="shell command run during each measured window, {pid} = the worker, {tag}, {secs}; "
                          "e.g. 'perf stat -p {pid} -- sleep {secs}' (output to stderr)")
@@ -350,6 +669,15 @@ def main():
     pgmoon_dir = a.pgmoon if a.pgmoon and os.path.isfile(os.path.join(a.pgmoon, "pgmoon", "init.lua")) else ""
     cells = [c for c in CELLS if c[0] in want and (c[0] != "pgmoon" or pgmoon_dir)]
     so_dir = os.environ.get("BENCH_SO_DIR", os.path.join(ROOT, "target", "lua"))
+    cyc_ns = [int(x) for x in a.cyc_ns.split(",") if x]
+    cyc_want = set(x for x in a.cyc_cells.split(",") if x)
+    cyc_cells = [c for c in CYC_CELLS if c[0] in cyc_want and (c[0] != "pgmoon" or pgmoon_dir)]
+    if not cyc_cells:
+        cyc_ns = []
+    cyc_secs = a.secs if a.cyc_secs is None else a.cyc_secs
+    cyc_warm = a.warm if a.cyc_warm is None else a.cyc_warm
+    dec_want = set(x for x in a.dec_cells.split(",") if x)
+    dec_cells = [c for c in DEC_CELLS if c[0] in dec_want and (c[0] != "pgmoon" or pgmoon_dir)] if a.dec_k > 0 else []
 
     insts = {"yield": Nginx("yield", a.prefix, False, so_dir, pgmoon_dir),
              "block": Nginx("block", a.prefix, True, so_dir, pgmoon_dir)}
@@ -373,11 +701,17 @@ def main():
         emit("meta_ngx_rounds", "%d rounds x %d cells x %gs (warm-up %gs), K=%d queries per request, N=%s" % (
             a.rounds, len(cells) * len(ns), a.secs, a.warm, a.k, "/".join(map(str, ns))))
         emit("meta_ngx_k", a.k)
+        if cyc_ns:
+            emit("meta_ngx_cyc_rounds", "%d rounds x %d cells x %gs (warm-up %gs), N=%s" % (
+                a.rounds, len(cyc_cells) * len(cyc_ns), cyc_secs, cyc_warm, "/".join(map(str, cyc_ns))))
+        if dec_cells:
+            emit("meta_ngx_dec_rounds", "%d rounds x %d requests per path (%s), interleaved" % (
+                a.rounds, a.dec_k, "/".join(c[0] for c in dec_cells)))
         emit("meta_ngx_nop_calls", a.nop_calls)
 
         for r in range(1, a.rounds + 1):
-            for n in ns:
-                for cell, iname, variant in cells:
+            for n in sorted(set(ns) | set(cyc_ns)):
+                for cell, iname, variant in (cells if n in ns else []):
                     if time.monotonic() - t_begin > HARD_LIMIT_S:
                         raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                     inst = insts[iname]
@@ -440,6 +774,13 @@ def main():
                             "yes" if iot else "no", st.get("jobs", "n/a"),
                             "n/a" if cpu_q is None else "%.1f" % cpu_q, "n/a" if cs_q is None else "%.2f" % cs_q,
                             dr.get("closed")))
+                if n in cyc_ns:
+                    for cell, iname, variant in cyc_cells:
+                        if time.monotonic() - t_begin > HARD_LIMIT_S:
+                            raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
+                        cycle_cell(insts[iname], r, n, cell, variant, cyc_secs, cyc_warm, a.attach)
+            if dec_cells:
+                decode_round(insts, r, dec_cells, a.dec_k, last=(r == a.rounds))
             for name, inst in insts.items():
                 wpid = inst.worker_pid()
                 p0 = proc_sample(wpid) if wpid else None

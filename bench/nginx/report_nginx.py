@@ -10,6 +10,10 @@ N: concurrent clients) one value per round of ngx_qps_, ngx_rps_, ngx_p50_,
 ngx_p99_ (per query, us, measured in the handler), ngx_req_p50_/ngx_req_p99_
 (per request, ms, at the client), ngx_iothread_ (1/0), ngx_jobs_left_,
 ngx_cpu_us_per_q_, ngx_cs_per_q_, with ngx_round_ giving the round of each; ngx_nop_{yield,block} (median us of rds._nop()).
+The connect + query + keepalive cycle: ngx_cyc_{rps,p50,p99,req_p50,req_p99,new,iothread,jobs_left,cpu_us,cs,mcpu_us}_CELL_nN
+with ngx_cyc_round_ (CELL: yield_tls, yield_plain, block_plain, pgmoon). The 10,000-row decode:
+ngx_dec_{rows_per_s,ms,min_ms,req_ms,cpu_ms,cs,mcpu_ms}_CELL with ngx_dec_round_, one value per round (the
+round's median over its requests).
 Standard library only.
 """
 import re
@@ -67,8 +71,262 @@ def text_table(header, body):
     return "\n".join([line(header), line(["-" * x for x in w])] + [line(r) for r in body])
 
 
+CYC_LABEL = {
+    "yield_tls": "kong_rds_iam yielding, TLS",
+    "yield_plain": "kong_rds_iam yielding, no TLS",
+    "block_plain": "kong_rds_iam blocking, no TLS",
+    "pgmoon": "pgmoon (cosockets), no TLS",
+}
+DEC_LABEL = dict(CYC_LABEL, libpq="libpq (psql, no Lua tables): server + transfer floor")
+# (numerator, denominator, label) for the cycle and the decode
+CYC_RATIOS = [
+    ("yield_plain", "pgmoon", "yielding no TLS / pgmoon"),
+    ("yield_tls", "pgmoon", "yielding TLS / pgmoon (no TLS)"),
+    ("block_plain", "pgmoon", "blocking no TLS / pgmoon"),
+    ("yield_plain", "block_plain", "yielding / blocking, no TLS"),
+]
+DEC_RATIOS = CYC_RATIOS
+
+
+def judge(label, pr, cnt, rm, goal, detail, why_not=None):
+    if pr is None:
+        status = "n/a"
+    elif why_not:
+        status = why_not
+    else:
+        status = "MET" if pr >= goal else "MISSED"
+        if rm is not None and (rm >= goal) != (pr >= goal):
+            label += " [ratio of medians disagrees]"
+    return (label, detail, status)
+
+
+def cycle_part(samples, meta):
+    """The connect + `select 1` + keepalive cycle: (text, md lines, targets)."""
+    if not any(k.startswith("ngx_cyc_rps_") for k in samples):
+        return "", [], []
+
+    def med(name):
+        v = samples.get(name)
+        return statistics.median(v) if v else None
+
+    ns = sorted({int(m.group(1)) for k in samples for m in [re.match(r"ngx_cyc_rps_.*_n(\d+)$", k)] if m})
+    cells = [c for c in CYC_LABEL if any(("ngx_cyc_rps_%s_n%d" % (c, n)) in samples for n in ns)]
+
+    def paired(a, b, n):
+        ta, tb = "%s_n%d" % (a, n), "%s_n%d" % (b, n)
+        return _paired(samples, "ngx_cyc_round_", "ngx_cyc_rps_", ta, tb)
+
+    def rmed(a, b, n):
+        x, y = med("ngx_cyc_rps_%s_n%d" % (a, n)), med("ngx_cyc_rps_%s_n%d" % (b, n))
+        return x / y if x and y else None
+
+    # Path check: the yielding and pgmoon cells ran in the instance with the I/O thread, blocking ones without.
+    iot_y = [x for k, v in samples.items() if re.match(r"ngx_cyc_iothread_(yield_|pgmoon)", k) for x in v]
+    iot_b = [x for k, v in samples.items() if k.startswith("ngx_cyc_iothread_block_") for x in v]
+    why_not = None
+    if iot_y and min(iot_y) < 1:
+        why_not = "not measured: the yielding instance ran without the I/O thread"
+    elif iot_b and max(iot_b) > 0:
+        why_not = "not measured: the blocking instance started the I/O thread"
+
+    rows = []
+    for n in ns:
+        for c in cells:
+            tag = "%s_n%d" % (c, n)
+            if ("ngx_cyc_rps_" + tag) not in samples:
+                continue
+            io = samples.get("ngx_cyc_iothread_" + tag) or []
+            left = samples.get("ngx_cyc_jobs_left_" + tag) or []
+            new = samples.get("ngx_cyc_new_" + tag) or []
+            errs = sum(samples.get("ngx_cyc_err_" + tag) or [])
+            cpu, cs, mcpu = med("ngx_cyc_cpu_us_" + tag), med("ngx_cyc_cs_" + tag), med("ngx_cyc_mcpu_us_" + tag)
+            ccpu = med("ngx_cyc_client_cpu_us_" + tag)
+            usr, sys_ = med("ngx_cyc_usr_us_" + tag), med("ngx_cyc_sys_us_" + tag)
+            vals = samples["ngx_cyc_rps_" + tag]
+            rows.append((n, CYC_LABEL[c], fmt_num(med("ngx_cyc_rps_" + tag)),
+                         "%s us" % fmt_num(med("ngx_cyc_p50_" + tag)), "%s us" % fmt_num(med("ngx_cyc_p99_" + tag)),
+                         "%s ms" % fmt_num(med("ngx_cyc_req_p50_" + tag)), "%s ms" % fmt_num(med("ngx_cyc_req_p99_" + tag)),
+                         "%d" % max(new) if new else "n/a",
+                         ("yes" if min(io) >= 1 else ("no" if max(io) < 1 else "mixed")) if io else "n/a",
+                         "%d" % max(left) if left else "n/a",
+                         "n/a" if cpu is None else "%s us" % fmt_num(cpu),
+                         "n/a" if usr is None else "%s / %s us" % (fmt_num(usr), fmt_num(sys_)),
+                         "n/a" if cs is None else "%.2f" % cs,
+                         "n/a" if mcpu is None else "%s us" % fmt_num(mcpu),
+                         "n/a" if ccpu is None else "%s us" % fmt_num(ccpu),
+                         "%s-%s (n=%d)%s" % (fmt_num(min(vals)), fmt_num(max(vals)), len(vals),
+                                             (", %d errors" % errs) if errs else "")))
+    RH = ("N", "path", "requests/s", "cycle p50 (handler)", "cycle p99 (handler)", "request p50 (client)",
+          "request p99 (client)", "new connections in window", "I/O thread", "jobs left", "worker CPU/request",
+          "worker user / kernel CPU/request", "ctx switches/request", "machine CPU/request", "load generator CPU/request", "requests/s min-max (rounds)")
+
+    ratio_rows = []
+    for n in ns:
+        for a, b, label in CYC_RATIOS:
+            if a not in cells or b not in cells:
+                continue
+            pr, cnt = paired(a, b, n)
+            rm = rmed(a, b, n)
+            if pr is None and rm is None:
+                continue
+            pa, pb = med("ngx_cyc_p50_%s_n%d" % (a, n)), med("ngx_cyc_p50_%s_n%d" % (b, n))
+            ratio_rows.append((n, label, "%s (n=%d)" % (fmt_ratio(pr), cnt), fmt_ratio(rm),
+                               fmt_ratio(pa / pb if pa and pb else None)))
+    QH = ("N", "requests/s ratio", "paired rounds", "ratio of medians", "cycle p50 time ratio")
+
+    targets = []
+    for n in ns:
+        for a, tls in (("yield_plain", "no TLS"), ("yield_tls", "TLS")):
+            label = "cycle connect+query+keepalive, yielding (%s) >= 1.0x pgmoon, N=%d" % (tls, n)
+            if "pgmoon" not in cells:
+                targets.append((label, "pgmoon not present", "n/a"))
+                continue
+            if a not in cells:
+                continue
+            pr, cnt = paired(a, "pgmoon", n)
+            rm = rmed(a, "pgmoon", n)
+            detail = "paired rounds %s (n=%d); medians %s vs %s requests/s = %s" % (
+                fmt_ratio(pr), cnt, fmt_num(med("ngx_cyc_rps_%s_n%d" % (a, n))),
+                fmt_num(med("ngx_cyc_rps_pgmoon_n%d" % n)), fmt_ratio(rm))
+            targets.append(judge(label, pr, cnt, rm, 1.0, detail, why_not))
+    TH = ("target", "measured", "status")
+
+    text = "\n".join(["connect + select 1 + keepalive cycle: %s" % meta.get("meta_ngx_cyc_rounds", "?"), "",
+                      text_table(RH, rows), "", text_table(QH, ratio_rows), "", text_table(TH, targets), ""])
+    md = ["### Connect + query + keepalive cycle", "",
+          "Each request: `rds.connect(conf)` (an idle connection from the module's per-worker pool after the "
+          "warm-up), one `select 1 as x`, `conn:keepalive()`; pgmoon: `pgmoon.new` + `connect` (a socket from the "
+          "cosocket keepalive pool), `query`, `keepalive(60000, 128)`: what Kong's Postgres strategy does per "
+          "request. %s. Load: one Python thread driving N keep-alive connections through epoll (`load_fast` in "
+          "`drive.py`; the K-query cells' `http.client` threads cost several times more CPU per request, and on 2 "
+          "cores that would cap these short requests). The cycle is timed in the handler from before connect to after keepalive (at N = 50 this "
+          "includes waiting for the worker while the other requests run); request times at the client. \"new "
+          "connections in window\": cycles that got a new physical connection (`getreusedtimes() == 0`) during "
+          "the measured window (the largest over rounds; 0: every cycle reused a pooled one). Worker user / kernel "
+          "CPU: `/proc/PID/stat` utime / stime (10 ms ticks) over the window." % (
+              meta.get("meta_ngx_cyc_rounds", "?")), "",
+          md_table(TH, targets), "", md_table(RH, rows), "",
+          "Ratios: the median of round-by-round requests/s ratios (the cells of one N run back to back in each "
+          "round, right after that N's query cells) and the ratio of the medians; the last column compares cycle "
+          "p50 times (below 1 favours the first path).", "", md_table(QH, ratio_rows), ""]
+    return text, md, targets
+
+
+def _paired(samples, round_prefix, val_prefix, ta, tb):
+    ra = dict(zip(samples.get(round_prefix + ta) or [], samples.get(val_prefix + ta) or []))
+    rb = dict(zip(samples.get(round_prefix + tb) or [], samples.get(val_prefix + tb) or []))
+    rs = [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r]]
+    return (statistics.median(rs), len(rs)) if rs else (None, 0)
+
+
+def decode_part(samples, meta):
+    """The 10,000-row decode: (text, md lines, targets)."""
+    if not any(k.startswith("ngx_dec_rows_per_s_") for k in samples):
+        return "", [], []
+
+    def med(name):
+        v = samples.get(name)
+        return statistics.median(v) if v else None
+
+    cells = [c for c in DEC_LABEL if ("ngx_dec_rows_per_s_" + c) in samples]
+
+    def paired(a, b):
+        return _paired(samples, "ngx_dec_round_", "ngx_dec_rows_per_s_", a, b)
+
+    def rmed(a, b):
+        x, y = med("ngx_dec_rows_per_s_" + a), med("ngx_dec_rows_per_s_" + b)
+        return x / y if x and y else None
+
+    def above_floor(c):
+        """Median over rounds of (this path's query time - libpq's), ms."""
+        ra = dict(zip(samples.get("ngx_dec_round_" + c) or [], samples.get("ngx_dec_ms_" + c) or []))
+        rb = dict(zip(samples.get("ngx_dec_round_libpq") or [], samples.get("ngx_dec_ms_libpq") or []))
+        d = [ra[r] - rb[r] for r in sorted(set(ra) & set(rb))]
+        return statistics.median(d) if d else None
+
+    rows = []
+    for c in cells:
+        vals = samples["ngx_dec_rows_per_s_" + c]
+        errs = sum(samples.get("ngx_dec_err_" + c) or [])
+        cpu, cs, mcpu = med("ngx_dec_cpu_ms_" + c), med("ngx_dec_cs_" + c), med("ngx_dec_mcpu_ms_" + c)
+        af = above_floor(c) if c != "libpq" else None
+        rows.append((DEC_LABEL[c], fmt_num(med("ngx_dec_rows_per_s_" + c)), "%s ms" % fmt_num(med("ngx_dec_ms_" + c)),
+                     "%s ms" % fmt_num(min(samples.get("ngx_dec_min_ms_" + c) or [0])),
+                     "n/a" if af is None else "%s ms" % fmt_num(af),
+                     "n/a" if med("ngx_dec_req_ms_" + c) is None else "%s ms" % fmt_num(med("ngx_dec_req_ms_" + c)),
+                     "n/a" if cpu is None else "%s ms" % fmt_num(cpu), "n/a" if cs is None else "%.0f" % cs,
+                     "n/a" if mcpu is None else "%s ms" % fmt_num(mcpu),
+                     "%s-%s (n=%d)%s" % (fmt_num(min(vals)), fmt_num(max(vals)), len(vals),
+                                         (", %d errors" % errs) if errs else "")))
+    RH = ("path", "rows/s", "query() time", "fastest query()", "above the libpq floor", "request (client)",
+          "worker CPU/request",
+          "ctx switches/request", "machine CPU/request", "rows/s min-max (rounds)")
+
+    ratio_rows = []
+    for a, b, label in DEC_RATIOS:
+        if a not in cells or b not in cells:
+            continue
+        pr, cnt = paired(a, b)
+        ca, cb = med("ngx_dec_cpu_ms_" + a), med("ngx_dec_cpu_ms_" + b)
+        fa, fb = above_floor(a), above_floor(b)
+        ma, mb = samples.get("ngx_dec_min_ms_" + a), samples.get("ngx_dec_min_ms_" + b)
+        ratio_rows.append((label, "%s (n=%d)" % (fmt_ratio(pr), cnt), fmt_ratio(rmed(a, b)),
+                           fmt_ratio(min(mb) / min(ma) if ma and mb else None),
+                           fmt_ratio(ca / cb if ca and cb else None),
+                           fmt_ratio(fb / fa if fa and fb and fa > 0 and fb > 0 else None)))
+    QH = ("rows/s ratio", "paired rounds", "ratio of medians", "fastest query() ratio", "worker CPU/request ratio",
+          "time above the floor, second / first (above 1 favours the first)")
+
+    targets = []
+    for a, tls in (("yield_plain", "no TLS"), ("yield_tls", "TLS")):
+        label = "decode 10,000 rows, yielding (%s) >= 2x pgmoon" % tls
+        if "pgmoon" not in cells:
+            targets.append((label, "pgmoon not present", "n/a"))
+            continue
+        if a not in cells:
+            continue
+        pr, cnt = paired(a, "pgmoon")
+        rm = rmed(a, "pgmoon")
+        detail = "paired rounds %s (n=%d); medians %s vs %s rows/s = %s" % (
+            fmt_ratio(pr), cnt, fmt_num(med("ngx_dec_rows_per_s_" + a)), fmt_num(med("ngx_dec_rows_per_s_pgmoon")),
+            fmt_ratio(rm))
+        targets.append(judge(label, pr, cnt, rm, 2.0, detail))
+    if "libpq" in cells and "pgmoon" in cells:
+        ceil, cnt = paired("pgmoon", "libpq")
+        ceil = 1 / ceil if ceil else None
+        targets.append(("decode: the most any client could reach against pgmoon here (no target)",
+                        "pgmoon query time / libpq floor = %s (paired rounds, n=%d): a decoder of zero cost" % (
+                            fmt_ratio(ceil), cnt), "context"))
+    TH = ("target", "measured", "status")
+
+    text = "\n".join(["10,000-row decode: %s" % meta.get("meta_ngx_dec_rounds", "?"), "",
+                      text_table(RH, rows), "", text_table(QH, ratio_rows), "", text_table(TH, targets), ""])
+    md = ["### Decoding 10,000 rows into Lua tables", "",
+          "One request at a time: `select id, big, name, flag, score, created from bench_rows_mixed order by id` "
+          "(`bench/sql/rows_mixed.sql`: 10,000 rows of int4, int8, text (~40 bytes), bool, float8, timestamptz; "
+          "about 1.2 MB of DataRow messages) on a pooled connection, decoded into an array of row tables keyed by column "
+          "name (int4/int8/float8 numbers, bool booleans, text and timestamptz strings, in both drivers); the "
+          "handler checks the row count and the types. %s; per round the median of its requests per path. "
+          "query() time: `conn:query` / `pg:query` timed in the handler after a full `collectgarbage()` (the GC "
+          "work the decode causes counts), so it includes the server's work and the transfer; rows/s = 10,000 / "
+          "that. Worker CPU/request: all the worker's threads (ours: the I/O thread's reading and parsing too) "
+          "over the whole request; machine CPU: all CPUs (PostgreSQL's sending included). The libpq row is the same "
+          "query from `psql` (k+1 on one connection per round, the first dropped; `\\timing` stops before printing, "
+          "which goes to /dev/null) over TCP without TLS as the same user: what the server and the loopback "
+          "take with a C client that only keeps the rows in a PGresult; \"above the libpq floor\" is a path's "
+          "query time minus that (median of per-round differences): the client's own decoding cost, roughly "
+          "(ours reads and parses on the I/O thread while the server sends, then builds the tables)." % (
+              meta.get("meta_ngx_dec_rounds", "?")), "",
+          md_table(TH, targets), "", md_table(RH, rows), "",
+          "Ratios: the median of round-by-round rows/s ratios (requests interleaved one by one across paths, the "
+          "starting path rotating), the ratio of the medians, and the ratio of the fastest requests over the run "
+          "(other load on the machine only ever adds time, so the fastest is the least disturbed); then worker CPU "
+          "per request (below 1 favours the first path) and the time above the libpq floor.", "", md_table(QH, ratio_rows), ""]
+    return text, md, targets
+
+
 def section(samples, meta):
-    if not any(k.startswith("ngx_qps_") for k in samples):
+    if not any(k.startswith(("ngx_qps_", "ngx_cyc_rps_", "ngx_dec_rows_per_s_")) for k in samples):
         return "", None
 
     def med(name):
@@ -134,6 +392,9 @@ def section(samples, meta):
         target("yielding (no TLS) >= 1.0x pgmoon, N=50", "yield_plain", "pgmoon", 50, 1.0)
     else:
         targets.append(("yielding (no TLS) >= 1.0x pgmoon, N=50", "pgmoon not present", "n/a"))
+    cyc_text, cyc_md, cyc_targets = cycle_part(samples, meta)
+    dec_text, dec_md, dec_targets = decode_part(samples, meta)
+    targets += cyc_targets + dec_targets
     nop = med("ngx_nop_yield")
     targets.append(("wake-up of a no-op job, rds._nop() (no target)",
                     "median %s us per call" % fmt_num(nop) if nop is not None else "rds._nop missing", "context"))
@@ -193,7 +454,8 @@ def section(samples, meta):
         text += [text_table(NH, nop_rows), ""]
     else:
         text += ["rds._nop() missing in this build: no wake-up numbers", ""]
-    text += [text_table(TH, targets), ""]
+    text += [t for t in (cyc_text, dec_text) if t]
+    text += ["all targets:", "", text_table(TH, targets), ""]
 
     m = meta
     v = m.get("version_ngx_lua", "")
@@ -216,13 +478,18 @@ def section(samples, meta):
             m.get("meta_ngx_yield_has_nop", "?"), m.get("meta_ngx_yield_has_stats", "?"), m.get("meta_ngx_yield_io_thread", "?"))),
         ("blocking instance: rds._nop / rds.stats / I/O thread after the run", "%s / %s / %s" % (
             m.get("meta_ngx_block_has_nop", "?"), m.get("meta_ngx_block_has_stats", "?"), m.get("meta_ngx_block_io_thread", "?"))),
-        ("load average at start / end", "%s / %s" % (m.get("meta_ngx_load_start", "?"), m.get("meta_ngx_load_end", "?"))),
-        ("rounds", m.get("meta_ngx_rounds", "?")),
+        ("load average (1, 5, 15 min) at start / end", "%s / %s" % (m.get("meta_ngx_load_start", "?"), m.get("meta_ngx_load_end", "?"))),
+        ("waiting for a quiet machine (1-minute load average) before measuring", m.get("meta_ngx_load_wait", "?")),
+        ("rounds: K-query requests", m.get("meta_ngx_rounds", "?")),
+        ("rounds: connect + query + keepalive cycle", m.get("meta_ngx_cyc_rounds", "not run")),
+        ("rounds: 10,000-row decode", m.get("meta_ngx_dec_rounds", "not run")),
+        ("measuring time (drive.py, all families)", "%s s" % m.get("meta_ngx_secs", "?")),
     ]))
     md += ["", "### Targets", "", md_table(TH, targets), "", "### Round trip per path", "", md_table(RH, rows), "",
            "### Ratios", "", "q/s ratios: the median of round-by-round ratios (cells of one N run back to back in each "
            "round) and the ratio of the medians; the last column compares per-query p50 times (below 1 favours the "
            "first path).", "", md_table(QH, ratio_rows), ""]
+    md += cyc_md + dec_md
     md += ["### Wake-up cost of a no-op job", ""]
     if nop_rows:
         md += ["%s calls of `rds._nop()` in one content handler, each timed with `clock_gettime(CLOCK_MONOTONIC)` "
@@ -255,7 +522,14 @@ def section(samples, meta):
   involuntary context switches of those threads, the same way. PostgreSQL's and the client's CPU are not in it;
   machine CPU/query is the busy time of all CPUs (`/proc/stat`) over the window per query: worker, PostgreSQL,
   the load generator, the kernel's loopback, and whatever else runs on the machine.
-- Targets are judged on the median of round-by-round q/s ratios.""", "", END]
+- The cycle and decode families run inside the same rounds as the K-query cells (cycle cells right after the
+  query cells of their N, the decode requests after the N loop), against the same two instances; their
+  connections come from the module's own keep-alive pool (`rds.connect` + `keepalive`), which `/pooldrain`
+  empties after each cycle cell (and pgmoon's cosocket pool `/drain`).
+- Before measuring, `bench/nginx/run` waits (up to `NGX_LOAD_WAIT`, default 1200 s, checking every 30 s) for the
+  1-minute load average to fall below `NGX_LOAD_MAX` (1.5); the workers load a copy of `kong_rds_iam.so` taken
+  at start.
+- Targets are judged on the median of round-by-round ratios (q/s, requests/s, rows/s).""", "", END]
     return "\n".join(text), "\n".join(md)
 
 
