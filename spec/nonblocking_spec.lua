@@ -17,6 +17,7 @@ local nginx = require "spec.support.nginx"
 local emu = require "spec.support.emulator"
 local fake = require "spec.support.fake_aws"
 local util = require "spec.support.util"
+local test_env = require "spec.support.test_env"
 local cjson = require "cjson"
 local socket = require "socket"
 
@@ -74,17 +75,7 @@ local merge = util.merge
 local sh = util.sh
 
 -- Static credentials only the nginx master gets (the emulator learns them).
-local AKID = "AKIDNB" .. hex(7):upper()
-local SECRET = "nb-secret-" .. hex(12)
-local SESSION = "nb-session/" .. hex(40) .. "+end="
-local MASTER_ENV = {
-  AWS_ACCESS_KEY_ID = AKID,
-  AWS_SECRET_ACCESS_KEY = SECRET,
-  AWS_SESSION_TOKEN = SESSION,
-  AWS_EC2_METADATA_DISABLED = "true",
-  AWS_CONFIG_FILE = "/nonexistent/kong-rds-iam-nb/config",
-  AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/kong-rds-iam-nb/credentials",
-}
+local AKID, SECRET, SESSION, MASTER_ENV = test_env.master_credentials("nb")
 
 -- A concurrent HTTP/1.0 client. argv[1]: JSON.
 --   {"mode": "batch", "port": P, "timeout": S, "groups": [{"path", "count", "delay"}]}

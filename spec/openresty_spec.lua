@@ -9,6 +9,7 @@ local nginx = require "spec.support.nginx"
 local emu = require "spec.support.emulator"
 local cjson = require "cjson"
 local util = require "spec.support.util"
+local test_env = require "spec.support.test_env"
 
 local exists = util.exists
 
@@ -19,23 +20,9 @@ if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.
   return
 end
 
-local hex = util.hex
-
 -- Credentials only the nginx master gets (through its environment); the
--- emulator learns them with add-key. A session token makes tokens long and
--- gives one more secret to look for in the logs.
-local AKID = "AKIDNGINX" .. hex(6):upper()
-local SECRET = "nginx-secret-" .. hex(12)
-local SESSION = "nginx-session/" .. hex(40) .. "+end="
-
-local MASTER_ENV = {
-  AWS_ACCESS_KEY_ID = AKID,
-  AWS_SECRET_ACCESS_KEY = SECRET,
-  AWS_SESSION_TOKEN = SESSION,
-  AWS_EC2_METADATA_DISABLED = "true",
-  AWS_CONFIG_FILE = "/nonexistent/kong-rds-iam-nginx/config",
-  AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/kong-rds-iam-nginx/credentials",
-}
+-- emulator learns them with add-key.
+local AKID, SECRET, SESSION, MASTER_ENV = test_env.master_credentials("nginx")
 
 -- The Lua code nginx runs: prefix/lua/t.lua. `testconf` is written next to it.
 local T_LUA = [==[

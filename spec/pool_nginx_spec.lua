@@ -14,6 +14,7 @@
 local nginx = require "spec.support.nginx"
 local emu = require "spec.support.emulator"
 local util = require "spec.support.util"
+local test_env = require "spec.support.test_env"
 local cjson = require "cjson"
 
 local quote, read_file, write_file = util.shell_quote, util.read_file, util.write_file
@@ -55,8 +56,6 @@ local MAX_RSS_GROWTH_KB = 20 * 1024
 
 local measured = {}             -- numbers reported at the end
 
-local hex = util.hex
-
 local merge = util.merge
 
 local sh = util.sh
@@ -64,17 +63,7 @@ local sh = util.sh
 local count = util.count
 
 -- Credentials only the nginx master's environment has; the emulator learns them.
-local AKID = "AKIDPN" .. hex(7):upper()
-local SECRET = "pn-secret-" .. hex(12)
-local SESSION = "pn-session/" .. hex(30) .. "+end="
-local MASTER_ENV = {
-  AWS_ACCESS_KEY_ID = AKID,
-  AWS_SECRET_ACCESS_KEY = SECRET,
-  AWS_SESSION_TOKEN = SESSION,
-  AWS_EC2_METADATA_DISABLED = "true",
-  AWS_CONFIG_FILE = "/nonexistent/kong-rds-iam-pn/config",
-  AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/kong-rds-iam-pn/credentials",
-}
+local AKID, SECRET, SESSION, MASTER_ENV = test_env.master_credentials("pn")
 
 -- A concurrent HTTP/1.0 client (a new TCP connection per request). argv[1]: JSON.
 --   {"mode": "batch", "port", "paths": [...], "timeout"}: one thread per
