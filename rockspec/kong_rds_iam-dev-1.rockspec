@@ -23,7 +23,11 @@ build = {
    -- 5.4 gets its own.
    build_command = [[case "$(LUA) $(LUA_INCDIR)" in *5.4*) f=lua54 ;; *) f=luajit ;; esac; FEATURES=$f OUT=target/rock scripts/build]],
    install = {
-      lib = { kong_rds_iam = "target/rock/kong_rds_iam.so" },
+      lib = {
+         kong_rds_iam = "target/rock/kong_rds_iam.so",
+         -- next to the module, where rds.rds_ca_bundle() finds it
+         ["kong_rds_iam.rds-ca-bundle"] = "data/rds-ca-bundle.pem",
+      },
       lua = {
          ["kong_rds_iam.kong"] = "lua/kong_rds_iam/kong.lua",
          ["kong_rds_iam.pgmoon"] = "lua/kong_rds_iam/pgmoon.lua",

@@ -17,12 +17,15 @@ local REGION = "us-east-1" -- the emulator's region; the host is an IP, so say i
 ---------------------------------------------------------------------------
 
 local merge = util.merge
+local tcp_forward = require "spec.support.tcp_forward"
 
--- conf for an IAM login as the emulator's first IAM user
+-- conf for an IAM login as the emulator's first IAM user. IAM connections
+-- verify the server's certificate, so the conf trusts the emulator's CA
+-- (pg_ssl_cafile = "" below leaves trust to lua_ssl_trusted_certificate).
 local function iam_conf(e, extra)
   return merge({
     pg_host = e.host, pg_port = e.port, pg_database = e.db, pg_user = e.iam_users[1],
-    pg_iam_auth = true, pg_iam_auth_region = REGION,
+    pg_iam_auth = true, pg_iam_auth_region = REGION, pg_ssl_cafile = e.ca,
   }, extra)
 end
 
@@ -404,7 +407,7 @@ describe("connect()", function()
     end)
 
     it("fails with only the system store (the CA is not in it)", function()
-      local err = refused(iam_conf(e, { pg_ssl_verify = true, lua_ssl_trusted_certificate = "system" }))
+      local err = refused(iam_conf(e, { pg_ssl_verify = true, pg_ssl_cafile = "", lua_ssl_trusted_certificate = "system" }))
       assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
     end)
 
@@ -414,12 +417,12 @@ describe("connect()", function()
     end)
 
     it("reads lua_ssl_trusted_certificate as a comma list with system", function()
-      local s = session(iam_conf(e, { pg_ssl_verify = true, lua_ssl_trusted_certificate = "system, " .. e.ca }))
+      local s = session(iam_conf(e, { pg_ssl_verify = true, pg_ssl_cafile = "", lua_ssl_trusted_certificate = "system, " .. e.ca }))
       assert.equal("iam_user", s.user)
     end)
 
     it("reads lua_ssl_trusted_certificate as an array", function()
-      local conf = iam_conf(e, { pg_ssl_verify = true, lua_ssl_trusted_certificate = { e.other_ca, e.ca } })
+      local conf = iam_conf(e, { pg_ssl_verify = true, pg_ssl_cafile = "", lua_ssl_trusted_certificate = { e.other_ca, e.ca } })
       assert.equal("iam_user", session(conf).user)
     end)
 
@@ -428,9 +431,103 @@ describe("connect()", function()
       assert.equal("iam_user", session(conf).user)
     end)
 
-    it("accepts a wrong CA and a wrong host name with pg_ssl_verify off", function()
-      assert.is_true(session(iam_conf(e, { pg_ssl_verify = false, pg_ssl_cafile = e.other_ca })).tls)
-      assert.is_true(session(iam_conf(e, { pg_host = "127.0.0.2", pg_ssl_verify = false, pg_ssl_cafile = e.ca })).tls)
+    it("accepts a wrong CA and a wrong host name with pg_ssl_verify off, for a password login", function()
+      local tls = { pg_ssl = true, pg_ssl_verify = false }
+      assert.is_true(session(pw_conf(e, "pw_scram", merge(tls, { pg_ssl_cafile = e.other_ca }))).tls)
+      assert.is_true(session(pw_conf(e, "pw_scram", merge(tls, { pg_host = "127.0.0.2", pg_ssl_cafile = e.ca }))).tls)
+    end)
+
+    it("verifies an IAM connection whatever pg_ssl_verify says (Kong's default is off)", function()
+      local err = refused(iam_conf(e, { pg_ssl_verify = false, pg_ssl_cafile = e.other_ca }))
+      assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
+      err = refused(iam_conf(e, { pg_host = "127.0.0.2", pg_ssl_verify = false }))
+      assert.equal("tls handshake failed: the server's certificate is not valid for 127.0.0.2", err)
+      -- by default: lua_ssl_trusted_certificate (system) and the RDS CAs, neither of which has the emulator's CA
+      err = refused(iam_conf(e, { pg_ssl_cafile = "" }))
+      assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
+    end)
+
+    it("trusts lua_ssl_trusted_certificate for IAM, with the RDS CAs added", function()
+      local s = session(iam_conf(e, { pg_ssl_cafile = "", lua_ssl_trusted_certificate = e.ca }))
+      assert.equal("iam_user", s.user)
+      local settings = assert(rds.settings(iam_conf(e, { pg_ssl_cafile = "", lua_ssl_trusted_certificate = e.ca })))
+      assert.same({ e.ca, "rds" }, settings.trusted)
+      assert.is_true(settings.ssl_verify)
+      assert.equal("lua_ssl_trusted_certificate and the rds ca bundle", settings.ca_source)
+      -- pg_ssl_cafile still wins alone (pinning): no RDS CAs next to it
+      assert.same({ e.ca }, assert(rds.settings(iam_conf(e))).trusted)
+    end)
+
+    it("pg_iam_auth_ssl_verify = off is the one opt-out, with one warning per process", function()
+      local conf = iam_conf(e, { pg_iam_auth_ssl_verify = "off", pg_ssl_cafile = e.other_ca })
+      local out = lua_process.run(([[
+        local rds = require "kong_rds_iam"
+        local conf = %s
+        for _ = 1, 2 do
+          local conn, err = rds.connect(conf)
+          io.stdout:write(conn and "connected\n" or ("failed: " .. tostring(err) .. "\n"))
+          if conn then conn:close() end
+        end
+        io.stdout:write("token=", (assert(rds.token(conf))), "\n")
+      ]]):format(literal(conf)), {
+        AWS_EC2_METADATA_DISABLED = "true",
+        AWS_ACCESS_KEY_ID = test_env.access_key_id, AWS_SECRET_ACCESS_KEY = test_env.secret_access_key,
+      })
+      local _, connected = out:gsub("connected\n", "")
+      assert.equal(2, connected, out)
+      local warnings = {}
+      for line in out:gmatch("[^\n]+") do
+        if line:find("pg_iam_auth_ssl_verify is off", 1, true) then warnings[#warnings + 1] = line end
+      end
+      assert.equal(1, #warnings, out)
+      assert.matches("iam tokens %(bearer credentials%) go to 127%.0%.0%.1:%d+ without checking its certificate", warnings[1])
+      assert_no_secrets(warnings[1], out:match("token=(%S+)"))
+      -- with pg_ssl_verify on as well, it verifies
+      local err = refused(iam_conf(e, { pg_iam_auth_ssl_verify = "off", pg_ssl_verify = true, pg_ssl_cafile = e.other_ca }))
+      assert.equal("tls handshake failed: the server's certificate is not signed by a trusted ca", err)
+    end)
+  end)
+
+  describe("a signing host apart from the dialled one (pg_iam_auth_host, pg_iam_auth_port)", function()
+    lazy_setup(function() assert(e:allow_host("localhost")) end)
+
+    it("signs for and verifies the certificate against pg_iam_auth_host while dialling pg_host", function()
+      -- 127.0.0.2 is not in the certificate (DNS:localhost, IP:127.0.0.1)
+      assert.equal("tls handshake failed: the server's certificate is not valid for 127.0.0.2",
+        (refused(iam_conf(e, { pg_host = "127.0.0.2" }))))
+      local conf = iam_conf(e, { pg_host = "127.0.0.2", pg_iam_auth_host = "LocalHost" })
+      local token = assert(rds.token(conf))
+      assert.equal("localhost:" .. e.port .. "/?Action=connect", token:match("^[^&]*"))
+      local s = session(conf)
+      assert.same({ "iam_user", "127.0.0.2", true }, { s.user, s.addr, s.tls })
+      local settings = assert(rds.settings(conf))
+      assert.same({ "127.0.0.2", e.port, "localhost", e.port },
+        { settings.host, settings.port, settings.iam_host, settings.iam_port })
+    end)
+
+    it("goes through a tunnel on another port with pg_iam_auth_port", function()
+      local fwd = tcp_forward.start("127.0.0.1", e.port)
+      finally(function() fwd:stop() end)
+      local through = { pg_port = fwd.port, pg_iam_auth_host = "localhost" }
+      -- signed for the tunnel's port, the token is refused by the server
+      local err, sqlstate = refused(iam_conf(e, through))
+      assert.equal("28000", sqlstate, err)
+      local s = session(iam_conf(e, merge(through, { pg_iam_auth_port = e.port })))
+      assert.same({ "iam_user", true }, { s.user, s.tls })
+    end)
+
+    it("reads the region from the signing host", function()
+      local conf = { pg_host = "127.0.0.1", pg_user = "u", pg_iam_auth_host = "db.abc123.eu-west-3.rds.amazonaws.com" }
+      local token = assert(rds.token(conf))
+      assert.matches("^db%.abc123%.eu%-west%-3%.rds%.amazonaws%.com:5432/", token)
+      assert.matches("%%2Feu%-west%-3%%2Frds%-db%%2F", token)
+    end)
+
+    it("rejects a bad signing host or port, naming the key", function()
+      assert.equal('pg_iam_auth_host must be a host name or address, got "a b"',
+        select(2, rds.token { pg_iam_auth_host = "a b", pg_iam_auth_region = REGION }))
+      assert.equal("pg_ro_iam_auth_port must be an integer 1-65535, got 0",
+        select(2, rds.token({ pg_ro_iam_auth_port = 0, pg_iam_auth_region = REGION }, "ro")))
     end)
   end)
 
@@ -562,7 +659,8 @@ describe("connect()", function()
     end)
 
     it("pg_iam_auth covers read-only too", function()
-      local conf = iam_conf(e, { pg_ro_host = "127.0.0.2", pg_ro_user = e.iam_users[2] })
+      -- 127.0.0.2 is not in the certificate: sign and verify for 127.0.0.1
+      local conf = iam_conf(e, { pg_ro_host = "127.0.0.2", pg_ro_user = e.iam_users[2], pg_ro_iam_auth_host = "127.0.0.1" })
       local ro = session(conf, "ro")
       assert.same({ "iam_user2", "127.0.0.2", true }, { ro.user, ro.addr, ro.tls })
     end)
@@ -570,6 +668,7 @@ describe("connect()", function()
     it("pg_ro_iam_auth alone makes read-only IAM and leaves read-write on its password", function()
       local conf = pw_conf(e, "pw_scram", {
         pg_ro_host = e.host, pg_ro_user = "iam_user", pg_ro_iam_auth = true, pg_ro_iam_auth_region = REGION,
+        pg_ro_ssl_cafile = e.ca,
       })
       local rw, ro = session(conf, "rw"), session(conf, "ro")
       assert.same({ "pw_scram", false }, { rw.user, rw.tls })

@@ -47,8 +47,10 @@ local spawn, collect = lua_process.spawn, lua_process.collect
 local issued = fake.issued_akids
 
 local function static_key(prefix) return aws_keys.static(e, f, prefix) end
-local function conf_source(extra) return iam_probe.conf_source(e.port, extra) end
-local function probe(env, conf_extra, opts) return iam_probe.run(e.port, env, conf_extra, opts) end
+-- IAM connections verify the server's certificate: trust the emulator's CA.
+local function trusting(extra) return util.merge({ pg_ssl_cafile = e.ca }, extra) end
+local function conf_source(extra) return iam_probe.conf_source(e.port, trusting(extra)) end
+local function probe(env, conf_extra, opts) return iam_probe.run(e.port, env, trusting(conf_extra), opts) end
 local function log_lines(akid, text) return iam_proof.log_lines(e, akid, text) end
 local function has_line(akid, what) return iam_proof.has_line(e, akid, what) end
 local function assert_accepted(res, out, user) return iam_proof.accepted(e, res, out, user) end

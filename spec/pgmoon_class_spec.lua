@@ -50,7 +50,7 @@ describe("kong_rds_iam.pgmoon", function()
   local function iam_opts(extra)
     return merge({
       host = e.host, port = e.port, database = e.db, user = e.iam_users[1],
-      iam_auth = true, iam_auth_region = REGION,
+      iam_auth = true, iam_auth_region = REGION, cafile = e.ca, -- IAM verifies the server
     }, extra)
   end
 
@@ -729,7 +729,7 @@ describe("kong_rds_iam.pgmoon", function()
         pg_iam_auth_role_session_name = "Sess", pg_iam_auth_sts_endpoint_url = "https://sts.example",
         pg_ro_iam_auth_assume_role_arn = "arn:aws:iam::2:role/ro",
       }, env)
-      assert.equal(10, #asked)
+      assert.equal(16, #asked) -- 8 IAM keys per side
       for word, value in pairs { on = true, off = false, ["true"] = true, ["false"] = false, yes = true, no = false, TRUE = true, [" Off "] = false } do
         assert.equal(value, pgmoon._iam_from_env(function(n) return n == "KONG_PG_IAM_AUTH" and word or nil end).pg_iam_auth)
       end
@@ -740,10 +740,15 @@ describe("kong_rds_iam.pgmoon", function()
     it("logs in with IAM for the read-write side of a fake kong.configuration", function()
       rawset(_G, "kong", { configuration = {
         pg_host = e.host, pg_port = e.port, pg_user = e.iam_users[1], pg_database = e.db,
-        pg_iam_auth = true, pg_iam_auth_region = REGION,
+        pg_iam_auth = true, pg_iam_auth_region = REGION, lua_ssl_trusted_certificate_combined = e.ca,
       } })
       e:clear_log()
-      local pg = connected { host = e.host, port = e.port, user = e.iam_users[1], database = e.db }
+      -- as Kong's connector: cafile = lua_ssl_trusted_certificate_combined
+      local opts = { host = e.host, port = e.port, user = e.iam_users[1], database = e.db, cafile = e.ca }
+      local conf = pgmoon.new(opts):_conf()
+      assert.same({ nil, e.ca }, { conf.pg_ssl_cafile, conf.lua_ssl_trusted_certificate })
+      assert.same({ e.ca, "rds" }, assert(rds.settings(conf)).trusted)
+      local pg = connected(opts)
       local row = pg:query("select current_user as u, public.ssl_is_used() as tls")[1]
       assert.same({ u = "iam_user", tls = true }, row)
       pg:disconnect()
@@ -755,8 +760,9 @@ describe("kong_rds_iam.pgmoon", function()
         pg_host = e.host, pg_port = e.port, pg_user = "pw_scram", pg_password = e.users.pw_scram,
         pg_database = e.db, pg_iam_auth = "off",
         pg_ro_host = e.host, pg_ro_user = e.iam_users[2], pg_ro_iam_auth = "on", pg_ro_iam_auth_region = REGION,
+        lua_ssl_trusted_certificate_combined = e.ca,
       } })
-      local ro = connected { host = e.host, port = e.port, user = e.iam_users[2], database = e.db }
+      local ro = connected { host = e.host, port = e.port, user = e.iam_users[2], database = e.db, cafile = e.ca }
       assert.same({ u = "iam_user2", tls = true }, ro:query("select current_user as u, public.ssl_is_used() as tls")[1])
       ro:disconnect()
       local rw = connected(pw_opts("pw_scram"))
@@ -789,16 +795,17 @@ describe("kong_rds_iam.pgmoon", function()
       local code = ([==[
         local ffi = require "ffi"
         ffi.cdef "int unsetenv(const char *name);"
-        _G.kong = { configuration = { pg_host = %q, pg_port = %d, pg_user = %q, pg_database = %q } }
+        _G.kong = { configuration = { pg_host = %q, pg_port = %d, pg_user = %q, pg_database = %q,
+          lua_ssl_trusted_certificate_combined = %q } }
         local pgmoon = require "kong_rds_iam.pgmoon"
         -- later changes do not count: read when the module was required
         ffi.C.unsetenv("KONG_PG_IAM_AUTH")
         ffi.C.unsetenv("KONG_PG_IAM_AUTH_REGION")
-        local pg = pgmoon.new { host = %q, port = %d, user = %q, database = %q }
+        local pg = pgmoon.new { host = %q, port = %d, user = %q, database = %q, cafile = %q }
         local ok, err = pg:connect()
         local row = ok and pg:query("select current_user as u, public.ssl_is_used() as tls")[1] or {}
         io.write("\n@@", tostring(ok), "|", tostring(err), "|", tostring(row.u), "|", tostring(row.tls), "\n")
-      ]==]):format(e.host, e.port, e.iam_users[1], e.db, e.host, e.port, e.iam_users[1], e.db)
+      ]==]):format(e.host, e.port, e.iam_users[1], e.db, e.ca, e.host, e.port, e.iam_users[1], e.db, e.ca)
       local out = lua_process.run(code, merge(test_env.vars, {
         KONG_PG_IAM_AUTH = "on", KONG_PG_IAM_AUTH_REGION = REGION,
       }))

@@ -126,7 +126,7 @@ impl Handle {
     }
 
     fn new(conn: pg::Connection, conf: &ConnectConf, lease: Lease) -> Handle {
-        let label = format!("{}@{}:{}/{}", conf.endpoint.user, conf.endpoint.host, conf.endpoint.port, conf.database);
+        let label = format!("{}@{}/{}", conf.endpoint.user, conf.address, conf.database);
         let last_session = conn.escape_session().unwrap_or_default();
         crate::stats::bump(&crate::stats::OPEN_HANDLES);
         Handle {
@@ -452,10 +452,7 @@ fn failure(error: Error) -> QueryFailure {
 }
 
 fn connect_timeout(conf: &ConnectConf) -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        format!("timeout: no connection to {}:{} within {} ms", conf.endpoint.host, conf.endpoint.port, conf.endpoint.timeout.as_millis()),
-    )
+    Error::new(ErrorKind::Timeout, format!("timeout: no connection to {} within {} ms", conf.address, conf.endpoint.timeout.as_millis()))
 }
 
 impl Drop for Handle {

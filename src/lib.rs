@@ -22,3 +22,4 @@ pub mod signer;
 pub mod stats;
 pub mod tls;
 pub mod token;
+pub mod warn;

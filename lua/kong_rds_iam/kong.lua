@@ -26,7 +26,8 @@
 --
 -- Under IAM: `password` is a fresh RDS IAM auth token from rds.token (cached
 -- by the module until shortly before its credentials or its 900 s life end),
--- `ssl` and `ssl_required` are forced on, `pg_password` is ignored, and a
+-- `ssl`, `ssl_required` and `ssl_verify` are forced on (`ssl_verify` unless
+-- pg_iam_auth_ssl_verify is off), `pg_password` is ignored, and a
 -- client certificate is refused with Kong's own message. Otherwise `password`
 -- is pg_password and TLS follows pg_ssl / pg_ssl_required.
 --
@@ -57,7 +58,9 @@ local MODES = { rw = "rw", ro = "ro", write = "rw", read = "ro" }
 
 -- The CA file for pgmoon (it takes one): pg_ssl_cafile; else Kong's combined
 -- bundle (Kong writes lua_ssl_trusted_certificate, with `system` resolved, into
--- one file); else the first file in lua_ssl_trusted_certificate.
+-- one file); else the first file in lua_ssl_trusted_certificate; else, under
+-- IAM, the RDS CA bundle installed with the module. (Over nginx cosockets
+-- pgmoon verifies against lua_ssl_trusted_certificate instead: see README.)
 local function cafile(conf, settings)
   if settings.cafile then
     return settings.cafile
@@ -67,9 +70,12 @@ local function cafile(conf, settings)
     return combined
   end
   for _, entry in ipairs(settings.trusted) do
-    if entry ~= "system" then
+    if entry ~= "system" and entry ~= "rds" then
       return entry
     end
+  end
+  if settings.iam then
+    return (rds.rds_ca_bundle())
   end
   return nil
 end

@@ -23,7 +23,12 @@
 --   ssl_version -> pg_ssl_version ("tlsv1_2", "tlsv1_3", "any")
 --   cafile -> pg_ssl_cafile   cert -> pg_ssl_cert   key -> pg_ssl_cert_key
 --   iam_auth, iam_auth_region, iam_auth_assume_role_arn,
---   iam_auth_role_session_name, iam_auth_sts_endpoint_url -> pg_iam_auth...
+--   iam_auth_role_session_name, iam_auth_sts_endpoint_url, iam_auth_host,
+--   iam_auth_port, iam_auth_ssl_verify -> pg_iam_auth...
+--   cafile is Kong's lua_ssl_trusted_certificate_combined (what Kong's
+--   connector passes): it becomes lua_ssl_trusted_certificate, a trust list
+--   to which IAM connections add the RDS CA bundle; any other file is
+--   pg_ssl_cafile, trusted alone (pinning).
 --   application_name (default "pgmoon") -> pg_application_name
 --   pool_size -> pg_pool_size (also keepalive's default)   backlog -> pg_backlog
 --   pool (or pgmoon's pool_name): not used; the native pool is keyed by
@@ -42,12 +47,14 @@
 -- with the read-only side (pg_ro_* falling back to pg_*). The first side
 -- that matches decides, with its own rule and keys:
 --   rw: IAM if pg_iam_auth; pg_iam_auth_region, pg_iam_auth_assume_role_arn,
---       pg_iam_auth_role_session_name, pg_iam_auth_sts_endpoint_url
+--       pg_iam_auth_role_session_name, pg_iam_auth_sts_endpoint_url,
+--       pg_iam_auth_host, pg_iam_auth_port, pg_iam_auth_ssl_verify
 --   ro: IAM if pg_ro_iam_auth or pg_iam_auth; each pg_ro_iam_auth_* key,
 --       falling back to its pg_iam_auth_* key
 -- Kong OSS drops kong.conf keys it does not know, so a key missing from
 -- kong.configuration is read from KONG_PG_IAM_AUTH, KONG_PG_IAM_AUTH_REGION,
--- ..._ASSUME_ROLE_ARN, ..._ROLE_SESSION_NAME, ..._STS_ENDPOINT_URL and their
+-- ..._ASSUME_ROLE_ARN, ..._ROLE_SESSION_NAME, ..._STS_ENDPOINT_URL, ..._HOST,
+-- ..._PORT, ..._SSL_VERIFY and their
 -- KONG_PG_RO_IAM_AUTH* twins, as read when this module was first required
 -- (see read_env below). Booleans read as kong.conf reads them: on/off,
 -- true/false, yes/no; "" and "NONE" mean unset. No side matching: no IAM.
@@ -127,13 +134,17 @@ local M = {
 ---------------------------------------------------------------------------
 
 -- The IAM keys of both sides (kong.conf names; the variable is KONG_<KEY>).
-local IAM_KEYS = {
-  "pg_iam_auth", "pg_iam_auth_region", "pg_iam_auth_assume_role_arn",
-  "pg_iam_auth_role_session_name", "pg_iam_auth_sts_endpoint_url",
-  "pg_ro_iam_auth", "pg_ro_iam_auth_region", "pg_ro_iam_auth_assume_role_arn",
-  "pg_ro_iam_auth_role_session_name", "pg_ro_iam_auth_sts_endpoint_url",
+-- IAM suffixes: pg_iam_auth<suffix> and pg_ro_iam_auth<suffix>.
+local IAM_SUFFIXES = {
+  "", "_region", "_assume_role_arn", "_role_session_name", "_sts_endpoint_url",
+  "_host", "_port", "_ssl_verify",
 }
-local BOOLEAN_KEY = { pg_iam_auth = true, pg_ro_iam_auth = true }
+local IAM_KEYS = {}
+for _, suffix in ipairs(IAM_SUFFIXES) do IAM_KEYS[#IAM_KEYS + 1] = "pg_iam_auth" .. suffix end
+for _, suffix in ipairs(IAM_SUFFIXES) do IAM_KEYS[#IAM_KEYS + 1] = "pg_ro_iam_auth" .. suffix end
+local BOOLEAN_KEY = {
+  pg_iam_auth = true, pg_ro_iam_auth = true, pg_iam_auth_ssl_verify = true, pg_ro_iam_auth_ssl_verify = true,
+}
 
 -- IAM suffixes: option name (pgmoon side) <-> conf key suffix.
 local IAM_OPTIONS = {
@@ -142,8 +153,10 @@ local IAM_OPTIONS = {
   iam_auth_assume_role_arn = "pg_iam_auth_assume_role_arn",
   iam_auth_role_session_name = "pg_iam_auth_role_session_name",
   iam_auth_sts_endpoint_url = "pg_iam_auth_sts_endpoint_url",
+  iam_auth_host = "pg_iam_auth_host",
+  iam_auth_port = "pg_iam_auth_port",
+  iam_auth_ssl_verify = "pg_iam_auth_ssl_verify",
 }
-local IAM_SUFFIXES = { "", "_region", "_assume_role_arn", "_role_session_name", "_sts_endpoint_url" }
 
 local BOOLEAN_WORDS = { on = true, ["true"] = true, yes = true, off = false, ["false"] = false, no = false }
 
@@ -427,9 +440,15 @@ function Postgres:_conf()
       conf[key] = v
     end
   end
+  local kong = rawget(_G, "kong")
+  local kconf = type(kong) == "table" and kong.configuration
+  if c.cafile ~= nil and type(kconf) == "table" then
+    local ok, combined = pcall(function() return kconf.lua_ssl_trusted_certificate_combined end)
+    if ok and combined ~= nil and combined == c.cafile then
+      conf.pg_ssl_cafile, conf.lua_ssl_trusted_certificate = nil, c.cafile
+    end
+  end
   if not explicit then
-    local kong = rawget(_G, "kong")
-    local kconf = type(kong) == "table" and kong.configuration
     if type(kconf) == "table" then
       local ok, iam = pcall(M._iam_for, kconf, {
         host = c.host, port = c.port, user = c.user, database = c.database,

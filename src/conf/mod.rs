@@ -56,9 +56,11 @@ pub struct AssumeRole {
 /// credentials for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Host name, lowercased (it is signed lowercased).
+    /// The host the token is signed for, lowercased (it is signed
+    /// lowercased): `pg_iam_auth_host`, else `pg_host`. The server's
+    /// certificate is checked against it, and it is the SNI.
     pub host: String,
-    /// TCP port; always part of the signed host.
+    /// The port signed with it: `pg_iam_auth_port`, else `pg_port`.
     pub port: u16,
     /// Database user (`DBUser`).
     pub user: String,
@@ -88,6 +90,9 @@ pub enum CaSource {
     System,
     /// A PEM file.
     File(PathBuf),
+    /// The Amazon RDS CA certificates embedded in the module
+    /// (data/rds-ca-bundle.pem), trusted for IAM connections.
+    RdsBundle,
 }
 
 /// TLS settings for the database connection.
@@ -97,13 +102,15 @@ pub struct TlsConf {
     pub enabled: bool,
     /// `pg_ssl_required`: fail if the server does not do TLS.
     pub required: bool,
-    /// `pg_ssl_verify`: verify the chain and the host name.
+    /// Verify the chain and the host name: `pg_ssl_verify`; under IAM on
+    /// unless `pg_iam_auth_ssl_verify` is off.
     pub verify: bool,
     /// `pg_ssl_version`.
     pub version: TlsVersion,
     /// Client certificate and key files (`pg_ssl_cert`, `pg_ssl_cert_key`).
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`.
+    /// Trust anchors: `pg_ssl_cafile` if set, else `lua_ssl_trusted_certificate`
+    /// (under IAM followed by [`CaSource::RdsBundle`]).
     pub trusted: Vec<CaSource>,
     /// `pg_ssl_cafile` as given (it is also the only entry of `trusted`).
     pub cafile: Option<PathBuf>,
@@ -112,7 +119,9 @@ pub struct TlsConf {
 /// Everything `connect()` needs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectConf {
-    /// Host, port, user, region, credentials.
+    /// Where to dial: `pg_host:pg_port`.
+    pub address: Address,
+    /// What the token is signed for: host, port, user, region, credentials.
     pub endpoint: Endpoint,
     /// How the session authenticates: IAM or a password, one or the other.
     pub auth: Auth,
@@ -130,6 +139,21 @@ pub struct ConnectConf {
     /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
     /// second to this host, node-wide (see [`crate::rate`]).
     pub iam_max_rate: u32,
+}
+
+/// A host and port to dial.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// Host name or address, lowercased.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// How a connection authenticates. IAM and a password are exclusive by
@@ -192,6 +216,7 @@ impl Default for PoolConf {
 impl std::fmt::Debug for ConnectConf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectConf")
+            .field("address", &self.address)
             .field("endpoint", &self.endpoint)
             .field("auth", &self.auth)
             .field("database", &self.database)

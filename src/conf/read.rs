@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::keys::{key, Key, Side};
 use super::value::{boolean, integer, is_empty_string, non_empty_string, optional_string, quote, show, ConfSource, RawValue};
-use super::{AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
+use super::{Address, AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
 use crate::error::{Error, Result};
 use crate::region;
 
@@ -64,13 +64,33 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn endpoint(&self) -> Result<Endpoint> {
-        let host = self.string(key::HOST, "127.0.0.1")?;
-        // 253: the longest DNS name. Bounding it here also bounds every message that names the host.
-        if host.len() > 253 || !is_host_text(&host) {
-            return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name(key::HOST), quote(&host))));
-        }
+    /// `pg_host:pg_port`: where a connection dials.
+    pub(super) fn address(&self) -> Result<Address> {
+        let host = self.host(key::HOST)?.unwrap_or_else(|| "127.0.0.1".into());
         let port = self.integer(key::PORT, 5432, 1, 65535)? as u16;
+        Ok(Address { host, port })
+    }
+
+    /// A host key's value, lowercased; bounded (253: the longest DNS name)
+    /// here, which also bounds every message that names the host.
+    fn host(&self, key: Key) -> Result<Option<String>> {
+        let Some((name, v)) = self.lookup(key) else { return Ok(None) };
+        let mut host = non_empty_string(name, v)?;
+        if host.len() > 253 || !is_host_text(&host) {
+            return Err(Error::config(format!("{} must be a host name or address, got {}", self.key_name(key), quote(&host))));
+        }
+        host.make_ascii_lowercase();
+        Ok(Some(host))
+    }
+
+    pub(super) fn endpoint(&self) -> Result<Endpoint> {
+        let address = self.address()?;
+        // The signing host: pg_iam_auth_host when pg_host is a CNAME, an IP or a tunnel.
+        let host = self.host(key::IAM_HOST)?.unwrap_or(address.host);
+        let port = match self.lookup(key::IAM_PORT) {
+            None => address.port,
+            Some((name, v)) => integer(name, v, 1, 65535)? as u16,
+        };
         let user = self.string(key::USER, "kong")?;
         let timeout_ms = self.integer(key::TIMEOUT, 5000, 1, 3_600_000)?;
         let region = match self.lookup(key::REGION) {
@@ -105,8 +125,6 @@ impl<'a> Reader<'a> {
                 Some(AssumeRole { role_arn, session_name, sts_endpoint_url })
             }
         };
-        let mut host = host;
-        host.make_ascii_lowercase();
         Ok(Endpoint { host, port, user, region, assume_role, timeout: Duration::from_millis(timeout_ms as u64) })
     }
 
@@ -127,6 +145,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn connect(&self) -> Result<ConnectConf> {
+        let address = self.address()?;
         let endpoint = self.endpoint()?;
         let iam = self.iam()?;
         let password = match self.lookup(key::PASSWORD) {
@@ -167,14 +186,25 @@ impl<'a> Reader<'a> {
             Some((name, v)) => optional_string(name, v, false)?.map(PathBuf::from),
             None => None,
         };
+        // An IAM token is a bearer credential: under IAM the server's
+        // certificate is verified whatever pg_ssl_verify says, unless
+        // pg_iam_auth_ssl_verify is turned off, against pg_ssl_cafile alone
+        // when set (pinning), else lua_ssl_trusted_certificate plus the RDS CAs.
+        let ssl_verify = self.boolean(key::SSL_VERIFY, false)?;
+        let verify = if iam { self.boolean(key::IAM_SSL_VERIFY, true)? || ssl_verify } else { ssl_verify };
         let trusted = match &cafile {
             Some(path) => vec![CaSource::File(path.clone())],
+            None if iam => {
+                let mut trusted = self.trusted_certificates()?;
+                trusted.push(CaSource::RdsBundle);
+                trusted
+            }
             None => self.trusted_certificates()?,
         };
         let tls = TlsConf {
             enabled: iam || self.boolean(key::SSL, false)?,
             required: iam || self.boolean(key::SSL_REQUIRED, false)?,
-            verify: self.boolean(key::SSL_VERIFY, false)?,
+            verify,
             version,
             client_cert,
             trusted,
@@ -201,6 +231,7 @@ impl<'a> Reader<'a> {
             )));
         }
         Ok(ConnectConf {
+            address,
             endpoint,
             auth: if iam { Auth::Iam } else { Auth::Password(password) },
             database,
@@ -326,6 +357,46 @@ mod tests {
             .unwrap();
         assert_eq!(c.auth.password(), None);
         assert!(c.tls.enabled && c.tls.required);
+    }
+
+    #[test]
+    fn iam_verifies_whatever_pg_ssl_verify_says() {
+        let iam = |extra: &[(&str, RawValue)]| {
+            let mut pairs = vec![("pg_iam_auth", s("on")), ("pg_ssl_verify", RawValue::Bool(false))];
+            pairs.extend(extra.iter().cloned());
+            ConnectConf::parse(&src(&pairs), Side::ReadWrite).unwrap().tls
+        };
+        let tls = iam(&[]);
+        assert!(tls.verify);
+        assert_eq!(tls.trusted, vec![CaSource::System, CaSource::RdsBundle]);
+        assert!(!iam(&[("pg_iam_auth_ssl_verify", s("off"))]).verify);
+        assert!(iam(&[("pg_iam_auth_ssl_verify", s("off")), ("pg_ssl_verify", s("on"))]).verify);
+        // pg_ssl_cafile pins: no RDS CAs next to it
+        assert_eq!(iam(&[("pg_ssl_cafile", s("/ca.pem"))]).trusted, vec![CaSource::File("/ca.pem".into())]);
+        // a password login keeps pg_ssl_verify as it is, and no RDS CAs
+        let pw = ConnectConf::parse(&src(&[("pg_ssl", s("on"))]), Side::ReadWrite).unwrap().tls;
+        assert!(!pw.verify);
+        assert_eq!(pw.trusted, vec![CaSource::System]);
+    }
+
+    #[test]
+    fn the_signing_host_is_apart_from_the_dialled_one() {
+        let conf = src(&[
+            ("pg_host", s("127.0.0.1")),
+            ("pg_port", s("6543")),
+            ("pg_iam_auth_host", s("DB.abc.eu-west-3.rds.amazonaws.com")),
+            ("pg_iam_auth_port", s("5432")),
+        ]);
+        let c = ConnectConf::parse(&conf, Side::ReadWrite).unwrap();
+        assert_eq!((c.address.host.as_str(), c.address.port), ("127.0.0.1", 6543));
+        assert_eq!((c.endpoint.host.as_str(), c.endpoint.port), ("db.abc.eu-west-3.rds.amazonaws.com", 5432));
+        assert_eq!(Endpoint::parse(&conf, Side::ReadWrite).unwrap(), c.endpoint);
+        // unset: the signed host is the dialled one
+        let plain = Endpoint::parse(&src(&[("pg_host", s("h")), ("pg_port", s("6543"))]), Side::ReadWrite).unwrap();
+        assert_eq!((plain.host.as_str(), plain.port), ("h", 6543));
+        // read-only falls back to the read-write signing host
+        let ro = Endpoint::parse(&src(&[("pg_ro_host", s("ro")), ("pg_iam_auth_host", s("rw.sign"))]), Side::ReadOnly).unwrap();
+        assert_eq!(ro.host, "rw.sign");
     }
 
     #[test]

@@ -322,6 +322,22 @@ local function collect_unclosed()
   end
 end
 
+-- Warnings the core queued (each kind once per process, never a secret):
+-- nginx's error log at warn level inside nginx, stderr elsewhere.
+local ngx_log = ngx and ngx.log
+local function warn_queued()
+  local queued = core.take_warnings()
+  for i = 1, #queued do
+    if ngx_log then ngx_log(ngx.WARN, queued[i]) else io.stderr:write(queued[i], "\n") end
+  end
+end
+
+local function connected(h, err, sqlstate)
+  warn_queued()
+  if not h then return nil, err, sqlstate end
+  return setmetatable({ [HANDLE] = h }, Connection)
+end
+
 --- conn, err, sqlstate = rds.connect(conf, mode)
 function M.connect(conf, mode)
   check("connect", 1, conf, "table")
@@ -341,8 +357,13 @@ function M.connect(conf, mode)
   else
     h, err, sqlstate = core.connect(conf, mode)
   end
-  if not h then return nil, err, sqlstate end
-  return setmetatable({ [HANDLE] = h }, Connection)
+  return connected(h, err, sqlstate)
+end
+
+--- path, err = rds.rds_ca_bundle(): the Amazon RDS CA bundle as a file,
+--- for nginx's lua_ssl_trusted_certificate.
+function M.rds_ca_bundle()
+  return core.rds_ca_bundle()
 end
 
 --- stats = rds.stats(): this process's figures.

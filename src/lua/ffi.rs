@@ -283,17 +283,18 @@ mod tests {
     #[test]
     fn values_read_by_position_with_their_lua_types() {
         let names = key::token_names(Side::ReadWrite);
+        let at = |name: &str| key::token_index(Side::ReadWrite, name).unwrap();
         let mut values: Vec<FfiValue> = names.iter().map(|_| nil()).collect();
-        values[0] = string("db.example");
-        values[1] = FfiValue { kind: KIND_NUMBER, number: 6432.0, ptr: std::ptr::null(), len: 0 };
-        values[2] = FfiValue { kind: KIND_BOOLEAN, number: 1.0, ptr: std::ptr::null(), len: 0 };
-        values[3] = FfiValue { kind: KIND_STRING, number: 0.0, ptr: b"\xff".as_ptr(), len: 1 };
+        values[at("pg_host")] = string("db.example");
+        values[at("pg_port")] = FfiValue { kind: KIND_NUMBER, number: 6432.0, ptr: std::ptr::null(), len: 0 };
+        values[at("pg_user")] = FfiValue { kind: KIND_BOOLEAN, number: 1.0, ptr: std::ptr::null(), len: 0 };
+        values[at("pg_iam_auth_region")] = FfiValue { kind: KIND_STRING, number: 0.0, ptr: b"\xff".as_ptr(), len: 1 };
         let src = ByPosition { side: Side::ReadWrite, values: &FfiValues(&values) };
         assert_eq!(src.get("pg_host"), Some(RawValue::Str("db.example".into())));
         assert_eq!(src.get("pg_port"), Some(RawValue::Int(6432)));
         assert_eq!(src.get("pg_user"), Some(RawValue::Bool(true)));
-        assert_eq!(src.get(names[3]), Some(RawValue::Other("non-utf-8 string")));
-        assert_eq!(src.get(names[4]), None);
+        assert_eq!(src.get("pg_iam_auth_region"), Some(RawValue::Other("non-utf-8 string")));
+        assert_eq!(src.get("pg_timeout"), None);
         assert_eq!(src.get("pg_password"), None);
         let e = Endpoint::parse(&src, Side::ReadWrite).unwrap_err();
         assert_eq!(e.message(), "pg_user must be a non-empty string, got true");

@@ -42,6 +42,8 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("credentials_source", lua.create_function(lua_credentials_source)?)?;
     core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
+    core.set("rds_ca_bundle", lua.create_function(lua_rds_ca_bundle)?)?;
+    core.set("take_warnings", lua.create_function(|lua, ()| lua.create_sequence_from(crate::warn::take()))?)?;
     core.set("token_keys", token_keys(lua)?)?;
     core.set("contract", contract(lua)?)?;
     // The non-blocking path (api.lua's wait): see src/io_thread.rs.
@@ -285,8 +287,11 @@ fn lua_settings(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lu
     };
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
     let t = lua.create_table()?;
-    t.set("host", c.endpoint.host.as_str())?;
-    t.set("port", c.endpoint.port)?;
+    t.set("host", c.address.host.as_str())?;
+    t.set("port", c.address.port)?;
+    // What the token is signed for and the certificate checked against.
+    t.set("iam_host", c.endpoint.host.as_str())?;
+    t.set("iam_port", c.endpoint.port)?;
     t.set("user", c.endpoint.user.as_str())?;
     t.set("database", c.database.as_str())?;
     t.set("schema", c.schema.as_deref())?;
@@ -320,10 +325,25 @@ fn lua_settings(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> Lu
         trusted.raw_push(match source {
             crate::conf::CaSource::System => "system".to_owned(),
             crate::conf::CaSource::File(p) => path(p),
+            crate::conf::CaSource::RdsBundle => "rds".to_owned(),
         })?;
     }
     t.set("trusted", trusted)?;
+    let ca_source = match (&c.tls.cafile, c.auth.is_iam()) {
+        (Some(_), _) => "pg_ssl_cafile",
+        (None, true) => "lua_ssl_trusted_certificate and the rds ca bundle",
+        (None, false) => "lua_ssl_trusted_certificate",
+    };
+    t.set("ca_source", ca_source)?;
     Ok(MultiValue::from_iter([Value::Table(t)]))
+}
+
+/// `path, err = core.rds_ca_bundle()`: the installed RDS CA bundle file.
+fn lua_rds_ca_bundle(lua: &Lua, (): ()) -> LuaResult<MultiValue> {
+    match crate::tls::rds_ca_bundle_path() {
+        Ok(path) => Ok(MultiValue::from_iter([Value::String(lua.create_string(path.as_os_str().as_encoded_bytes())?)])),
+        Err(e) => failure(lua, &e),
+    }
 }
 
 /// `source, err = core.credentials_source(conf, mode)`

@@ -21,8 +21,8 @@ use crate::{net, tls};
 /// Connects and authenticates with `password` (an IAM token or the
 /// configured password). The caller bounds the whole call with `pg_timeout`.
 pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Connection> {
-    let host = conf.endpoint.host.as_str();
-    let port = conf.endpoint.port;
+    let host = conf.address.host.as_str();
+    let port = conf.address.port;
     let could_not = |e: &io::Error| Error::new(ErrorKind::Io, format!("could not connect to {host}:{port}: {}", io_text(e)));
     let addrs = net::resolve(host, port).await.map_err(|e| could_not(&e))?;
     let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| could_not(&e))?;
@@ -97,6 +97,14 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
     let answer = tcp.read_u8().await.map_err(|e| io_error("requesting tls", &e))?;
     match answer {
         b'S' => {
+            if conf.auth.is_iam() && !conf.tls.verify {
+                crate::warn::once("iam-unverified", || {
+                    format!(
+                        "kong_rds_iam: pg_iam_auth_ssl_verify is off: iam tokens (bearer credentials) go to {} without checking its certificate",
+                        conf.address
+                    )
+                });
+            }
             let config = tls::client_config(&conf.tls)?;
             let name = tls::server_name(&conf.endpoint.host)?;
             let stream = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
