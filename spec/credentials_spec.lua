@@ -148,6 +148,28 @@ describe("credentials", function()
       assert.equal("run\n", read_file(count), "credential_process ran more than once")
     end)
 
+    -- Clock skew: SigV4 allows +-5 min. The offset is learnt from IMDS's Date
+    -- header and tokens are signed with the corrected time.
+    for _, skew in ipairs { "+10m", "-10m" } do
+      it("a host clock " .. skew .. " off still logs in with IMDS credentials (offset from IMDS's Date)", function()
+        local res, out = probe(f:env("imds"), nil, { prefix = "faketime -f '" .. skew .. "'" })
+        assert_end_to_end(res, out, "imds")
+        -- the token's X-Amz-Date is the real time, not the skewed clock
+        local signed = res.token:match("X%-Amz%-Date=(%d+T%d+Z)")
+        local y, mo, d, h, mi, sec = signed:match("(%d%d%d%d)(%d%d)(%d%d)T(%d%d)(%d%d)(%d%d)")
+        local at = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = sec, isdst = false }
+          - os.time { year = 1970, month = 1, day = 1, hour = 0, isdst = false }
+        assert.is_true(math.abs(at - os.time()) < 120, "signed at " .. signed .. "\n" .. out)
+      end)
+    end
+
+    it("a host clock 10 minutes fast fails with static keys (no AWS answer, no offset): the negative control", function()
+      local res, out = probe(env_with(env_keys(static)), nil, { prefix = "faketime -f '+10m'" })
+      assert.is_string(res.connect_err, out)
+      assert.matches("PAM authentication failed", res.connect_err, nil, true)
+      assert.is_true(has_line(static.akid, "X-Amz-Date is in the future"), e:log())
+    end)
+
     it("EC2 IMDSv2 (token required)", function()
       assert(f:set_mode("imds", "imdsv2"))
       finally(function() f:set_mode("imds", "v1v2") end)

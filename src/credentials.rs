@@ -147,7 +147,7 @@ pub fn get(role: Option<&AssumeRole>, region: Option<&str>, timeout: Duration) -
 /// at steady state no caller waits for a fetch.
 pub fn cached(role: Option<&AssumeRole>) -> Option<Arc<Identity>> {
     let state = state().ok()?;
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let key: ChainKey = role.cloned();
     let identity = state.cached(&key, now)?;
     if identity.wants_refresh(now) {
@@ -201,7 +201,7 @@ pub fn seconds_left(role: Option<&AssumeRole>) -> Option<i64> {
     let state = state().ok()?;
     let cache = state.cache.lock().ok()?;
     let expiry = cache.get(&role.cloned())?.expiry()?;
-    Some(match expiry.duration_since(SystemTime::now()) {
+    Some(match expiry.duration_since(crate::clock::now()) {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
     })
@@ -238,7 +238,7 @@ impl ProcessCredentials {
             Err(_) if background => return Err(Error::new(ErrorKind::Credentials, "a fetch is in flight")),
             Err(_) => flight.lock().await,
         };
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         if let Some(cached) = self.cached(&key, now).filter(|id| !(background && id.wants_refresh(now))) {
             return Ok(cached);
         }
@@ -269,7 +269,8 @@ impl ProcessCredentials {
         let loader = aws_config::defaults(BehaviorVersion::latest())
             .env(snapshot.to_aws_env())
             .fs(Fs::real())
-            .http_client(http_client(proxy_config(snapshot)));
+            .http_client(crate::clock::DateWatching(http_client(proxy_config(snapshot))))
+            .time_source(crate::clock::Corrected);
         let loader = match &region {
             Some(r) => loader.region(Region::new(r.clone())),
             None => loader,
@@ -326,7 +327,7 @@ impl ProcessCredentials {
             error
         })?;
         crate::stats::credential_fetched(&source);
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         if let Some(expiry) = credentials.expiry() {
             if expiry <= now + REFRESH_MARGIN {
                 return Err(Error::new(

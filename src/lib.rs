@@ -1,4 +1,5 @@
 //! AWS RDS IAM database authentication for OpenResty and Kong.
+pub mod clock;
 pub mod conf;
 pub mod connection;
 pub mod credentials;
@@ -18,6 +19,7 @@ pub mod pool;
 pub mod process;
 pub mod rate;
 pub mod region;
+pub mod service_tokens;
 pub mod signer;
 pub mod stats;
 pub mod tls;

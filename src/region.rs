@@ -6,7 +6,7 @@
 //! RDS instance, Aurora cluster (`cluster-`, `cluster-ro-`, `cluster-custom-`)
 //! and RDS Proxy (`proxy-`) endpoints all end in
 //! `.<region>.rds.<partition dns suffix>`; the region is the label before
-//! `rds`. Unlike Kong, any region name of the AWS shape is accepted
+//! `rds`. Aurora DSQL endpoints are `<id>.dsql.<region>.on.aws`. Unlike Kong, any region name of the AWS shape is accepted
 //! (af-, il-, mx-, eusc- ... included), in every partition.
 
 use std::time::Duration;
@@ -145,6 +145,11 @@ const PARTITION_SUFFIXES: &[&str] = &[
 /// (a CNAME, an IP address, localhost).
 pub fn from_host(host: &str) -> Option<String> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
+    // Aurora DSQL: <cluster id>.dsql.<region>.on.aws
+    if let Some(rest) = host.strip_suffix(".on.aws") {
+        let (before, region) = rest.rsplit_once('.')?;
+        return (before.ends_with(".dsql") && is_valid(region)).then(|| region.to_owned());
+    }
     PARTITION_SUFFIXES.iter().find_map(|suffix| {
         let rest = host.strip_suffix(suffix)?.strip_suffix(".rds.")?;
         let region = rest.rsplit('.').next()?;

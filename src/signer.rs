@@ -1,6 +1,9 @@
 //! The RDS IAM auth token: a SigV4 query presign of
 //! `GET https://HOST:PORT/?Action=connect&DBUser=USER`, service `rds-db`,
-//! valid 900 s, with the scheme stripped.
+//! valid 900 s, with the scheme stripped; and the other AWS "connect"
+//! tokens made the same way ([`Kind`]): Aurora DSQL's
+//! (`GET https://HOST/?Action=DbConnect`, service `dsql`) and ElastiCache's
+//! or MemoryDB's (`GET http://CACHE/?Action=connect&User=USER`).
 //!
 //! Output is byte for byte what botocore, the Go SDK and aws-sigv4 produce:
 //! parameters sorted, `X-Amz-Signature` last, every key and value
@@ -31,14 +34,62 @@ const EMPTY_PAYLOAD_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
 const QUERY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// Which token: what the presigned request is and its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kind {
+    /// RDS: `Action=connect&DBUser=USER`, service `rds-db`, `host:port`
+    /// signed, 900 s. The fast path.
+    #[default]
+    Rds,
+    /// Aurora DSQL: `Action=DbConnectAdmin` (`admin`) or `DbConnect`,
+    /// service `dsql`, the host without port, `expires` seconds.
+    Dsql {
+        /// `DbConnectAdmin` rather than `DbConnect`.
+        admin: bool,
+        /// `X-Amz-Expires` (1 to 604800).
+        expires: u32,
+    },
+    /// ElastiCache (`memorydb` false) or MemoryDB: `Action=connect&User=USER`,
+    /// plus `&ResourceType=ServerlessCache` for a serverless cache; the cache
+    /// name is the host; 900 s.
+    Cache {
+        /// Service `memorydb` rather than `elasticache`.
+        memorydb: bool,
+        /// A serverless cache.
+        serverless: bool,
+    },
+}
+
+impl Kind {
+    /// The SigV4 service name.
+    pub fn service(self) -> &'static str {
+        match self {
+            Kind::Rds => SERVICE,
+            Kind::Dsql { .. } => "dsql",
+            Kind::Cache { memorydb: false, .. } => "elasticache",
+            Kind::Cache { memorydb: true, .. } => "memorydb",
+        }
+    }
+
+    /// Seconds the token is valid (`X-Amz-Expires`).
+    pub fn lifetime_secs(self) -> u64 {
+        match self {
+            Kind::Dsql { expires, .. } => u64::from(expires),
+            Kind::Rds | Kind::Cache { .. } => TOKEN_LIFETIME_SECS,
+        }
+    }
+}
+
 /// What a token is signed for and with.
 #[derive(Clone, Copy)]
 pub struct SigningParams<'a> {
-    /// Database host (lowercased here before signing).
+    /// Which token.
+    pub kind: Kind,
+    /// Database host, or the cache name (lowercased here before signing).
     pub host: &'a str,
-    /// Database port, always part of the signed host.
+    /// Database port: part of the signed host of RDS tokens only.
     pub port: u16,
-    /// Database user (`DBUser`).
+    /// Database or cache user (`DBUser`, `User`; unused by DSQL).
     pub user: &'a str,
     /// AWS region of the database.
     pub region: &'a str,
@@ -55,6 +106,7 @@ pub struct SigningParams<'a> {
 impl std::fmt::Debug for SigningParams<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningParams")
+            .field("kind", &self.kind)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user)
@@ -78,6 +130,7 @@ pub struct Signer {
 struct CachedKey {
     access_key_id: String,
     region: String,
+    service: &'static str,
     date: [u8; 8],
     secret: String,
     key: SigningKey,
@@ -100,14 +153,18 @@ impl Signer {
     pub fn sign(&self, p: &SigningParams<'_>) -> String {
         let stamp = Timestamp::of(p.time);
         let key = self.signing_key(p, &stamp);
-        presign(p, &stamp, &key)
+        match p.kind {
+            Kind::Rds => presign(p, &stamp, &key),
+            _ => presign_other(p, &stamp, &key),
+        }
     }
 
     fn signing_key(&self, p: &SigningParams<'_>, stamp: &Timestamp) -> SigningKey {
         let Ok(mut keys) = self.keys.lock() else {
             return derive_key(p);
         };
-        let same_scope = |k: &CachedKey| k.access_key_id == p.access_key_id && k.region == p.region;
+        let service = p.kind.service();
+        let same_scope = |k: &CachedKey| k.access_key_id == p.access_key_id && k.region == p.region && k.service == service;
         if let Some(k) = keys.iter().find(|k| k.date == stamp.date_bytes() && same_scope(k) && k.secret == p.secret_access_key) {
             return k.key.clone();
         }
@@ -120,6 +177,7 @@ impl Signer {
         keys.push(CachedKey {
             access_key_id: p.access_key_id.to_owned(),
             region: p.region.to_owned(),
+            service,
             date: stamp.date_bytes(),
             secret: p.secret_access_key.to_owned(),
             key: key.clone(),
@@ -137,11 +195,14 @@ pub fn shared() -> &'static Signer {
 /// Signs one token without caching the signing key.
 pub fn sign(p: &SigningParams<'_>) -> String {
     let stamp = Timestamp::of(p.time);
-    presign(p, &stamp, &derive_key(p))
+    match p.kind {
+        Kind::Rds => presign(p, &stamp, &derive_key(p)),
+        _ => presign_other(p, &stamp, &derive_key(p)),
+    }
 }
 
 fn derive_key(p: &SigningParams<'_>) -> SigningKey {
-    let derived = generate_signing_key(p.secret_access_key, p.time, p.region, SERVICE);
+    let derived = generate_signing_key(p.secret_access_key, p.time, p.region, p.kind.service());
     <Hmac<Sha256> as KeyInit>::new_from_slice(derived.as_ref()).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
@@ -265,6 +326,47 @@ fn presign(p: &SigningParams<'_>, stamp: &Timestamp, key: &SigningKey) -> String
     token
 }
 
+/// The DSQL and ElastiCache/MemoryDB tokens: the same presign, written as
+/// botocore writes it (the request's own parameters in their order, then
+/// the auth parameters, the session token after `X-Amz-SignedHeaders`, the
+/// signature last), signed over the sorted query. Not the RDS fast path: a
+/// few small allocations.
+fn presign_other(p: &SigningParams<'_>, stamp: &Timestamp, key: &SigningKey) -> String {
+    let service = p.kind.service();
+    let host = p.host.to_ascii_lowercase();
+    let encode = |v: &str| utf8_percent_encode(v, QUERY_ENCODE).to_string();
+    let mut pairs: Vec<(&str, String)> = match p.kind {
+        Kind::Dsql { admin, .. } => vec![("Action", (if admin { "DbConnectAdmin" } else { "DbConnect" }).to_owned())],
+        Kind::Cache { serverless, .. } => {
+            let mut own = vec![("Action", "connect".to_owned()), ("User", encode(p.user))];
+            if serverless {
+                own.push(("ResourceType", "ServerlessCache".to_owned()));
+            }
+            own
+        }
+        Kind::Rds => vec![("Action", "connect".to_owned()), ("DBUser", encode(p.user))],
+    };
+    let scope = format!("{}/{}/{}/aws4_request", stamp.date(), p.region, service);
+    pairs.push(("X-Amz-Algorithm", ALGORITHM.to_owned()));
+    pairs.push(("X-Amz-Credential", encode(&format!("{}/{scope}", p.access_key_id))));
+    pairs.push(("X-Amz-Date", stamp.amz().to_owned()));
+    pairs.push(("X-Amz-Expires", p.kind.lifetime_secs().to_string()));
+    pairs.push(("X-Amz-SignedHeaders", "host".to_owned()));
+    if let Some(session_token) = p.session_token {
+        pairs.push(("X-Amz-Security-Token", encode(session_token)));
+    }
+    let mut sorted: Vec<&(&str, String)> = pairs.iter().collect();
+    sorted.sort();
+    let canonical_query = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let canonical = format!("GET\n/\n{canonical_query}\nhost:{host}\n\nhost\n{EMPTY_PAYLOAD_SHA256}");
+    let string_to_sign = format!("{ALGORITHM}\n{}\n{scope}\n{}", stamp.amz(), hex::encode(Sha256::digest(canonical.as_bytes())));
+    let mut mac = key.clone();
+    mac.update(string_to_sign.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    format!("{host}/?{query}&X-Amz-Signature={signature}")
+}
+
 /// `n` in decimal, written into `buf`.
 fn decimal(n: u16, buf: &mut [u8; 5]) -> &str {
     let len = match n {
@@ -295,6 +397,7 @@ mod tests {
 
     fn kong_vector(key: &str, secret: &str, session: Option<&str>, time: u64) -> String {
         Signer::new().sign(&SigningParams {
+            kind: Kind::Rds,
             host: KONG_HOST,
             port: 443,
             user: "test_user",
@@ -328,6 +431,7 @@ mod tests {
     #[test]
     fn tokens_are_byte_identical_to_botocore() {
         let t = Signer::new().sign(&SigningParams {
+            kind: Kind::Rds,
             host: "test-db.cluster-abc.us-east-1.rds.amazonaws.com",
             port: 5432,
             user: "iam user+1",
@@ -356,6 +460,7 @@ mod tests {
     #[test]
     fn published_vector_4_exact_token() {
         let p = SigningParams {
+            kind: Kind::Rds,
             host: "prod-instance.us-east-1.rds.amazonaws.com",
             port: 3306,
             user: "peccy",
@@ -375,6 +480,7 @@ mod tests {
     #[test]
     fn special_characters_in_user_are_encoded() {
         let p = SigningParams {
+            kind: Kind::Rds,
             host: "h.us-east-1.rds.amazonaws.com",
             port: 5432,
             user: "a b",
@@ -398,6 +504,7 @@ mod tests {
     fn cached_key_is_keyed_by_secret_region_and_day() {
         let signer = Signer::new();
         let base = SigningParams {
+            kind: Kind::Rds,
             host: "prod-instance.us-east-1.rds.amazonaws.com",
             port: 3306,
             user: "peccy",
@@ -432,6 +539,7 @@ mod tests {
     #[test]
     fn debug_hides_secrets() {
         let p = SigningParams {
+            kind: Kind::Rds,
             host: "h",
             port: 1,
             user: "u",

@@ -56,6 +56,7 @@ struct Signed {
 /// What a token is wanted for, borrowed: look-ups allocate nothing.
 #[derive(Hash)]
 struct Wanted<'a> {
+    service: crate::conf::Service,
     host: &'a str,
     port: u16,
     user: &'a str,
@@ -72,7 +73,8 @@ impl Wanted<'_> {
     }
 
     fn matches(&self, s: &Signed) -> bool {
-        self.host == s.target.endpoint.host
+        self.service == s.target.endpoint.service
+            && self.host == s.target.endpoint.host
             && self.port == s.target.endpoint.port
             && self.user == s.target.endpoint.user
             && self.region == s.target.region()
@@ -158,6 +160,7 @@ fn issue_with(target: Target<'_>, identity: Arc<Identity>) -> Result<Arc<Token>>
     let endpoint = &target.endpoint;
     let region = target.region();
     let wanted = Wanted {
+        service: endpoint.service,
         host: &endpoint.host,
         port: endpoint.port,
         user: &endpoint.user,
@@ -168,7 +171,7 @@ fn issue_with(target: Target<'_>, identity: Arc<Identity>) -> Result<Arc<Token>>
     };
     let fingerprint = wanted.fingerprint();
     let cache = CACHE.get_or_try_init(|| Ok(Mutex::new(TokenCache::default())))?;
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let hit = cache
         .lock()
         .ok()
@@ -179,6 +182,11 @@ fn issue_with(target: Target<'_>, identity: Arc<Identity>) -> Result<Arc<Token>>
     }
     crate::stats::bump(&crate::stats::TOKENS_SIGNED);
     let token = signer::shared().sign(&SigningParams {
+        kind: match wanted.service {
+            crate::conf::Service::Rds => signer::Kind::Rds,
+            // As the AWS JDBC wrapper decides: the admin role connects as admin.
+            crate::conf::Service::Dsql => signer::Kind::Dsql { admin: wanted.user == "admin", expires: TOKEN_LIFETIME_SECS as u32 },
+        },
         host: wanted.host,
         port: wanted.port,
         user: wanted.user,

@@ -47,6 +47,7 @@ pub mod key {
         IAM_HOST = "iam_auth_host",
         IAM_PORT = "iam_auth_port",
         IAM_SSL_VERIFY = "iam_auth_ssl_verify",
+        IAM_SERVICE = "iam_auth_service",
         REGION = "iam_auth_region",
         ASSUME_ROLE_ARN = "iam_auth_assume_role_arn",
         ROLE_SESSION_NAME = "iam_auth_role_session_name",
@@ -68,7 +69,7 @@ pub mod key {
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).
     pub const TOKEN: &[Key] =
-        &[HOST, PORT, IAM_HOST, IAM_PORT, USER, TIMEOUT, REGION, ASSUME_ROLE_ARN, ROLE_SESSION_NAME, STS_ENDPOINT_URL];
+        &[HOST, PORT, IAM_HOST, IAM_PORT, IAM_SERVICE, USER, TIMEOUT, REGION, ASSUME_ROLE_ARN, ROLE_SESSION_NAME, STS_ENDPOINT_URL];
 
     /// The names [`Endpoint::parse`](super::Endpoint::parse) reads on
     /// `side`, in order: each [`TOKEN`] key, on the read-only side followed

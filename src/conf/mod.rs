@@ -70,6 +70,19 @@ pub struct Endpoint {
     pub assume_role: Option<AssumeRole>,
     /// `pg_timeout`: bounds credential lookups as well as database I/O.
     pub timeout: Duration,
+    /// `pg_iam_auth_service`: which token the database takes.
+    pub service: Service,
+}
+
+/// `pg_iam_auth_service`: the database's kind of IAM token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Service {
+    /// RDS and Aurora (`rds`, the default): service `rds-db`, `host:port` signed.
+    #[default]
+    Rds,
+    /// Aurora DSQL (`dsql`): `DbConnectAdmin` for the user `admin`, else
+    /// `DbConnect`; the host signed without its port.
+    Dsql,
 }
 
 /// `pg_ssl_version`.

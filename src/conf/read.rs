@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::keys::{key, Key, Side};
 use super::value::{boolean, integer, is_empty_string, non_empty_string, optional_string, quote, show, ConfSource, RawValue};
-use super::{Address, AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
+use super::{Address, AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, Service, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
 use crate::error::{Error, Result};
 use crate::region;
 
@@ -125,7 +125,13 @@ impl<'a> Reader<'a> {
                 Some(AssumeRole { role_arn, session_name, sts_endpoint_url })
             }
         };
-        Ok(Endpoint { host, port, user, region, assume_role, timeout: Duration::from_millis(timeout_ms as u64) })
+        let service = match self.lookup(key::IAM_SERVICE) {
+            None => Service::Rds,
+            Some((_, RawValue::Str(s))) if s.trim().eq_ignore_ascii_case("rds") => Service::Rds,
+            Some((_, RawValue::Str(s))) if s.trim().eq_ignore_ascii_case("dsql") => Service::Dsql,
+            Some((name, other)) => return Err(Error::config(format!("{name} must be rds or dsql, got {}", show(&other)))),
+        };
+        Ok(Endpoint { host, port, user, region, assume_role, timeout: Duration::from_millis(timeout_ms as u64), service })
     }
 
     /// IAM for this side: `pg_iam_auth`, or for read-only also `pg_ro_iam_auth`.

@@ -360,6 +360,23 @@ function M.connect(conf, mode)
   return connected(h, err, sqlstate)
 end
 
+--- facts, err = rds._facts(conf, mode): what explain() reports from (no secret).
+function M._facts(conf, mode)
+  check("_facts", 1, conf, "table")
+  check("_facts", 2, mode, "string", true)
+  if yieldable() then
+    local job, bound_ms = core.fetch_start(conf, mode)
+    if job then fetched(job, bound_ms) end -- a failure is reported in the facts
+  end
+  return core.facts(conf, mode)
+end
+
+--- report = rds.explain(conf, mode?, opts?): why an IAM login would fail
+--- (lua/kong_rds_iam/explain.lua; never a secret).
+function M.explain(conf, mode, opts)
+  return require("kong_rds_iam.explain").explain(M, conf, mode, opts)
+end
+
 --- path, err = rds.rds_ca_bundle(): the Amazon RDS CA bundle as a file,
 --- for nginx's lua_ssl_trusted_certificate.
 function M.rds_ca_bundle()
@@ -409,10 +426,77 @@ local sign_fields = {
   access_key_id = "string", secret_access_key = "string",
 }
 
+-- Field types of the other token kinds (src/service_tokens.rs); `true`:
+-- required. Values are checked in Rust.
+local REQUEST_FIELDS = {
+  elasticache = {
+    cache_name = { "string", true }, user = { "string", true }, endpoint = { "string" }, region = { "string" },
+    serverless = { "boolean" }, service = { "string" }, timeout = { "number" },
+  },
+  dsql = {
+    host = { "string", true }, user = { "string" }, region = { "string" }, admin = { "boolean" },
+    expires_in = { "number" }, timeout = { "number" },
+  },
+}
+local SIGN_FIELDS = {
+  access_key_id = { "string", true }, secret_access_key = { "string", true }, session_token = { "string" },
+  time = { "number" }, kind = { "string", true },
+}
+
+local function check_fields(fname, t, ...)
+  for i = 1, select("#", ...) do
+    for field, spec in pairs((select(i, ...))) do
+      local v = t[field]
+      if (v ~= nil or spec[2]) and type(v) ~= spec[1] then
+        error(format("bad argument #1 to '%s' (field '%s': %s expected, got %s)", fname, field, spec[1], type(v)), 3)
+      end
+    end
+  end
+end
+
+-- Fetches credentials first where a call can yield, so that the token
+-- call after it finds them cached and does not block the worker.
+local function credentials_ready()
+  if not yieldable() then return true end
+  local job, bound_ms = core.fetch_start(nil)
+  if not job then return true end
+  return fetched(job, bound_ms)
+end
+
+--- token, err, expires_at = rds.elasticache_token{cache_name=, user=, endpoint=?,
+---   region=?, serverless=?, service=?}
+function M.elasticache_token(req)
+  check("elasticache_token", 1, req, "table")
+  check_fields("elasticache_token", req, REQUEST_FIELDS.elasticache)
+  local ok, err = credentials_ready()
+  if not ok then return nil, err end
+  return core.elasticache_token(req)
+end
+
+--- token, err, expires_at = rds.dsql_token{host=, user=?, region=?, admin=?, expires_in=?}
+function M.dsql_token(req)
+  check("dsql_token", 1, req, "table")
+  check_fields("dsql_token", req, REQUEST_FIELDS.dsql)
+  local ok, err = credentials_ready()
+  if not ok then return nil, err end
+  return core.dsql_token(req)
+end
+
 --- token, err = rds.sign_token{host=, port=, user=, region=, access_key_id=,
----   secret_access_key=, session_token=, time=}
+---   secret_access_key=, session_token=, time=}; with kind = "elasticache",
+---   "memorydb" or "dsql", the fields of elasticache_token / dsql_token.
 function M.sign_token(params)
   check("sign_token", 1, params, "table")
+  local kind = params.kind
+  if kind ~= nil and kind ~= "rds" then
+    local fields = REQUEST_FIELDS[kind == "memorydb" and "elasticache" or kind]
+    if not fields then
+      error(format("bad argument #1 to 'sign_token' (field 'kind': rds, elasticache, memorydb or dsql expected, got %s)",
+        tostring(kind)), 2)
+    end
+    check_fields("sign_token", params, fields, SIGN_FIELDS, { region = { "string", true } })
+    return core.sign_service_token(params)
+  end
   for field, wanted in pairs(sign_fields) do
     if type(params[field]) ~= wanted then
       error(format("bad argument #1 to 'sign_token' (field '%s': %s expected, got %s)",

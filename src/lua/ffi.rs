@@ -210,8 +210,8 @@ pub unsafe extern "C" fn kong_rds_iam_token(
             write(out, result, format!("{job} {}", timeout.as_millis()).as_bytes(), RESULT_FETCHING)
         }
         Ok((Issued::Token(t), _)) => {
-            result.expires_at = token::unix_seconds(t.expires_at) as f64;
-            result.valid_until = token::unix_seconds(t.valid_until) as f64;
+            result.expires_at = crate::clock::local_unix_seconds(t.expires_at) as f64;
+            result.valid_until = crate::clock::local_unix_seconds(t.valid_until) as f64;
             write(out, result, t.token.as_bytes(), RESULT_TOKEN)
         }
         Err(e) => error(out, result, &e),

@@ -9,6 +9,8 @@
 
 mod conf_source;
 mod connection;
+mod facts;
+mod service_tokens;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +45,8 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("settings", lua.create_function(lua_settings)?)?;
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("rds_ca_bundle", lua.create_function(lua_rds_ca_bundle)?)?;
+    service_tokens::register(lua, &core)?;
+    facts::register(lua, &core)?;
     core.set("take_warnings", lua.create_function(|lua, ()| lua.create_sequence_from(crate::warn::take()))?)?;
     core.set("token_keys", token_keys(lua)?)?;
     core.set("contract", contract(lua)?)?;
@@ -145,8 +149,8 @@ fn lua_token(lua: &Lua, (values, mode, defer): (Table, Option<mlua::LuaString>, 
         Ok((Issued::Token(t), _)) => (
             Some(lua.create_string(&t.token)?),
             None,
-            Some(token::unix_seconds(t.expires_at)),
-            Some(token::unix_seconds(t.valid_until)),
+            Some(crate::clock::local_unix_seconds(t.expires_at)),
+            Some(crate::clock::local_unix_seconds(t.valid_until)),
             None,
             None,
         ),
@@ -406,6 +410,7 @@ fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
         },
     };
     let token = signer::shared().sign(&SigningParams {
+        kind: crate::signer::Kind::Rds,
         host: &text[0],
         port: port as u16,
         user: &text[1],

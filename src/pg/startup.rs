@@ -187,8 +187,18 @@ fn with_iam_hint(e: Error) -> Error {
     if !e.is_auth() {
         return e;
     }
+    let clock = match crate::clock::offset() {
+        Some((offset, source)) if offset.unsigned_abs() > crate::clock::CORRECTED_OVER.as_secs() => {
+            format!(
+                "; this host's clock is {} s {} aws's ({source}), corrected for",
+                offset.unsigned_abs(),
+                if offset > 0 { "behind" } else { "ahead of" }
+            )
+        }
+        _ => String::new(),
+    };
     let message = format!(
-        "{} (iam: check the user has rds_iam, the role's rds-db:connect policy, the region, and that the clock is right)",
+        "{} (iam: check the user has rds_iam, the role's rds-db:connect policy, the region, and that the clock is right{clock})",
         e.message()
     );
     Error::db(message, e.sqlstate().unwrap_or_default()).with_kind(ErrorKind::Auth)
