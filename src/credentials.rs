@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::credential_feature::AwsCredentialFeature;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_types::os_shim_internal::Fs;
@@ -284,15 +284,26 @@ impl ProcessCredentials {
 
     async fn fetch(&self, role: Option<&AssumeRole>, region: Option<&str>) -> Result<Identity> {
         let sdk = &self.sdk(region).await;
-        let Some(base) = sdk.credentials_provider() else {
-            return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured"));
+        let snapshot = env_snapshot::get();
+        // A profile's credential_process is run by us (killed on timeout);
+        // every other source is aws-config's chain.
+        let (base, base_source) = match crate::credential_process::from_profile(snapshot).await {
+            Some(process) => (SharedCredentialsProvider::new(process), "credential_process"),
+            None => match sdk.credentials_provider() {
+                Some(chain) => (chain, snapshot.expected_source()),
+                None => return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured")),
+            },
+        };
+        let what = match role {
+            Some(_) => describe(role),
+            None => base_source.to_owned(),
         };
         let (result, source) = match role {
             None => {
                 let Ok(result) = crate::jobs::catching(base.provide_credentials()).await else {
                     return Err(self.panicked(role));
                 };
-                let source = result.as_ref().ok().and_then(feature_source).unwrap_or_else(|| env_snapshot::get().expected_source());
+                let source = result.as_ref().ok().and_then(feature_source).unwrap_or(base_source);
                 (result, source.to_owned())
             }
             Some(role) => {
@@ -310,17 +321,13 @@ impl ProcessCredentials {
                 let Ok(result) = crate::jobs::catching(provider.provide_credentials()).await else {
                     return Err(self.panicked(Some(role)));
                 };
-                (result, format!("assume_role({})", env_snapshot::get().expected_source()))
+                (result, format!("assume_role({base_source})"))
             }
         };
         let credentials = result.map_err(|e| {
             let error = Error::new(
                 ErrorKind::Credentials,
-                format!(
-                    "could not get aws credentials from {}: {}",
-                    describe(role),
-                    lower_first(&withhold_process_output(&chain_text(&e)))
-                ),
+                format!("could not get aws credentials from {what}: {}", lower_first(&withhold_process_output(&chain_text(&e)))),
             );
             let error = self.scrub(error);
             crate::stats::credential_failed(&source, error.message());
@@ -332,7 +339,7 @@ impl ProcessCredentials {
             if expiry <= now + REFRESH_MARGIN {
                 return Err(Error::new(
                     ErrorKind::Credentials,
-                    format!("aws credentials from {} are expired or expire within {} s", describe(role), REFRESH_MARGIN.as_secs()),
+                    format!("aws credentials from {what} are expired or expire within {} s", REFRESH_MARGIN.as_secs()),
                 ));
             }
         }

@@ -61,6 +61,11 @@ impl Snapshot {
         names.iter().find_map(|n| self.var(n))
     }
 
+    /// Every frozen variable (the environment a `credential_process` runs with).
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// A frozen variable, if it was set (and non-empty).
     pub fn var(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())

@@ -2,6 +2,7 @@
 pub mod clock;
 pub mod conf;
 pub mod connection;
+pub mod credential_process;
 pub mod credentials;
 pub mod env_snapshot;
 pub mod error;
