@@ -557,6 +557,27 @@ describe("connect()", function()
       assert.matches("(open)", label, 1, true)
     end)
 
+    it("warns once per process on stderr when it falls back to plain text", function()
+      local conf = pw_conf(plain, "pw_scram", { pg_ssl = true, pg_ssl_required = false })
+      local out = lua_process.run(([[
+        local rds = require "kong_rds_iam"
+        for _ = 1, 3 do
+          local conn, err = rds.connect(%s)
+          io.stdout:write(conn and "CONNECTED\n" or ("FAILED " .. tostring(err) .. "\n"))
+          io.stdout:flush()
+          if conn then conn:close() end
+        end
+      ]]):format(literal(conf)), {})
+      local _, connected = out:gsub("CONNECTED\n", "")
+      assert.equal(3, connected, out)
+      local warning = ("kong_rds_iam: the server %s:%d does not support tls: the session goes on in plain text "
+        .. "(pg_ssl is on, pg_ssl_required is off; warned once per process)"):format(plain.host, plain.port)
+      local _, warned = out:gsub(warning:gsub("%p", "%%%0"), "")
+      assert.equal(1, warned, out)
+      assert_no_secrets(out)
+      assert.is_nil(out:find(plain.users.pw_scram, 1, true), out)
+    end)
+
     it("fails with IAM, which requires TLS", function()
       local conf = iam_conf(plain)
       local token = assert(rds.token(conf))

@@ -1,44 +1,54 @@
-//! Warnings for the operator (certificate verification turned off for IAM,
-//! a plaintext fallback): each kind once per process, never with a secret.
+//! Warnings for the operator, each kind once per process: recorded here,
+//! printed by the Lua side (`ngx.log(ngx.WARN, ...)` inside nginx, stderr
+//! elsewhere), which drains them after each call that may add one.
 //!
-//! Rust only queues them; the Lua side drains the queue after a call and
-//! writes them where an operator looks: `ngx.log(ngx.WARN, ...)` inside
-//! nginx, stderr elsewhere. Nothing here logs by itself, so a warning never
-//! comes from a thread or a lock nginx does not know about.
+//! A warning's text must never hold a secret. Each process (an nginx
+//! worker, after the fork) warns once of its own.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::process::PerProcess;
+use crate::process;
 
 #[derive(Default)]
-struct Queue {
-    /// Kinds already warned about in this process.
-    seen: Vec<&'static str>,
-    /// Warnings not yet taken by the Lua side.
+struct Warnings {
+    generation: u64,
+    seen: HashSet<&'static str>,
     pending: Vec<String>,
 }
 
-static QUEUE: PerProcess<Mutex<Queue>> = PerProcess::new();
+static WARNINGS: Mutex<Option<Warnings>> = Mutex::new(None);
 
-/// Queues `text` unless a warning of `kind` was already given in this
-/// process. `text` must not hold a secret.
-pub fn once(kind: &'static str, text: impl FnOnce() -> String) {
-    let Ok(queue) = QUEUE.get_or_try_init(|| Ok(Mutex::new(Queue::default()))) else { return };
-    let Ok(mut q) = queue.lock() else { return };
-    if q.seen.contains(&kind) {
-        return;
+/// Whether a warning waits to be taken (so that [`take`] costs an atomic
+/// load when none does).
+static PENDING: AtomicBool = AtomicBool::new(false);
+
+fn with<T>(f: impl FnOnce(&mut Warnings) -> T) -> T {
+    let mut guard = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+    let generation = process::generation();
+    if guard.as_ref().is_none_or(|w| w.generation != generation) {
+        *guard = Some(Warnings { generation, ..Warnings::default() });
     }
-    q.seen.push(kind);
-    let text = text();
-    q.pending.push(text);
+    f(guard.get_or_insert_with(Warnings::default))
 }
 
-/// The warnings queued since the last call (usually none: no allocation then).
+/// Records `text` unless this process already warned of `kind`.
+pub fn once(kind: &'static str, text: String) {
+    with(|w| {
+        if w.seen.insert(kind) {
+            w.pending.push(text);
+            PENDING.store(true, Ordering::Release);
+        }
+    });
+}
+
+/// The warnings recorded since the last call, oldest first.
 pub fn take() -> Vec<String> {
-    match QUEUE.get().and_then(|q| q.lock().ok()) {
-        Some(mut q) if !q.pending.is_empty() => std::mem::take(&mut q.pending),
-        _ => Vec::new(),
+    if !PENDING.swap(false, Ordering::AcqRel) {
+        return Vec::new();
     }
+    with(|w| std::mem::take(&mut w.pending))
 }
 
 #[cfg(test)]
@@ -46,14 +56,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_kind_once() {
-        once("test-a", || "first a".into());
-        once("test-a", || "second a".into());
-        once("test-b", || "b".into());
-        let got = take();
-        assert!(got.contains(&"first a".to_owned()) && got.contains(&"b".to_owned()));
-        assert!(!got.contains(&"second a".to_owned()));
-        once("test-a", || "third a".into());
-        assert!(!take().contains(&"third a".to_owned()));
+    fn each_kind_is_recorded_once_and_taken_once() {
+        once("test-kind-a", "first a".into());
+        once("test-kind-a", "second a".into());
+        once("test-kind-b", "first b".into());
+        let taken = take();
+        // Other tests may record kinds of their own meanwhile.
+        let ours: Vec<&String> = taken.iter().filter(|t| t.ends_with(" a") || t.ends_with(" b")).collect();
+        assert_eq!(ours, ["first a", "first b"]);
+        once("test-kind-a", "third a".into());
+        assert!(!take().iter().any(|t| t == "third a"));
     }
 }

@@ -52,6 +52,20 @@ if not (core.yield_enabled and get_phase and socket_tcp) then
   yieldable = function() return false end
 end
 
+-- Warnings the core recorded (src/warn.rs: each kind once per process,
+-- never a secret): to nginx's error log at WARN inside nginx, else stderr.
+local take_warnings = core.take_warnings
+local ngx_log, NGX_WARN = ngx and ngx.log, ngx and ngx.WARN
+local function print_warnings()
+  local pending = take_warnings()
+  if not pending then return end
+  for i = 1, #pending do
+    local text = "kong_rds_iam: " .. pending[i]
+    if ngx_log and NGX_WARN then ngx_log(NGX_WARN, text)
+    else io.stderr:write(text, "\n") end
+  end
+end
+
 -- Wake connections kept per worker, and for how long an idle one is kept:
 -- a burst of concurrent calls leaves at most this many (2 fds each) behind.
 local WAKE_POOL_SIZE, WAKE_IDLE_MS = 128, 60000
@@ -178,6 +192,7 @@ function M.token(conf, mode)
       end
     end
   end
+  print_warnings()
   if not token then
     memo[conf] = nil
     return nil, err
@@ -322,18 +337,8 @@ local function collect_unclosed()
   end
 end
 
--- Warnings the core queued (each kind once per process, never a secret):
--- nginx's error log at warn level inside nginx, stderr elsewhere.
-local ngx_log = ngx and ngx.log
-local function warn_queued()
-  local queued = core.take_warnings()
-  for i = 1, #queued do
-    if ngx_log then ngx_log(ngx.WARN, queued[i]) else io.stderr:write(queued[i], "\n") end
-  end
-end
-
 local function connected(h, err, sqlstate)
-  warn_queued()
+  print_warnings()
   if not h then return nil, err, sqlstate end
   return setmetatable({ [HANDLE] = h }, Connection)
 end

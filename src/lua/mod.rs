@@ -47,7 +47,6 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("rds_ca_bundle", lua.create_function(lua_rds_ca_bundle)?)?;
     service_tokens::register(lua, &core)?;
     facts::register(lua, &core)?;
-    core.set("take_warnings", lua.create_function(|lua, ()| lua.create_sequence_from(crate::warn::take()))?)?;
     core.set("token_keys", token_keys(lua)?)?;
     core.set("contract", contract(lua)?)?;
     // The non-blocking path (api.lua's wait): see src/io_thread.rs.
@@ -67,6 +66,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
         })?,
     )?;
     core.set("stats", lua.create_function(lua_stats)?)?;
+    core.set("take_warnings", lua.create_function(lua_take_warnings)?)?;
     core.set("token_epoch", lua.create_function(|_, ()| Ok(token::epoch()))?)?;
     core.set("open_handles", lua.create_function(|_, ()| Ok(crate::stats::OPEN_HANDLES.load(std::sync::atomic::Ordering::Relaxed)))?)?;
     if let Some(isyieldable) = isyieldable_function(lua)? {
@@ -244,6 +244,16 @@ fn lua_wake_address(lua: &Lua, prefix: Option<mlua::LuaString>) -> LuaResult<Mul
 }
 
 /// `core.stats()`: this process's counters.
+/// The warnings recorded since the last call (see [`crate::warn`]), or
+/// nil when there are none.
+fn lua_take_warnings(lua: &Lua, (): ()) -> LuaResult<Option<Table>> {
+    let pending = crate::warn::take();
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    lua.create_sequence_from(pending).map(Some)
+}
+
 fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("jobs", jobs::count())?;

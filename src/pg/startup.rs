@@ -98,12 +98,13 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
     match answer {
         b'S' => {
             if conf.auth.is_iam() && !conf.tls.verify {
-                crate::warn::once("iam-unverified", || {
+                crate::warn::once(
+                    "iam_unverified",
                     format!(
-                        "kong_rds_iam: pg_iam_auth_ssl_verify is off: iam tokens (bearer credentials) go to {} without checking its certificate",
+                        "pg_iam_auth_ssl_verify is off: iam tokens (bearer credentials) go to {} without checking its certificate",
                         conf.address
-                    )
-                });
+                    ),
+                );
             }
             let config = tls::client_config(&conf.tls)?;
             let name = tls::server_name(&conf.endpoint.host)?;
@@ -120,7 +121,16 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
                 "the server does not support tls, but pg_ssl_required is on"
             },
         )),
-        b'N' => Ok(Transport::Plain(tcp)),
+        b'N' => {
+            crate::warn::once(
+                "plaintext_fallback",
+                format!(
+                    "the server {} does not support tls: the session goes on in plain text (pg_ssl is on, pg_ssl_required is off; warned once per process)",
+                    conf.address
+                ),
+            );
+            Ok(Transport::Plain(tcp))
+        }
         _ => Err(Error::new(ErrorKind::Protocol, "unexpected answer to the tls request")),
     }
 }
