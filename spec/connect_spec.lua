@@ -9,6 +9,7 @@ local lua_process = require "spec.support.lua_process"
 local socket = require "socket"
 local lfs = require "lfs"
 local util = require "spec.support.util"
+local fake_pg = require "spec.support.fake_pg"
 
 local REGION = "us-east-1" -- the emulator's region; the host is an IP, so say it
 
@@ -300,8 +301,11 @@ describe("connect()", function()
 
   describe("with a password user", function()
     for _, user in ipairs { "pw_scram", "pw_md5", "pw_clear" } do
+      -- A cleartext password goes over plain TCP only when pg_require_auth names it.
+      local plain_ok = user == "pw_clear" and { pg_require_auth = "password" } or {}
+
       it(user .. " logs in over plain TCP", function()
-        local s, label = session(pw_conf(e, user))
+        local s, label = session(pw_conf(e, user, plain_ok))
         assert.equal(user, s.user)
         assert.is_false(s.tls)
         assert.matches("(open)", label, 1, true)
@@ -315,7 +319,7 @@ describe("connect()", function()
       end)
 
       it(user .. " with a wrong password is refused with 28P01", function()
-        local err, sqlstate = refused(pw_conf(e, user, { pg_password = "wrong-password" }))
+        local err, sqlstate = refused(pw_conf(e, user, merge({ pg_password = "wrong-password" }, plain_ok)))
         assert.equal("28P01", sqlstate)
         assert.equal(('password authentication failed for user "%s"'):format(user), err)
       end)
@@ -338,6 +342,91 @@ describe("connect()", function()
       local err, sqlstate = refused(pw_conf(e, "pw_scram", { pg_database = "no_such_db" }))
       assert.equal("3D000", sqlstate)
       assert.equal('database "no_such_db" does not exist', err)
+    end)
+  end)
+
+  describe("pg_require_auth", function()
+    local function bound() return rds.stats().scram_channel_bound end
+
+    it("refuses a cleartext password over plain TCP by default, and allows it when the list names password", function()
+      local err, sqlstate = refused(pw_conf(e, "pw_clear"))
+      assert.equal("the server asked for a cleartext password over a connection without tls, "
+        .. "which pg_require_auth does not allow unless it names password", err)
+      assert.is_nil(sqlstate)
+      assert.equal("pw_clear", session(pw_conf(e, "pw_clear", { pg_require_auth = "password" })).user)
+      assert.equal("pw_clear", session(pw_conf(e, "pw_clear", { pg_require_auth = { "scram-sha-256", "password" } })).user)
+      -- Over TLS it is answered by default (how an IAM token travels).
+      assert.is_true(session(pw_conf(e, "pw_clear", { pg_ssl = true })).tls)
+    end)
+
+    it("refuses an md5 request when only scram-sha-256 is allowed", function()
+      local err, sqlstate = refused(pw_conf(e, "pw_md5", { pg_require_auth = "scram-sha-256" }))
+      assert.equal("the server asked for md5 authentication, which pg_require_auth does not allow", err)
+      assert.is_nil(sqlstate)
+      assert.equal("pw_md5", session(pw_conf(e, "pw_md5", { pg_require_auth = "md5,scram-sha-256" })).user)
+    end)
+
+    it("refuses what a negated list excludes, and a password request when only none is allowed", function()
+      local err = refused(pw_conf(e, "pw_clear", { pg_ssl = true, pg_require_auth = "!password" }))
+      assert.equal("the server asked for password authentication, which pg_require_auth does not allow", err)
+      err = refused(pw_conf(e, "pw_scram", { pg_require_auth = "none" }))
+      assert.equal("the server asked for scram-sha-256 authentication, which pg_require_auth does not allow", err)
+      err = refused(pw_conf(e, "pw_scram", { pg_ro_require_auth = "md5" }), "ro")
+      assert.equal("the server asked for scram-sha-256 authentication, which pg_ro_require_auth does not allow", err)
+    end)
+
+    it("is a config error naming the key for an unknown method", function()
+      assert.equal('pg_require_auth must list password, md5, scram-sha-256 or none (or !method), got "gss"',
+        refused(pw_conf(e, "pw_scram", { pg_require_auth = "scram-sha-256, gss" })))
+      assert.equal("pg_iam_auth sends the token as a cleartext password (over tls), so pg_require_auth must allow password",
+        refused(iam_conf(e, { pg_require_auth = "scram-sha-256" })))
+    end)
+
+    it("leaves IAM (a token as a cleartext password over TLS) working by default", function()
+      assert.equal(e.iam_users[1], session(iam_conf(e)).user)
+      assert.equal(e.iam_users[1], session(iam_conf(e, { pg_require_auth = "password" })).user)
+    end)
+
+    it("binds SCRAM to the server certificate over TLS (SCRAM-SHA-256-PLUS), and not over plain TCP", function()
+      -- PostgreSQL accepts a SCRAM-SHA-256-PLUS login only if the binding is
+      -- the hash of its own certificate, so a login that counts as bound
+      -- shows both the mechanism and the hash.
+      local before = bound()
+      assert.is_true(session(pw_conf(e, "pw_scram", { pg_ssl = true, pg_require_auth = "scram-sha-256" })).tls)
+      assert.equal(before + 1, bound())
+      assert.is_false(session(pw_conf(e, "pw_scram")).tls)
+      assert.is_true(session(pw_conf(e, "pw_md5", { pg_ssl = true })).tls)
+      assert.equal(before + 1, bound())
+    end)
+
+    describe("against a fake server", function()
+      local function fake(auth)
+        local f = assert(fake_pg.start(auth))
+        finally(function() f:stop() end)
+        return f
+      end
+      local function conf(f, extra)
+        return merge({ pg_host = "127.0.0.1", pg_port = f.port, pg_user = "u", pg_password = "PW-NEVER-SENT-0123",
+          pg_timeout = 2000 }, extra)
+      end
+
+      it("sends nothing to a server asking for a cleartext password over plain TCP", function()
+        local f = fake("cleartext")
+        local _, err = rds.connect(conf(f, { pg_ssl = true }))
+        assert.matches("cleartext password over a connection without tls", err, 1, true)
+        assert.same({ "" }, f:received(1))
+        -- Named in the list, the password is sent: the fake does see it.
+        rds.connect(conf(f, { pg_require_auth = "password" }))
+        local got = f:received(2)[2]
+        assert.truthy(got and got:find("PW-NEVER-SENT-0123", 1, true), got)
+      end)
+
+      it("sends nothing to a server asking for md5 when only scram-sha-256 is allowed", function()
+        local f = fake("md5")
+        local _, err = rds.connect(conf(f, { pg_require_auth = "scram-sha-256" }))
+        assert.equal("the server asked for md5 authentication, which pg_require_auth does not allow", err)
+        assert.same({ "" }, f:received(1))
+      end)
     end)
   end)
 
@@ -750,7 +839,7 @@ describe("connect()", function()
     end)
 
     it("tostring shows no password", function()
-      local conn = assert(rds.connect(pw_conf(e, "pw_clear")))
+      local conn = assert(rds.connect(pw_conf(e, "pw_clear", { pg_require_auth = "password" })))
       local label = tostring(conn)
       assert.equal(("kong_rds_iam connection: pw_clear@127.0.0.1:%d/kong (open)"):format(e.port), label)
       assert_no_secrets(label)

@@ -147,8 +147,14 @@ describe("kong_rds_iam.pgmoon", function()
   -------------------------------------------------------------------------
   describe("connect", function()
     for _, user in ipairs { "pw_scram", "pw_md5", "pw_clear" } do
-      it("returns true for " .. user .. " (plain TCP and TLS)", function()
-        for _, ssl in ipairs { false, true } do
+      it("returns true for " .. user .. " (plain TCP and TLS; pw_clear: TLS only)", function()
+        if user == "pw_clear" then
+          -- A cleartext password is never sent over plain TCP (pg_require_auth unset).
+          local ok, err = pgmoon.new(pw_opts(user)):connect()
+          assert.is_nil(ok)
+          assert.matches("cleartext password over a connection without tls", err, 1, true)
+        end
+        for _, ssl in ipairs(user == "pw_clear" and { true } or { false, true }) do
           local pg = pgmoon.new(pw_opts(user, { ssl = ssl, ssl_required = ssl }))
           assert.is_true(pg:connect())
           local rows = assert(pg:query("select current_user as u, public.ssl_is_used() as tls"))

@@ -15,6 +15,8 @@ pub static TOKENS_SIGNED: AtomicU64 = AtomicU64::new(0);
 pub static TOKEN_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
 /// New IAM logins the server accepted.
 pub static IAM_AUTH_OK: AtomicU64 = AtomicU64::new(0);
+/// SCRAM logins bound to the server's TLS certificate (SCRAM-SHA-256-PLUS).
+pub static SCRAM_CHANNEL_BOUND: AtomicU64 = AtomicU64::new(0);
 /// Connection handles alive (opened and not yet dropped by Lua's GC).
 pub static OPEN_HANDLES: AtomicU64 = AtomicU64::new(0);
 
@@ -68,6 +70,8 @@ pub struct Snapshot {
     pub iam_auth_ok: u64,
     /// See [`OPEN_HANDLES`].
     pub open_handles: u64,
+    /// See [`SCRAM_CHANNEL_BOUND`].
+    pub scram_channel_bound: u64,
     /// Credential fetches by source.
     pub credential_fetches: BTreeMap<String, u64>,
     /// Failed credential fetches by source.
@@ -87,6 +91,7 @@ pub fn snapshot() -> Snapshot {
         token_cache_hits: load(&TOKEN_CACHE_HITS),
         iam_auth_ok: load(&IAM_AUTH_OK),
         open_handles: load(&OPEN_HANDLES),
+        scram_channel_bound: load(&SCRAM_CHANNEL_BOUND),
         credential_fetches: n.fetches.clone(),
         credential_failures: n.fetch_failures.clone(),
         iam_auth_failed: n.iam_auth_failed.clone(),

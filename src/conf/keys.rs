@@ -65,6 +65,7 @@ pub mod key {
         MAX_LIFETIME = "max_lifetime",
         IAM_MAX_RATE = "iam_auth_max_rate",
         APPLICATION_NAME = "application_name",
+        REQUIRE_AUTH = "require_auth",
     }
 
     /// The keys a token depends on (all of [`Endpoint`](super::Endpoint)).

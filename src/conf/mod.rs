@@ -152,6 +152,83 @@ pub struct ConnectConf {
     /// `pg_iam_auth_max_rate` (default 200; 0: off): new IAM logins per
     /// second to this host, node-wide (see [`crate::rate`]).
     pub iam_max_rate: u32,
+    /// `pg_require_auth`: the authentication requests the server may make.
+    pub require_auth: RequireAuth,
+}
+
+/// `pg_require_auth` (libpq's `require_auth`): which authentication requests
+/// of the server are answered. Unset, any is, except a cleartext password
+/// over a connection without TLS (see [`crate::pg::require_auth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequireAuth {
+    /// The methods named by the key (after `!method` negations); `None`
+    /// when the key is unset.
+    pub only: Option<AuthMethods>,
+    /// The key's name on this side, for messages.
+    pub key: &'static str,
+}
+
+/// A server's authentication request, as `pg_require_auth` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// `password`: a cleartext password (AuthenticationCleartextPassword).
+    Password,
+    /// `md5`: an MD5 hash of the password.
+    Md5,
+    /// `scram-sha-256`: SASL with SCRAM-SHA-256 (or its -PLUS variant).
+    ScramSha256,
+    /// `none`: no authentication request at all (trust).
+    None,
+}
+
+impl AuthMethod {
+    /// Every method, in the order messages list them.
+    pub const ALL: [AuthMethod; 4] = [AuthMethod::Password, AuthMethod::Md5, AuthMethod::ScramSha256, AuthMethod::None];
+
+    /// The name `pg_require_auth` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::None => "none",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`AuthMethod`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AuthMethods(u8);
+
+impl AuthMethods {
+    /// Every method.
+    pub fn all() -> AuthMethods {
+        AuthMethod::ALL.iter().fold(AuthMethods::default(), |set, m| set.with(*m))
+    }
+
+    /// This set and `method`.
+    pub fn with(self, method: AuthMethod) -> AuthMethods {
+        AuthMethods(self.0 | method.bit())
+    }
+
+    /// This set without `method`.
+    pub fn without(self, method: AuthMethod) -> AuthMethods {
+        AuthMethods(self.0 & !method.bit())
+    }
+
+    /// Whether `method` is in the set.
+    pub fn contains(self, method: AuthMethod) -> bool {
+        self.0 & method.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// A host and port to dial.
@@ -238,6 +315,7 @@ impl std::fmt::Debug for ConnectConf {
             .field("tls", &self.tls)
             .field("pool", &self.pool)
             .field("iam_max_rate", &self.iam_max_rate)
+            .field("require_auth", &self.require_auth)
             .finish()
     }
 }

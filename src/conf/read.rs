@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use super::keys::{key, Key, Side};
 use super::value::{boolean, integer, is_empty_string, non_empty_string, optional_string, quote, show, ConfSource, RawValue};
-use super::{Address, AssumeRole, Auth, CaSource, ConnectConf, Endpoint, PoolConf, Service, TlsConf, TlsVersion, DEFAULT_SESSION_NAME};
+use super::{
+    Address, AssumeRole, Auth, AuthMethod, AuthMethods, CaSource, ConnectConf, Endpoint, PoolConf, RequireAuth, Service, TlsConf,
+    TlsVersion, DEFAULT_SESSION_NAME,
+};
 use crate::error::{Error, Result};
 use crate::region;
 
@@ -236,6 +239,14 @@ impl<'a> Reader<'a> {
                 quote(&application_name)
             )));
         }
+        let require_auth = self.require_auth()?;
+        if iam && require_auth.only.is_some_and(|m| !m.contains(AuthMethod::Password)) {
+            let p = self.side.prefix();
+            return Err(Error::config(format!(
+                "{p}iam_auth sends the token as a cleartext password (over tls), so {} must allow password",
+                require_auth.key
+            )));
+        }
         Ok(ConnectConf {
             address,
             endpoint,
@@ -246,7 +257,50 @@ impl<'a> Reader<'a> {
             tls,
             pool,
             iam_max_rate: self.integer(key::IAM_MAX_RATE, 200, 0, 100_000)? as u32,
+            require_auth,
         })
+    }
+
+    /// `pg_require_auth`: a comma-separated string or an array of
+    /// `password`, `md5`, `scram-sha-256`, `none`, or of the same negated
+    /// (`!md5`: any but md5), as libpq's `require_auth`.
+    fn require_auth(&self) -> Result<RequireAuth> {
+        let Some((name, v)) = self.lookup(key::REQUIRE_AUTH) else {
+            return Ok(RequireAuth { only: None, key: self.key_name(key::REQUIRE_AUTH) });
+        };
+        let items: Vec<String> = match v {
+            RawValue::Str(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+            RawValue::List(l) => l.into_iter().map(|p| p.trim().to_owned()).collect(),
+            other => {
+                return Err(Error::config(format!(
+                    "{name} must be a comma-separated string or an array of authentication methods, got {}",
+                    show(&other)
+                )))
+            }
+        };
+        let items: Vec<&str> = items.iter().map(String::as_str).filter(|p| !p.is_empty()).collect();
+        let negated = items.iter().filter(|p| p.starts_with('!')).count();
+        if items.is_empty() {
+            return Err(Error::config(format!("{name} must name at least one authentication method")));
+        }
+        if negated != 0 && negated != items.len() {
+            return Err(Error::config(format!("{name} cannot mix methods and negated (!) methods")));
+        }
+        let mut only = if negated == 0 { AuthMethods::default() } else { AuthMethods::all() };
+        for item in items {
+            let text = item.strip_prefix('!').unwrap_or(item);
+            let Some(method) = AuthMethod::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(text)) else {
+                return Err(Error::config(format!(
+                    "{name} must list password, md5, scram-sha-256 or none (or !method), got {}",
+                    quote(item)
+                )));
+            };
+            only = if negated == 0 { only.with(method) } else { only.without(method) };
+        }
+        if only.is_empty() {
+            return Err(Error::config(format!("{name} leaves no authentication method allowed")));
+        }
+        Ok(RequireAuth { only: Some(only), key: name })
     }
 
     /// `lua_ssl_trusted_certificate`: a comma-separated string or an array;
@@ -556,6 +610,63 @@ mod tests {
         assert_eq!(c.auth.password(), None);
         assert_eq!(c.schema, None);
         assert_eq!(c.endpoint.region, None);
+    }
+
+    #[test]
+    fn require_auth_reads_lists_strings_and_negations() {
+        use AuthMethod::{Md5, Password, ScramSha256};
+        let read = |v: RawValue, side: Side| {
+            let key = if side == Side::ReadWrite { "pg_require_auth" } else { "pg_ro_require_auth" };
+            ConnectConf::parse(&src(&[(key, v)]), side).map(|c| c.require_auth)
+        };
+        let unset = ConnectConf::parse(&src(&[]), Side::ReadOnly).unwrap().require_auth;
+        assert_eq!(unset, RequireAuth { only: None, key: "pg_ro_require_auth" });
+        let r = read(s(" SCRAM-SHA-256 , md5"), Side::ReadWrite).unwrap();
+        assert_eq!(r.only, Some(AuthMethods::default().with(ScramSha256).with(Md5)));
+        assert_eq!(r.key, "pg_require_auth");
+        let r = read(RawValue::List(vec!["none".into(), "password".into()]), Side::ReadOnly).unwrap();
+        assert_eq!(r.only, Some(AuthMethods::default().with(AuthMethod::None).with(Password)));
+        assert_eq!(r.key, "pg_ro_require_auth");
+        let r = read(s("!password,!none"), Side::ReadWrite).unwrap();
+        assert_eq!(r.only, Some(AuthMethods::default().with(Md5).with(ScramSha256)));
+        // The read-only side falls back to the read-write key, and names it.
+        let r = ConnectConf::parse(&src(&[("pg_require_auth", s("md5"))]), Side::ReadOnly).unwrap().require_auth;
+        assert_eq!(r, RequireAuth { only: Some(AuthMethods::default().with(Md5)), key: "pg_require_auth" });
+    }
+
+    #[test]
+    fn require_auth_errors_name_the_key() {
+        type Case<'a> = (Vec<(&'a str, RawValue)>, Side, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                vec![("pg_require_auth", s("scram-sha-256,gss"))],
+                Side::ReadWrite,
+                "pg_require_auth must list password, md5, scram-sha-256 or none (or !method), got \"gss\"",
+            ),
+            (vec![("pg_ro_require_auth", s(" , "))], Side::ReadOnly, "pg_ro_require_auth must name at least one authentication method"),
+            (vec![("pg_require_auth", s("md5,!password"))], Side::ReadWrite, "pg_require_auth cannot mix methods and negated (!) methods"),
+            (
+                vec![("pg_require_auth", s("!password,!md5,!scram-sha-256,!none"))],
+                Side::ReadWrite,
+                "pg_require_auth leaves no authentication method allowed",
+            ),
+            (
+                vec![("pg_require_auth", RawValue::Int(1))],
+                Side::ReadWrite,
+                "pg_require_auth must be a comma-separated string or an array of authentication methods, got 1",
+            ),
+            (
+                vec![("pg_iam_auth", s("on")), ("pg_require_auth", s("scram-sha-256"))],
+                Side::ReadWrite,
+                "pg_iam_auth sends the token as a cleartext password (over tls), so pg_require_auth must allow password",
+            ),
+        ];
+        for (pairs, side, want) in cases {
+            let e = ConnectConf::parse(&src(&pairs), side).unwrap_err();
+            assert_eq!(e.message(), want, "for {pairs:?}");
+        }
+        let iam = src(&[("pg_iam_auth", s("on")), ("pg_require_auth", s("password"))]);
+        assert!(ConnectConf::parse(&iam, Side::ReadWrite).is_ok());
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     t.set("token_cache_hits", s.token_cache_hits)?;
     t.set("iam_auth_ok", s.iam_auth_ok)?;
     t.set("open_handles", s.open_handles)?;
+    t.set("scram_channel_bound", s.scram_channel_bound)?;
     let by_name = |map: &std::collections::BTreeMap<String, u64>| -> LuaResult<Table> {
         let t = lua.create_table()?;
         for (k, v) in map {

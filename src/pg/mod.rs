@@ -9,8 +9,10 @@
 //! come from postgres-protocol, tokio-postgres's own wire layer.
 
 mod cancel;
+mod channel_binding;
 pub mod escape;
 pub mod query;
+pub mod require_auth;
 mod server_error;
 mod startup;
 mod stream;

@@ -1,5 +1,7 @@
 //! Opening a connection: TCP, optional TLS (PostgreSQL's SSLRequest), the
-//! startup message, authentication, and waiting for ReadyForQuery.
+//! startup message, authentication (the methods `pg_require_auth` allows;
+//! SCRAM with channel binding when the server offers it over TLS), and
+//! waiting for ReadyForQuery.
 
 use std::io;
 
@@ -13,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::stream::{MessageStream, Transport};
-use super::{server_error, CancelToken, Connection};
-use crate::conf::ConnectConf;
+use super::{channel_binding, require_auth, server_error, CancelToken, Connection};
+use crate::conf::{AuthMethod, ConnectConf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::{net, tls};
 
@@ -29,6 +31,12 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
     let _ = tcp.set_nodelay(true);
     let addr = tcp.peer_addr().map_err(|e| could_not(&e))?;
     let transport = if conf.tls.enabled { negotiate_tls(tcp, conf).await? } else { Transport::Plain(tcp) };
+    let binding = match &transport {
+        Transport::Tls(tls) => {
+            tls.get_ref().1.peer_certificates().and_then(<[_]>::first).and_then(|c| channel_binding::tls_server_end_point(c))
+        }
+        Transport::Plain(_) => None,
+    };
     let mut stream = MessageStream::new(transport);
     let mut buf = BytesMut::with_capacity(1024);
 
@@ -45,7 +53,7 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
     frontend::startup_message(params, &mut buf).map_err(protocol)?;
     stream.send(&mut buf).await.map_err(|e| io_error("sending the startup message", &e))?;
 
-    authenticate(&mut stream, &mut buf, &conf.endpoint.user, password, conf.auth.is_iam()).await?;
+    authenticate(&mut stream, &mut buf, conf, password, binding).await?;
 
     let mut server_version = String::new();
     let mut parameters: Vec<(String, String)> = Vec::new();
@@ -135,34 +143,78 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
     }
 }
 
-async fn authenticate(stream: &mut MessageStream, buf: &mut BytesMut, user: &str, password: Option<&str>, iam: bool) -> Result<()> {
+/// Answers the server's authentication requests that `pg_require_auth`
+/// allows, with `password`; SCRAM binds to the server certificate
+/// (`binding`, its tls-server-end-point hash) when the server offers
+/// SCRAM-SHA-256-PLUS.
+async fn authenticate(
+    stream: &mut MessageStream,
+    buf: &mut BytesMut,
+    conf: &ConnectConf,
+    password: Option<&str>,
+    binding: Option<Vec<u8>>,
+) -> Result<()> {
+    let user = conf.endpoint.user.as_str();
+    let iam = conf.auth.is_iam();
+    let tls = stream.is_tls();
+    let allowed = |asked: AuthMethod| require_auth::decide(&conf.require_auth, tls, asked).map_err(|m| Error::new(ErrorKind::Auth, m));
     let need_password = || {
         password.ok_or_else(|| {
             Error::new(ErrorKind::Auth, format!("the server asks for a password for user {user:?} but pg_password is not set"))
         })
     };
+    let mut asked = false;
+    let mut binding = binding;
     loop {
         match stream.recv().await.map_err(|e| io_error("authenticating", &e))? {
-            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationOk => {
+                if !asked {
+                    allowed(AuthMethod::None)?;
+                }
+                return Ok(());
+            }
             Message::AuthenticationCleartextPassword => {
+                asked = true;
+                allowed(AuthMethod::Password)?;
                 frontend::password_message(need_password()?.as_bytes(), buf).map_err(protocol)?;
                 stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
             }
             Message::AuthenticationMd5Password(body) => {
+                asked = true;
+                allowed(AuthMethod::Md5)?;
                 let hash = md5_hash(user.as_bytes(), need_password()?.as_bytes(), body.salt());
                 frontend::password_message(hash.as_bytes(), buf).map_err(protocol)?;
                 stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
             }
             Message::AuthenticationSasl(body) => {
+                asked = true;
+                allowed(AuthMethod::ScramSha256)?;
+                let (mut scram, mut plus) = (false, false);
                 let mut mechanisms = body.mechanisms();
-                let mut scram = false;
                 while let Some(m) = mechanisms.next().map_err(protocol)? {
                     scram |= m == sasl::SCRAM_SHA_256;
+                    plus |= m == sasl::SCRAM_SHA_256_PLUS;
                 }
-                if !scram {
-                    return Err(Error::new(ErrorKind::Auth, "the server offers no supported sasl mechanism (scram-sha-256)"));
+                let (mechanism, channel_binding) =
+                    match (plus, binding.take(), scram) {
+                        (true, Some(hash), _) => (sasl::SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(hash)),
+                        // Over TLS without PLUS on offer: say we could bind ("y"), so
+                        // that a server that does offer it sees the downgrade.
+                        (false, _, true) if tls => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        (_, _, true) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                        (true, None, false) => return Err(Error::new(
+                            ErrorKind::Auth,
+                            "the server offers only scram-sha-256-plus, and its certificate gives no channel binding this client supports",
+                        )),
+                        (false, _, false) => {
+                            return Err(Error::new(ErrorKind::Auth, "the server offers no supported sasl mechanism (scram-sha-256)"))
+                        }
+                    };
+                let bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
+                scram_exchange(stream, buf, need_password()?, mechanism, channel_binding).await?;
+                if bound {
+                    crate::stats::bump(&crate::stats::SCRAM_CHANNEL_BOUND);
                 }
-                scram_exchange(stream, buf, need_password()?).await?;
             }
             Message::ErrorResponse(body) => {
                 let e = server_error::from_body(&body);
@@ -174,9 +226,15 @@ async fn authenticate(stream: &mut MessageStream, buf: &mut BytesMut, user: &str
     }
 }
 
-async fn scram_exchange(stream: &mut MessageStream, buf: &mut BytesMut, password: &str) -> Result<()> {
-    let mut scram = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
-    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), buf).map_err(protocol)?;
+async fn scram_exchange(
+    stream: &mut MessageStream,
+    buf: &mut BytesMut,
+    password: &str,
+    mechanism: &str,
+    channel_binding: sasl::ChannelBinding,
+) -> Result<()> {
+    let mut scram = sasl::ScramSha256::new(password.as_bytes(), channel_binding);
+    frontend::sasl_initial_response(mechanism, scram.message(), buf).map_err(protocol)?;
     stream.send(buf).await.map_err(|e| io_error("authenticating", &e))?;
     match stream.recv().await.map_err(|e| io_error("authenticating", &e))? {
         Message::AuthenticationSaslContinue(body) => scram.update(body.data()).map_err(|e| auth_error(&e))?,
