@@ -150,6 +150,14 @@ for peer_label, peer in peers_fresh:
     time_row("fresh token, Lua rds.token() new user", "lua_token_fresh", peer_label, peer)
 for peer_label, peer in peers_fresh[:3]:
     time_row("cached token, Lua rds.token()", "lua_token_cached", peer_label, peer)
+for kind, label, peer_label, peer in (
+        ("ec", "ElastiCache", "botocore SigV4QueryAuth (no SDK generator)", "boto_ec_token"),
+        ("dsql", "DSQL", "botocore dsql generate_db_connect_admin_auth_token", "boto_dsql_token")):
+    fn = "elasticache_token" if kind == "ec" else "dsql_token"
+    time_row("fresh %s token, Lua rds.sign_token{kind}" % label, "lua_%s_sign_token" % kind, peer_label, peer)
+    time_row("fresh %s token, Lua rds.%s() %s" % (label, fn, "new user" if kind == "ec" else "new host"),
+             "lua_%s_token_fresh" % kind, peer_label, peer)
+    time_row("cached %s token, Lua rds.%s()" % (label, fn), "lua_%s_token_cached" % kind, peer_label, peer)
 rate_row("connect: TLS1.2 + SCRAM + select 1 + close", "lua_connect_pw", "libpq pgbench -C", "pg_connect_pw", "conn/s")
 rate_row("connect: TLS1.2 + IAM token (emulator PAM) + select 1 + close", "lua_connect_iam",
          "libpq pgbench -C (password, context)", "pg_connect_pw", "conn/s", pair=False)
@@ -318,6 +326,13 @@ md.append("""- Tokens: host `bench-db.abc123.us-east-1.rds.amazonaws.com`, port 
   `generate_db_auth_token` in a loop. rds-signer: one `Signer`, `await getAuthToken()` in a loop. Rust: `bench/rust`
   (aws-sigv4 `http_request::sign`, `SignatureLocation::QueryParams`, `expires_in` 900 s, service `rds-db`, token
   string assembled from the returned params; it checks that all Rust variants produce byte-identical tokens).
+- ElastiCache / DSQL tokens: `rds.sign_token{kind = "elasticache", cache_name = "bench-cache", user = "iam_user",
+  region = "us-east-1", ...}` and `{kind = "dsql", host = "benchabcdefghijklmnopqrstu.dsql.us-east-1.on.aws",
+  admin = true, ...}` (fresh signatures); `rds.elasticache_token{...}` with a user never seen before (cache miss),
+  `rds.dsql_token{...}` with a host never seen before (cache miss), and both with one argument table (cache hit).
+  botocore: ElastiCache has no SDK generator, so `SigV4QueryAuth(credentials, "elasticache", region, 900)` on an
+  `AWSRequest` for `GET http://bench-cache/?Action=connect&User=iam_user` (one credentials object); DSQL: one
+  `dsql` client, `generate_db_connect_admin_auth_token` in a loop.
 - connect: one Lua process loops `rds.connect` (pg_ssl, pg_ssl_required, TLS 1.2, SCRAM-SHA-256 user
   `pw_scram`) + `select 1` + `close` for a fixed time; libpq: `pgbench -C -n -c 1 -T S -f select1.sql`,
   sslmode=require, gssencmode=disable, same user/password (tps including reconnection).

@@ -31,9 +31,15 @@ build = {
       lua = {
          ["kong_rds_iam.kong"] = "lua/kong_rds_iam/kong.lua",
          ["kong_rds_iam.pgmoon"] = "lua/kong_rds_iam/pgmoon.lua",
+         ["kong_rds_iam.redis"] = "lua/kong_rds_iam/redis.lua",
          ["kong_rds_iam.pgmoon.arrays"] = "lua/kong_rds_iam/pgmoon/arrays.lua",
          ["kong_rds_iam.pgmoon.json"] = "lua/kong_rds_iam/pgmoon/json.lua",
          ["kong_rds_iam.pgmoon.escape"] = "lua/kong_rds_iam/pgmoon/escape.lua",
+         ["kong_rds_iam.conf"] = "lua/kong_rds_iam/conf.lua",
+         ["kong_rds_iam.explain"] = "lua/kong_rds_iam/explain.lua",
+      },
+      bin = {
+         ["kong-rds-iam"] = "bin/kong-rds-iam",
       },
    },
 }

@@ -3,6 +3,7 @@
 -- (CLOCK_MONOTONIC); nothing here is a test.
 --
 --   luajit bench.lua token   ROUNDS ITERS_FRESH ITERS_CACHED
+--   luajit bench.lua other_tokens ROUNDS ITERS_FRESH ITERS_CACHED   (ElastiCache, DSQL)
 --   luajit bench.lua connect SECONDS pw|iam        (one round)
 --   luajit bench.lua query   SECONDS               (one round)
 --   luajit bench.lua decode  ROUNDS
@@ -53,6 +54,25 @@ local function die(...)
   os.exit(1)
 end
 
+-- Times `body(iters, state)` (state = setup(round, iters)) for rounds + 1
+-- rounds, the first a warm-up, and emits ns per iteration: wall time as
+-- `name`, process CPU time as `name_cpu`.
+local function timed(rounds, name, iters, setup, body)
+  local res, cpu = {}, {}
+  for r = 0, rounds do
+    local state = setup and setup(r, iters) or nil
+    local t0, c0 = now(), cpu_now()
+    body(iters, state)
+    local dt, dc = now() - t0, cpu_now() - c0
+    if r > 0 then
+      res[#res + 1] = dt / iters * 1e9
+      cpu[#cpu + 1] = dc / iters * 1e9
+    end
+  end
+  emit(name, res)
+  emit(name .. "_cpu", cpu)
+end
+
 local host, port = E "RDS_EMU_HOST" or "127.0.0.1", tonumber(E "RDS_EMU_PORT")
 local region = E "RDS_EMU_REGION" or "us-east-1"
 
@@ -89,21 +109,7 @@ if mode == "token" then
     die("token() and sign_token() disagree:\n%s\n%s", t, t2)
   end
 
-  local function bench(name, iters, setup, body)
-    local res, cpu = {}, {}
-    for r = 0, rounds do -- round 0 is a warm-up
-      local state = setup and setup(r, iters) or nil
-      local t0, c0 = now(), cpu_now()
-      body(iters, state)
-      local dt, dc = now() - t0, cpu_now() - c0
-      if r > 0 then
-        res[#res + 1] = dt / iters * 1e9
-        cpu[#cpu + 1] = dc / iters * 1e9
-      end
-    end
-    emit(name, res)
-    emit(name .. "_cpu", cpu)
-  end
+  local function bench(name, iters, setup, body) timed(rounds, name, iters, setup, body) end
 
   local sign_token, token = rds.sign_token, rds.token
   bench("lua_sign_token", iters_fresh, nil, function(n)
@@ -133,6 +139,74 @@ if mode == "token" then
       local tok = token(conf)
       if not tok then die("token failed") end
     end
+  end)
+
+elseif mode == "other_tokens" then
+  -- ElastiCache and DSQL tokens, the same three ways as RDS tokens above:
+  -- sign_token (explicit keys), a cache miss, a cache hit. Same key as the
+  -- botocore loops in bench/py/token_botocore_other.py.
+  local rounds, iters_fresh, iters_cached = tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4])
+  if not rds.elasticache_token or not rds.dsql_token then
+    die("this build has no rds.elasticache_token / rds.dsql_token")
+  end
+  local akid, secret = assert(E "AWS_ACCESS_KEY_ID"), assert(E "AWS_SECRET_ACCESS_KEY")
+  local EC = { cache_name = "bench-cache", user = "iam_user", region = "us-east-1" }
+  local DSQL_HOST = "benchabcdefghijklmnopqrstu.dsql.us-east-1.on.aws"
+  local DS = { host = DSQL_HOST, user = "admin" }
+  local ec_params = { kind = "elasticache", cache_name = EC.cache_name, user = EC.user, region = "us-east-1",
+    access_key_id = akid, secret_access_key = secret }
+  local ds_params = { kind = "dsql", host = DSQL_HOST, region = "us-east-1", admin = true,
+    access_key_id = akid, secret_access_key = secret }
+  local function shape(t)
+    return (t:gsub("X%-Amz%-Date=%w+", ""):gsub("X%-Amz%-Signature=%x+", ""):gsub("%%2F%d+%%2F", ""))
+  end
+  for _, pair in ipairs { { rds.elasticache_token(EC), rds.sign_token(ec_params) },
+                          { rds.dsql_token(DS), rds.sign_token(ds_params) } } do
+    if not pair[1] or not pair[2] or shape(pair[1]) ~= shape(pair[2]) then
+      die("chain and sign_token tokens disagree:\n%s\n%s", tostring(pair[1]), tostring(pair[2]))
+    end
+  end
+
+  local function bench(name, iters, setup, body) timed(rounds, name, iters, setup, body) end
+  -- Names never seen before for the cache-miss loops, made before the clock starts.
+  local seq = 0
+  local function fresh_names(prefix, suffix)
+    return function(_, n)
+      local names = {}
+      for i = 1, n do seq = seq + 1; names[i] = prefix .. seq .. suffix end
+      return names
+    end
+  end
+  local sign_token, ec_token, dsql_token = rds.sign_token, rds.elasticache_token, rds.dsql_token
+
+  bench("lua_ec_sign_token", iters_fresh, nil, function(n)
+    for _ = 1, n do if not sign_token(ec_params) then die("sign_token elasticache failed") end end
+  end)
+  bench("lua_ec_token_fresh", iters_fresh, fresh_names("bench_u", ""), function(n, users)
+    local a = { cache_name = EC.cache_name, user = "", region = "us-east-1" }
+    for i = 1, n do
+      a.user = users[i]
+      local tok, e = ec_token(a)
+      if not tok then die("elasticache_token: %s", tostring(e)) end
+    end
+  end)
+  bench("lua_ec_token_cached", iters_cached, nil, function(n)
+    for _ = 1, n do if not ec_token(EC) then die("elasticache_token failed") end end
+  end)
+
+  bench("lua_dsql_sign_token", iters_fresh, nil, function(n)
+    for _ = 1, n do if not sign_token(ds_params) then die("sign_token dsql failed") end end
+  end)
+  bench("lua_dsql_token_fresh", iters_fresh, fresh_names("bench", ".dsql.us-east-1.on.aws"), function(n, hosts)
+    local a = { host = "", user = "admin" }
+    for i = 1, n do
+      a.host = hosts[i]
+      local tok, e = dsql_token(a)
+      if not tok then die("dsql_token: %s", tostring(e)) end
+    end
+  end)
+  bench("lua_dsql_token_cached", iters_cached, nil, function(n)
+    for _ = 1, n do if not dsql_token(DS) then die("dsql_token failed") end end
   end)
 
 elseif mode == "connect" then

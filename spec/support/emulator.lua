@@ -61,7 +61,9 @@ Emulator.__index = Emulator
 local started = {}
 
 -- opts: tls13 (bool, default false), ssl (bool, default true),
---       region (default "us-east-1"), dir (optional, must not exist or be empty)
+--       region (default "us-east-1"), dir (optional, must not exist or be empty),
+--       service ("rds-db", the default, or "dsql": the verifier takes Aurora
+--       DSQL tokens instead, and a role "admin" exists for DbConnectAdmin)
 function M.start(opts)
   opts = opts or {}
   local args = { "start" }
@@ -74,6 +76,10 @@ function M.start(opts)
   if opts.region then
     args[#args + 1] = "--region"
     args[#args + 1] = opts.region
+  end
+  if opts.service then
+    args[#args + 1] = "--service"
+    args[#args + 1] = opts.service
   end
   if opts.dir then
     args[#args + 1] = "--dir"
@@ -99,6 +105,7 @@ function M.start(opts)
     host = env.RDS_EMU_HOST,
     port = tonumber(env.RDS_EMU_PORT),
     region = env.RDS_EMU_REGION,
+    service = env.RDS_EMU_SERVICE or "rds-db",
     db = env.RDS_EMU_DB,
     ssl = env.RDS_EMU_SSL == "1",
     tls13 = env.RDS_EMU_TLS13 == "1",

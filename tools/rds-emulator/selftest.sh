@@ -140,6 +140,43 @@ vcheck "vector 2: session token missing" "REJECT: missing X-Amz-Security-Token" 
 vcheck "vector 1: session token not expected" "REJECT: X-Amz-Security-Token given" \
     "${VT[0]/X-Amz-SignedHeaders/X-Amz-Security-Token=x&X-Amz-SignedHeaders}" --now 1667543171 "${v13[@]}"
 
+# DSQL mode (--service dsql), against tokens botocore's dsql client made
+# (spec/support/gen_token_vectors.py: keys AKIDEXAMPLE / wJalrXUt...KEY).
+cat >"$WORK/keys-dsql.json" <<'EOF'
+{"AKIDEXAMPLE": {"secret": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session_token": null, "expires": null}}
+EOF
+DH=abc0def1baz2quux3quuux4.dsql.us-west-2.on.aws
+D1="$DH/?Action=DbConnect&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20240826%2Fus-west-2%2Fdsql%2Faws4_request&X-Amz-Date=20240826T220000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=fbd765313e86ad7a4b46450ab96619fb1e5cf65a678aa0da10569b551971b297"
+DH2=kiabc2defghijklmnopqrstuvw.dsql.eu-west-1.on.aws
+D2="$DH2/?Action=DbConnectAdmin&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20251231%2Feu-west-1%2Fdsql%2Faws4_request&X-Amz-Date=20251231T235959Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=baa92fd7f2b0299550e4724232c28781f8274c4380d1cc2ee3b9966bc526c81b"
+TD1=1724709600 TD2=1767225599
+dargs=(--region us-west-2 --keys "$WORK/keys-dsql.json" --hosts "$DH" --service dsql)
+vcheck "dsql: DbConnect token accepted for a custom role" ACCEPT "$D1" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: DbConnect token refused for admin" "REJECT: Action is not DbConnectAdmin" "$D1" --now $TD1 --user admin "${dargs[@]}"
+vcheck "dsql: DbConnectAdmin token, 3600 s, accepted for admin at its last second" ACCEPT "$D2" \
+    --now $((TD2 + 3600)) --user admin --region eu-west-1 --keys "$WORK/keys-dsql.json" --hosts "$DH2" --service dsql
+vcheck "dsql: DbConnectAdmin token expired at +3601 s" "REJECT: token expired" "$D2" \
+    --now $((TD2 + 3601)) --user admin --region eu-west-1 --keys "$WORK/keys-dsql.json" --hosts "$DH2" --service dsql
+vcheck "dsql: DbConnectAdmin token refused for a custom role" "REJECT: Action is not DbConnect" "$D2" \
+    --now $TD2 --user app --region eu-west-1 --keys "$WORK/keys-dsql.json" --hosts "$DH2" --service dsql
+vcheck "dsql: tampered signature" "REJECT: signature mismatch" "${D1%?}0" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: X-Amz-Expires past a week" "REJECT: X-Amz-Expires must be 1..604800" \
+    "${D1/Expires=900/Expires=604801}" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: scope service rds-db refused" "REJECT: credential scope service is not dsql" \
+    "${D1/\%2Fdsql\%2F/%2Frds-db%2F}" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: a host with a port refused" "REJECT: a dsql token's host has no port" \
+    "${D1/$DH/$DH:5432}" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: DBUser refused" "REJECT: a dsql token has no DBUser" \
+    "${D1/Action=DbConnect/Action=DbConnect&DBUser=app}" --now $TD1 --user app "${dargs[@]}"
+vcheck "dsql: host the server does not answer to" "REJECT: token is for" "$D1" --now $TD1 --user app \
+    --region us-west-2 --keys "$WORK/keys-dsql.json" --hosts "other.dsql.us-west-2.on.aws" --service dsql
+vcheck "dsql: wrong region" "REJECT: credential scope region" "$D1" --now $TD1 --user app \
+    --region us-east-1 --keys "$WORK/keys-dsql.json" --hosts "$DH" --service dsql
+vcheck "rds-db (default): a dsql token refused" "REJECT: malformed host:port in token" "$D1" \
+    --now $TD1 --user app --region us-west-2 --keys "$WORK/keys-dsql.json" --hosts "$DH:5432"
+vcheck "dsql: an RDS token refused" "REJECT: a dsql token's host has no port" "$V4" --now $T4 \
+    --user peccy --region us-east-1 --keys "$K" --hosts "$H4" --service dsql
+
 # ------------------------------------------------------------------------
 echo "# (b) end to end with botocore's signer"
 
@@ -166,6 +203,18 @@ s = botocore.session.get_session()
 s.set_credentials(os.environ["AK"], os.environ["SK"], os.environ["ST"] or None)
 c = s.create_client("rds", region_name=sys.argv[4])
 print(c.generate_db_auth_token(sys.argv[1], int(sys.argv[2]), sys.argv[3], Region=sys.argv[4]))
+EOF
+}
+
+# dsql_token AKID SECRET SESSION_TOKEN HOST REGION ADMIN(0|1) EXPIRES_IN (secrets via env)
+dsql_token() {
+    AK=$1 SK=$2 ST=$3 "$BOTO_PY" - "$4" "$5" "$6" "$7" <<'EOF'
+import os, sys, botocore.session
+s = botocore.session.get_session()
+s.set_credentials(os.environ["AK"], os.environ["SK"], os.environ["ST"] or None)
+c = s.create_client("dsql", region_name=sys.argv[2])
+gen = c.generate_db_connect_admin_auth_token if sys.argv[3] == "1" else c.generate_db_connect_auth_token
+print(gen(sys.argv[1], sys.argv[2], int(sys.argv[4])))
 EOF
 }
 
@@ -343,6 +392,34 @@ expect_fail "--no-ssl: IAM user refused without TLS" "pg_hba.conf rejects connec
     "host=127.0.0.1 port=$P4 dbname=kong user=iam_user sslmode=disable"
 expect_ok "--no-ssl: password user works" "pw_scram" "$RDS_EMU_PW_SCRAM_PASSWORD" \
     "host=127.0.0.1 port=$P4 dbname=kong user=pw_scram sslmode=disable" "select current_user"
+
+echo "# --service dsql"
+start_emu --service dsql
+P5=$RDS_EMU_PORT D5=$RDS_EMU_DIR
+check "--service dsql: RDS_EMU_SERVICE=dsql" test "$RDS_EMU_SERVICE" = dsql
+"$EMU" add-key "$D5" "$AK" "$SK"
+DA=$(dsql_token "$AK" "$SK" "" 127.0.0.1 us-east-1 1 900)
+expect_ok "dsql: admin with botocore's DbConnectAdmin token" "admin|t" "$DA" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=admin sslmode=require" "select current_user, ssl_is_used()"
+expect_ok "dsql: iam_user with botocore's DbConnect token (3600 s)" "iam_user" \
+    "$(dsql_token "$AK" "$SK" "" 127.0.0.1 us-east-1 0 3600)" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=iam_user sslmode=require" "select current_user"
+expect_fail "dsql: DbConnectAdmin token refused for iam_user" "PAM authentication failed" "$DA" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=iam_user sslmode=require"
+log_has "dsql: verifier logged the wrong action" 'REJECT reason="Action is not DbConnect"'
+expect_fail "dsql: an RDS token refused" "PAM authentication failed" \
+    "$(token "$AK" "$SK" "" 127.0.0.1 "$P5" iam_user us-east-1)" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=iam_user sslmode=require"
+DN=abc0def1baz2quux3quuux4.dsql.us-east-1.on.aws
+DNT=$(dsql_token "$AK" "$SK" "" "$DN" us-east-1 1 900)
+expect_fail "dsql: token for $DN refused before allow-host" "PAM authentication failed" "$DNT" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=admin sslmode=require"
+"$EMU" allow-host "$D5" "$DN"
+expect_ok "dsql: token for $DN accepted after allow-host" "admin" "$DNT" \
+    "host=127.0.0.1 port=$P5 dbname=kong user=admin sslmode=require" "select current_user"
+expect_fail "rds-db emulator refuses a dsql token" "PAM authentication failed" \
+    "$(dsql_token "$AK" "$SK" "" 127.0.0.1 eu-west-3 0 900)" \
+    "host=127.0.0.1 port=$P3 dbname=kong user=iam_user sslmode=require"
 
 # ------------------------------------------------------------------------
 echo "# (c) stop and cleanup"

@@ -4,15 +4,25 @@
 Standard library only, and independent of the project's Rust signer: it
 re-derives the AWS SigV4 query-presign signature from the token on its own.
 
+Two kinds of token, chosen per emulator ("service" in DIR/config.json, or
+--service in check mode):
+  rds-db (default)  an RDS IAM token: host:port/?Action=connect&DBUser=...,
+                    credential scope service rds-db, X-Amz-Expires 1..900
+  dsql              an Aurora DSQL token: host/?Action=DbConnect (DbConnectAdmin
+                    for the database user "admin"), no port, no DBUser,
+                    credential scope service dsql, X-Amz-Expires 1..604800
+
 Modes:
   verifier.py --pam DIR
       Called by pam_rds_iam.so. Reads "USER\\0TOKEN" on stdin, checks the token
-      against DIR/config.json (region, port), DIR/allowed_hosts and
+      against DIR/config.json (region, port, service), DIR/allowed_hosts and
       DIR/keys.json, appends one line to DIR/verifier.log, exits 0 (accept)
       or 1 (reject).
   verifier.py --check --now UNIX --user U --region R --keys FILE --hosts h:p,...
+                      [--service rds-db|dsql]
       Self-test mode: reads the token on stdin, prints ACCEPT or
-      "REJECT: reason" on stdout, exits 0 / 1 (2 on usage error).
+      "REJECT: reason" on stdout, exits 0 / 1 (2 on usage error). With
+      --service dsql, --hosts lists host names without ports.
 
 Never logs secrets, session tokens, signatures or tokens.
 """
@@ -29,15 +39,16 @@ import urllib.parse
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "rds-db"
+DSQL = "dsql"
 TERMINATOR = "aws4_request"
-MAX_EXPIRES = 900
+# Longest X-Amz-Expires each service takes.
+MAX_EXPIRES = {SERVICE: 900, DSQL: 604800}
 CLOCK_SKEW = 300  # seconds a token's X-Amz-Date may lie in the future
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_TOKEN_LEN = 64 * 1024
 
 REQUIRED = (
     "Action",
-    "DBUser",
     "X-Amz-Algorithm",
     "X-Amz-Credential",
     "X-Amz-Date",
@@ -73,8 +84,9 @@ def _decode(component):
         raise Reject("invalid UTF-8 in token")
 
 
-def parse_token(token):
-    """Split a token into (host, port, {param: value}); raises Reject."""
+def parse_token(token, service=SERVICE):
+    """Split a token into (host, port, {param: value}); raises Reject.
+    A dsql token has no port: port is None."""
     if len(token) > MAX_TOKEN_LEN:
         raise Reject("token too long")
     if not token:
@@ -84,11 +96,19 @@ def parse_token(token):
     hostport, sep, query = token.partition("/?")
     if not sep:
         raise Reject("malformed token (no '/?')")
-    host, colon, port = hostport.rpartition(":")
-    if not colon or not host or not _HOST.match(host):
-        raise Reject("malformed host:port in token")
-    if not port.isdigit() or not 0 < int(port) < 65536 or port != str(int(port)):
-        raise Reject("malformed port in token")
+    if service == DSQL:
+        if ":" in hostport:
+            raise Reject("a dsql token's host has no port")
+        host, port = hostport, None
+        if not host or not _HOST.match(host):
+            raise Reject("malformed host in token")
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if not colon or not host or not _HOST.match(host):
+            raise Reject("malformed host:port in token")
+        if not port.isdigit() or not 0 < int(port) < 65536 or port != str(int(port)):
+            raise Reject("malformed port in token")
+        port = int(port)
     if not _QUERY_CHARS.match(query):
         raise Reject("token has characters that must be percent-encoded")
     params = {}
@@ -100,7 +120,7 @@ def parse_token(token):
         if name in params:
             raise Reject("duplicate parameter %s" % name)
         params[name] = value
-    return host, int(port), params
+    return host, port, params
 
 
 def signing_key(secret, date, region, service):
@@ -110,7 +130,7 @@ def signing_key(secret, date, region, service):
     return k
 
 
-def expected_signature(host_header, params, secret, date, region):
+def expected_signature(host_header, params, secret, date, region, service=SERVICE):
     pairs = sorted(
         (rfc3986(k), rfc3986(v)) for k, v in params.items() if k != "X-Amz-Signature"
     )
@@ -125,7 +145,7 @@ def expected_signature(host_header, params, secret, date, region):
             EMPTY_SHA256,
         ]
     )
-    scope = "/".join([date, region, SERVICE, TERMINATOR])
+    scope = "/".join([date, region, service, TERMINATOR])
     string_to_sign = "\n".join(
         [
             ALGORITHM,
@@ -134,21 +154,34 @@ def expected_signature(host_header, params, secret, date, region):
             hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
         ]
     )
-    key = signing_key(secret, date, region, SERVICE)
+    key = signing_key(secret, date, region, service)
     return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def verify(token, user, region, now, keys, allowed_hosts, info):
-    """Raise Reject(reason) unless the token is valid. Fills info['akid']."""
-    host, port, p = parse_token(token)
+def verify(token, user, region, now, keys, allowed_hosts, info, service=SERVICE):
+    """Raise Reject(reason) unless the token is valid. Fills info['akid'].
+    allowed_hosts: "host:port" strings (rds-db) or host names (dsql)."""
+    if service not in MAX_EXPIRES:
+        raise Reject("unknown service %s" % service)
+    host, port, p = parse_token(token, service)
     info["akid"] = p.get("X-Amz-Credential", "-").split("/")[0]
-    for name in REQUIRED:
+    required = REQUIRED[:1] + ("DBUser",) + REQUIRED[1:] if service == SERVICE else REQUIRED
+    for name in required:
         if name not in p:
             raise Reject("missing %s" % name)
-    if p["Action"] != "connect":
-        raise Reject("Action is not connect")
-    if p["DBUser"] != user:
-        raise Reject("DBUser does not match the database user")
+    if service == DSQL:
+        # As Aurora DSQL: the admin role needs dsql:DbConnectAdmin, every
+        # other role dsql:DbConnect; the token names no user.
+        action = "DbConnectAdmin" if user == "admin" else "DbConnect"
+        if p["Action"] != action:
+            raise Reject("Action is not %s" % action)
+        if "DBUser" in p:
+            raise Reject("a dsql token has no DBUser")
+    else:
+        if p["Action"] != "connect":
+            raise Reject("Action is not connect")
+        if p["DBUser"] != user:
+            raise Reject("DBUser does not match the database user")
     if p["X-Amz-Algorithm"] != ALGORITHM:
         raise Reject("unsupported X-Amz-Algorithm")
 
@@ -168,14 +201,14 @@ def verify(token, user, region, now, keys, allowed_hosts, info):
         raise Reject("credential scope date differs from X-Amz-Date")
     if cregion != region:
         raise Reject("credential scope region %s is not %s" % (cregion, region))
-    if cservice != SERVICE:
-        raise Reject("credential scope service is not rds-db")
+    if cservice != service:
+        raise Reject("credential scope service is not %s" % service)
     if cterm != TERMINATOR:
         raise Reject("credential scope does not end in aws4_request")
 
     exp = p["X-Amz-Expires"]
-    if not exp.isdigit() or exp != str(int(exp)) or not 1 <= int(exp) <= MAX_EXPIRES:
-        raise Reject("X-Amz-Expires must be 1..900")
+    if not exp.isdigit() or exp != str(int(exp)) or not 1 <= int(exp) <= MAX_EXPIRES[service]:
+        raise Reject("X-Amz-Expires must be 1..%d" % MAX_EXPIRES[service])
     if signed_at > now + CLOCK_SKEW:
         raise Reject("X-Amz-Date is in the future")
     if now > signed_at + int(exp):
@@ -185,7 +218,7 @@ def verify(token, user, region, now, keys, allowed_hosts, info):
     if not _SIG.match(p["X-Amz-Signature"]):
         raise Reject("malformed X-Amz-Signature")
 
-    host_header = "%s:%d" % (host.lower(), port)
+    host_header = host.lower() if port is None else "%s:%d" % (host.lower(), port)
     if host_header not in allowed_hosts:
         raise Reject("token is for %s, which this server does not answer to" % host_header)
 
@@ -205,7 +238,7 @@ def verify(token, user, region, now, keys, allowed_hosts, info):
     if expires is not None and now > float(expires):
         raise Reject("credentials expired")
 
-    want = expected_signature(host_header, p, entry["secret"], cdate, region)
+    want = expected_signature(host_header, p, entry["secret"], cdate, region, service)
     if not hmac.compare_digest(want, p["X-Amz-Signature"]):
         raise Reject("signature mismatch")
 
@@ -239,11 +272,11 @@ def log_line(path, user, akid, ok, reason):
         os.close(fd)
 
 
-def run(token, user, region, now, keys_path, allowed_hosts, log_path):
+def run(token, user, region, now, keys_path, allowed_hosts, log_path, service=SERVICE):
     info = {"akid": "-"}
     try:
         keys = load_keys(keys_path)
-        verify(token, user, region, now, keys, allowed_hosts, info)
+        verify(token, user, region, now, keys, allowed_hosts, info, service)
         ok, reason = True, ""
     except Reject as e:
         ok, reason = False, str(e)
@@ -272,14 +305,23 @@ def pam_mode(directory):
     with open(os.path.join(directory, "config.json"), "r", encoding="utf-8") as f:
         cfg = json.load(f)
     port = int(cfg["port"])
-    hosts = {"%s:%d" % (h, port) for h in cfg.get("hosts", [])}
+    service = cfg.get("service", SERVICE)
+    # rds-db: "host:port"; dsql: bare host names (NAME:PORT lines are for rds-db only)
+    if service == DSQL:
+        hosts = set(cfg.get("hosts", []))
+    else:
+        hosts = {"%s:%d" % (h, port) for h in cfg.get("hosts", [])}
     try:
         with open(os.path.join(directory, "allowed_hosts"), "r", encoding="utf-8") as f:
             for line in f:
                 line = line.strip().lower()
                 if not line or line.startswith("#"):
                     continue
-                hosts.add(line if ":" in line else "%s:%d" % (line, port))
+                if service == DSQL:
+                    if ":" not in line:
+                        hosts.add(line)
+                else:
+                    hosts.add(line if ":" in line else "%s:%d" % (line, port))
     except FileNotFoundError:
         pass
     ok, _ = run(
@@ -290,6 +332,7 @@ def pam_mode(directory):
         os.path.join(directory, "keys.json"),
         hosts,
         log_path,
+        service,
     )
     return 0 if ok else 1
 
@@ -302,13 +345,14 @@ def check_mode(argv):
     ap.add_argument("--user", required=True)
     ap.add_argument("--region", required=True)
     ap.add_argument("--keys", required=True, help="keys.json path")
-    ap.add_argument("--hosts", required=True, help="comma list of host:port")
+    ap.add_argument("--hosts", required=True, help="comma list of host:port (dsql: host names)")
+    ap.add_argument("--service", default=SERVICE, choices=sorted(MAX_EXPIRES), help="kind of token (default rds-db)")
     ap.add_argument("--log", default=None, help="append a log line here")
     a = ap.parse_args(argv)
     token = sys.stdin.read().strip()
     hosts = {h.strip().lower() for h in a.hosts.split(",") if h.strip()}
     now = time.time() if a.now is None else a.now
-    ok, reason = run(token, a.user, a.region, now, a.keys, hosts, a.log)
+    ok, reason = run(token, a.user, a.region, now, a.keys, hosts, a.log, a.service)
     print("ACCEPT" if ok else "REJECT: %s" % reason)
     return 0 if ok else 1
 
