@@ -163,6 +163,20 @@ describe("credentials", function()
       end)
     end
 
+    it("stats() reports the clock offset learnt from IMDS (nil before any AWS answer)", function()
+      local out = lua_process.run(([[
+        local rds = require "kong_rds_iam"
+        io.write("BEFORE ", tostring(rds.stats().clock_offset), "\n")
+        assert(rds.token(%s))
+        local s = rds.stats()
+        io.write("AFTER ", tostring(s.clock_offset), " ", tostring(s.clock_source), "\n")
+      ]]):format(conf_source()), iam_probe.env_with(f:env("imds")), { prefix = "faketime -f '+10m'" })
+      assert.equal("nil", out:match("BEFORE (%S+)"), out)
+      local offset, source = out:match("AFTER (%S+) (%S+)")
+      assert.is_true(math.abs(tonumber(offset) + 600) <= 5, out)
+      assert.equal("imds", source)
+    end)
+
     it("a host clock 10 minutes fast fails with static keys (no AWS answer, no offset): the negative control", function()
       local res, out = probe(env_with(env_keys(static)), nil, { prefix = "faketime -f '+10m'" })
       assert.is_string(res.connect_err, out)

@@ -311,6 +311,19 @@ describe("explain()", function()
       assert.same({ "clock_offset" }, r.cause_ids)
     end)
 
+    it("knows DSQL tokens: the action, no port, no signing_host cause for a DSQL endpoint", function()
+      local r = explain { pg_host = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", pg_user = "admin",
+        pg_database = "postgres", pg_iam_auth = true, pg_iam_auth_service = "dsql" }
+      assert.equal("dsql", r.service)
+      assert.same({ "DbConnectAdmin", "dsql", "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws", nil },
+        { r.token.action, r.token.service, r.token.host, r.token.port })
+      assert.equal("us-east-1", r.host_region)
+      assert.is_false(has(r, "signing_host"))
+      -- an RDS conf on the same host name does list it
+      assert.is_true(has(explain { pg_host = "10.0.0.1", pg_user = "admin", pg_iam_auth = true,
+        pg_iam_auth_region = "us-east-1" }, "signing_host"))
+    end)
+
     it("user_mismatch: the token is signed for another user than the login's", function()
       local other = setmetatable({
         token = function(conf, mode)

@@ -124,18 +124,22 @@ M._utc_seconds = utc_seconds
 --- session_token (whether it carries one).
 function M.token_facts(token)
   if type(token) ~= "string" then return nil end
+  -- RDS signs host:port, DSQL the host alone
   local host, port = token:match("^([^/?]+):(%d+)/%?")
+  if not host then host = token:match("^([^/?:]+)/%?") end
   local function param(name)
     local v = token:match("[?&]" .. name .. "=([^&]*)")
     return v and url_decode(v)
   end
   local scope = param("X%-Amz%-Credential") or ""
-  local akid, _, region = scope:match("^([^/]+)/(%d+)/([^/]+)/rds%-db/aws4_request$")
+  local akid, _, region, service = scope:match("^([^/]+)/(%d+)/([^/]+)/([^/]+)/aws4_request$")
   local date = param("X%-Amz%-Date")
   return {
     host = host,
     port = tonumber(port),
     user = param("DBUser"),
+    action = param("Action"),
+    service = service,
     region = region,
     date = date,
     signed_at = utc_seconds(date),
@@ -276,6 +280,7 @@ function M.explain(rds, conf, mode, opts)
       report.signed_host, report.signed_port = facts.signed_host, facts.signed_port
       report.signed_host_from = facts.signed_host_from
       report.region, report.region_from, report.host_region = facts.region, facts.region_from, facts.host_region
+      report.service = facts.service
     end
     if tf then
       report.signed_host = report.signed_host or tf.host
@@ -334,7 +339,7 @@ function M.explain(rds, conf, mode, opts)
     if sh and report.signed_host_from ~= "pg_iam_auth_host" then
       if M.is_ip(sh) then
         cause("signing_host", sh, "an IP address")
-      elseif not M.host_region(sh) then
+      elseif not (report.host_region or M.host_region(sh)) then
         cause("signing_host", sh, "not an RDS endpoint name (*.<region>.rds.amazonaws.com)")
       end
     end

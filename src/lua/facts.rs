@@ -39,6 +39,13 @@ fn lua_facts(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaRe
     t.set("signed_port", e.port)?;
     t.set("signed_host_from", if iam_host_set { "pg_iam_auth_host" } else { "pg_host" })?;
     t.set("user", e.user.as_str())?;
+    t.set(
+        "service",
+        match e.service {
+            crate::conf::Service::Rds => "rds",
+            crate::conf::Service::Dsql => "dsql",
+        },
+    )?;
     t.set("host_region", region::from_host(&e.host))?;
     let (found, from) = region_and_origin(&c);
     t.set("region", found)?;

@@ -277,6 +277,10 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     t.set("iam_auth_failed", by_name(&s.iam_auth_failed)?)?;
     t.set("last_credential_error", s.last_credential_error)?;
     t.set("credentials_expire_in", credentials::seconds_left(None))?;
+    if let Some((offset, source)) = crate::clock::offset() {
+        t.set("clock_offset", offset)?;
+        t.set("clock_source", source)?;
+    }
     let pools = lua.create_table()?;
     for f in crate::pool::figures() {
         let p = lua.create_table()?;
