@@ -184,6 +184,18 @@ describe("credentials", function()
       assert.is_true(has_line(static.akid, "X-Amz-Date is in the future"), e:log())
     end)
 
+    it("names the source that failed, in one short sentence, also when a profile is configured", function()
+      local listener = socket.bind("127.0.0.1", 0)
+      local _, closed = listener:getsockname()
+      listener:close()
+      for _, extra in ipairs { {}, { AWS_PROFILE = "nosuch", AWS_CONFIG_FILE = "/nonexistent/kong-rds-iam/config" } } do
+        local res, out = probe(merge({ AWS_EC2_METADATA_SERVICE_ENDPOINT = "http://127.0.0.1:" .. closed, AWS_REGION = "us-east-1" }, extra))
+        assert.matches("^could not get aws credentials from imds: could not communicate with IMDS: ", res.token_err, nil, false)
+        assert.is_true(#res.token_err < 200, res.token_err)
+        assert.is_nil(res.token_err:find("Attempted", 1, true), out)
+      end
+    end)
+
     it("EC2 IMDSv2 (token required)", function()
       assert(f:set_mode("imds", "imdsv2"))
       finally(function() f:set_mode("imds", "v1v2") end)
@@ -568,7 +580,7 @@ describe("credentials", function()
           garbage = { "invalid JSON", TIMED_OUT } } },
       { name = "ecs", service = "ecs", env = function() return env_with(f:env("ecs")) end,
         names = "aws credentials from ecs",
-        causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "StatusCode%(500%)", TIMED_OUT },
+        causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "http status 500", TIMED_OUT },
           garbage = { "invalid JSON", TIMED_OUT } } },
       { name = "irsa", service = "sts", env = function() return env_with(f:env("irsa"), { AWS_REGION = "us-east-1" }) end,
         names = "aws credentials from web_identity",
@@ -578,10 +590,10 @@ describe("credentials", function()
         conf = function() return { pg_iam_auth_assume_role_arn = ROLE_ARN, pg_iam_auth_sts_endpoint_url = f.sts_url } end,
         names = "aws credentials from sts assume role " .. ROLE_ARN,
         -- A truncated AssumeRole answer parses (aws-sdk-sts fills missing
-        -- required members with defaults: expiry 1970), so the module reports
-        -- expired credentials rather than a parse error.
+        -- required members with defaults: an empty key, expiry 1970): that is
+        -- reported as an answer without usable credentials, not as expired.
         causes = { refuse = { "Connection reset by peer", TIMED_OUT }, ["500"] = { "InternalFailure", TIMED_OUT },
-          garbage = { "error parsing XML", "are expired or expire within 15 s", TIMED_OUT } } },
+          garbage = { "error parsing XML", "its answer held no usable credentials %(incomplete or not understood%)", TIMED_OUT } } },
     }
     local modes = {
       { mode = "refuse", timeout = 3000 },

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::credential_feature::AwsCredentialFeature;
@@ -325,16 +325,29 @@ impl ProcessCredentials {
             }
         };
         let credentials = result.map_err(|e| {
-            let error = Error::new(
-                ErrorKind::Credentials,
-                format!("could not get aws credentials from {what}: {}", lower_first(&withhold_process_output(&chain_text(&e)))),
-            );
+            let text = tidy(&withhold_process_output(&chain_text(&e)));
+            // The default chain tells which of its sources tried and failed.
+            let (failed, reason) = match (role, chain_failure(&text)) {
+                (None, Some((failed, reason))) => (failed.to_owned(), reason),
+                _ => (what.clone(), text),
+            };
+            let error =
+                Error::new(ErrorKind::Credentials, format!("could not get aws credentials from {failed}: {}", lower_first(&reason)));
             let error = self.scrub(error);
-            crate::stats::credential_failed(&source, error.message());
+            crate::stats::credential_failed(if role.is_none() { &failed } else { &source }, error.message());
             error
         })?;
         crate::stats::credential_fetched(&source);
         let now = crate::clock::now();
+        if credentials.access_key_id().is_empty() || credentials.expiry().is_some_and(|t| t < UNIX_EPOCH + Duration::from_secs(946_684_800))
+        {
+            // aws-sdk-sts fills the required members a truncated or garbled
+            // answer lacks with defaults (an empty key, an expiry in 1970).
+            return Err(Error::new(
+                ErrorKind::Credentials,
+                format!("could not get aws credentials from {what}: its answer held no usable credentials (incomplete or not understood)"),
+            ));
+        }
         if let Some(expiry) = credentials.expiry() {
             if expiry <= now + REFRESH_MARGIN {
                 return Err(Error::new(
@@ -444,6 +457,50 @@ fn feature_source(credentials: &Credentials) -> Option<&'static str> {
     })
 }
 
+/// The source of the default chain that failed, and why, from aws-config's
+/// `no credentials found in chain. Attempted: Environment: ...; Profile: ...;
+/// ...` (some 600 characters naming every source): the last source that did
+/// try (its reason is more than "not enabled" / "not set"), or a short
+/// sentence when none is configured at all.
+fn chain_failure(text: &str) -> Option<(&'static str, String)> {
+    const MARKER: &str = "no credentials found in chain. Attempted:";
+    let attempted = &text[text.find(MARKER)? + MARKER.len()..];
+    const NAMES: &[(&str, &str)] = &[
+        ("Environment", "environment"),
+        ("Profile", "profile"),
+        ("WebIdentityToken", "web_identity"),
+        ("EcsContainer", "ecs"),
+        ("Ec2InstanceMetadata", "imds"),
+    ];
+    let mut tried = None;
+    for entry in attempted.split("; ").map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, reason) = entry.split_once(": ").unwrap_or((entry, ""));
+        let Some((_, source)) = NAMES.iter().find(|(n, _)| *n == name) else { continue };
+        let reason = reason.trim_start_matches("the credential provider was not enabled").trim_start_matches([':', ' ']).trim();
+        let idle = reason.is_empty()
+            || reason.ends_with("not set")
+            || reason.ends_with("not configured")
+            || reason == "environment variable not set";
+        if !idle {
+            tried = Some((*source, reason.to_owned()));
+        }
+    }
+    Some(tried.unwrap_or(("the default chain", "no source is configured (environment, profile, web identity, ecs, imds)".to_owned())))
+}
+
+/// SDK error text as a sentence: HTTP statuses without their Rust names,
+/// transport layers that add nothing dropped.
+fn tidy(text: &str) -> String {
+    let mut out = text.replace("dispatch failure: ", "").replace("io error: ", "").replace("client error (Connect): ", "");
+    while let Some(at) = out.find("StatusCode(") {
+        let rest = &out[at + "StatusCode(".len()..];
+        let Some(end) = rest.find(')') else { break };
+        let code = rest[..end].to_owned();
+        out.replace_range(at..at + "StatusCode(".len() + end + 1, &format!("http status {code}"));
+    }
+    out
+}
+
 /// aws-config quotes a failed `credential_process`'s stderr (and the reason
 /// its stdout did not parse) in the error; what a credential process prints
 /// may be a secret, so only the exit status is kept.
@@ -498,6 +555,18 @@ mod tests {
         assert!(!short.wants_refresh(now + Duration::from_secs(50)));
         assert!(short.wants_refresh(now + Duration::from_secs(70)));
         assert!(!identity(None, now).wants_refresh(now + hour));
+    }
+
+    #[test]
+    fn the_chain_names_the_source_that_failed_in_a_short_message() {
+        let text = "the credential provider was not enabled: no credentials found in chain. Attempted:; Environment: the credential provider was not enabled: environment variable not set; Profile: the credential provider was not enabled; WebIdentityToken: the credential provider was not enabled: $AWS_WEB_IDENTITY_TOKEN_FILE was not set; EcsContainer: the credential provider was not enabled: ECS provider not configured; Ec2InstanceMetadata: the credential provider was not enabled: could not communicate with IMDS: dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111)";
+        let (source, reason) = chain_failure(&tidy(text)).unwrap();
+        assert_eq!(source, "imds");
+        assert_eq!(reason, "could not communicate with IMDS: tcp connect error: Connection refused (os error 111)");
+        let none = text.replace("could not communicate with IMDS: dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111)", "");
+        assert_eq!(chain_failure(&none).unwrap().0, "the default chain");
+        assert_eq!(chain_failure("connection refused"), None);
+        assert_eq!(tidy("service error: StatusCode(500) then StatusCode(404)"), "service error: http status 500 then http status 404");
     }
 
     #[test]
