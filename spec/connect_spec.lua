@@ -76,6 +76,8 @@ local function assert_closed(conn)
   assert.is_nil(res)
   assert.equal("closed", err)
   assert.same({ nil, "closed" }, { conn:close() })
+  assert.same({ nil, "closed" }, { conn:getreusedtimes() })
+  assert.same({ nil, "closed" }, { conn:settimeout(1000) })
   assert.matches("(closed)", tostring(conn), 1, true)
 end
 

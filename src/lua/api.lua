@@ -376,6 +376,17 @@ function M._facts(conf, mode)
   return core.facts(conf, mode)
 end
 
+--- service, region = rds._cache_endpoint(host); region = rds._host_region(host):
+--- the endpoint name rules of src/service_tokens.rs and src/region.rs.
+function M._cache_endpoint(host)
+  if type(host) ~= "string" then return nil end
+  return core.cache_endpoint(host)
+end
+function M._host_region(host)
+  if type(host) ~= "string" then return nil end
+  return core.host_region(host)
+end
+
 --- report = rds.explain(conf, mode?, opts?): why an IAM login would fail
 --- (lua/kong_rds_iam/explain.lua; never a secret).
 function M.explain(conf, mode, opts)
@@ -497,7 +508,7 @@ function M.sign_token(params)
     local fields = REQUEST_FIELDS[kind == "memorydb" and "elasticache" or kind]
     if not fields then
       error(format("bad argument #1 to 'sign_token' (field 'kind': rds, elasticache, memorydb or dsql expected, got %s)",
-        tostring(kind)), 2)
+        type(kind) == "string" and kind or "a " .. type(kind)), 2)
     end
     check_fields("sign_token", params, fields, SIGN_FIELDS, { region = { "string", true } })
     return core.sign_service_token(params)

@@ -109,14 +109,20 @@ impl UserData for LuaConnection {
                 Err(e) => super::failure(lua, &e),
             }
         });
-        methods.add_method("getreusedtimes", |_, this, ()| Ok(this.0.reused_times()));
+        // A closed (or kept-alive, so detached) handle answers nil, "closed", as a cosocket does.
+        methods.add_method("getreusedtimes", |_, this, ()| {
+            Ok(if this.0.is_open() { (Some(this.0.reused_times()), None) } else { (None, Some("closed")) })
+        });
         methods.add_method_mut("settimeout", |_, this, ms: f64| {
             // NaN is not contained either: it is refused too.
             if !(1.0..=3_600_000.0).contains(&ms) {
                 return Err(mlua::Error::runtime("bad argument #1 to 'settimeout' (milliseconds 1-3600000 expected)"));
             }
+            if !this.0.is_open() {
+                return Ok((None, Some("closed")));
+            }
             this.0.set_timeout(Duration::from_millis(ms as u64));
-            Ok(true)
+            Ok((Some(true), None))
         });
         // As libpq's PQescapeLiteral / PQescapeIdentifier for this session's
         // client encoding (src/pg/escape.rs); api.lua checked the types.
