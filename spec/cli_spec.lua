@@ -1,6 +1,7 @@
 -- The `kong-rds-iam` command line (bin/kong-rds-iam) from the build tree:
 -- token (accepted by the emulator's independent verifier), check (exit 0 for
--- a working IAM login, 1 with the cause named for a wrong region), --json,
+-- a working IAM login, 1 with the cause named for a wrong region),
+-- elasticache-token --explain (the report, exit 1 without a token), --json,
 -- --help, usage errors (exit 2), kong.conf from -c or from KONG_* alone,
 -- vault references and bad lines as one-line errors. Each run is a fresh
 -- process with exactly the environment given.
@@ -85,7 +86,7 @@ describe("kong-rds-iam", function()
       local out, err, code = run { "--help" }
       assert.equal(0, code)
       assert.matches("usage: kong-rds-iam <command>", out, 1, true)
-      for _, c in ipairs { "token", "check", "elasticache-token", "dsql-token", "--json", "--ro", "-c, --conf" } do
+      for _, c in ipairs { "token", "check", "elasticache-token", "dsql-token", "--json", "--ro", "-c, --conf", "--explain" } do
         assert.matches(c, out, 1, true)
       end
       assert.equal("", err)
@@ -97,6 +98,9 @@ describe("kong-rds-iam", function()
         {}, { "frobnicate" }, { "token", "--bogus" }, { "token", "-c" }, { "check", "--cache-name", "x" },
         { "token", "--json=yes" }, { "elasticache-token", "--user", "u" }, { "elasticache-token", "--cache-name", "c" },
         { "dsql-token" }, { "dsql-token", "--host", "h", "--expires-in", "soon" },
+        { "check", "--explain" }, { "dsql-token", "--host", "h", "--explain" },
+        { "elasticache-token", "--cache-name", "c", "--user", "u", "--explain=yes" },
+        { "elasticache-token", "--explain", "--user", "u" },
       } do
         local out, err, code = run(args)
         assert.equal(2, code, table.concat(args, " ") .. ": " .. err)
@@ -257,6 +261,69 @@ describe("kong-rds-iam", function()
       local res = assert(cjson.decode(out2), out2)
       assert.matches("ResourceType=ServerlessCache", res.token, 1, true)
       assert.is_number(res.expires_at)
+    end)
+
+    it("elasticache-token --explain prints rds.explain's report one fact a line, never the token", function()
+      if not rds.elasticache_token then
+        pending("rds.elasticache_token is not in this build")
+        return
+      end
+      local ep = "my-cache-x7ab2c.serverless.use1.cache.amazonaws.com"
+      local out, err, code = run { "elasticache-token", "--cache-name", "My-Cache", "--user", "App", "--endpoint", ep,
+        "--explain" }
+      assert.equal(0, code, out .. err)
+      assert.equal("", err)
+      for _, l in ipairs {
+        "service: elasticache\n",
+        "\ncache: my-cache, serverless (from the endpoint's .serverless. label)\n",
+        "\nuser: App\n",
+        "\nendpoint: " .. ep .. ", region us-east-1\n",
+        "\ncredentials: environment, access key " .. ("*"):rep(16) .. test_env.access_key_id:sub(-4) .. ", no expiry known\n",
+        "\nregion: us-east-1 (from the endpoint's region code)\n",
+        "\ntoken: user App, action connect, ResourceType ServerlessCache, service elasticache, X-Amz-Date ",
+        "\nclock offset: unknown: static keys",
+        "\npossible causes of a refused AUTH:\n  - user App is not a user id as ElastiCache stores it: ",
+      } do
+        assert.matches(l, out, 1, true)
+      end
+      for _, secret in ipairs { test_env.secret_access_key, test_env.access_key_id, "X-Amz-Signature", "my-cache/?" } do
+        assert.is_nil(out:find(secret, 1, true), secret)
+      end
+      -- nothing to point at
+      local clean = run { "elasticache-token", "--cache-name", "c", "--user", "app", "--region", "eu-west-1", "--explain" }
+      assert.matches("\nregion: eu-west-1 (from --region)\n", clean, 1, true)
+      assert.matches("\ncache: c, node-based (the default)\n", clean, 1, true)
+      assert.matches("\npossible causes of a refused AUTH: none of the checked ones holds\n$", clean)
+    end)
+
+    it("elasticache-token --explain --json is the report; exit 1 when no token can be signed", function()
+      if not rds.elasticache_token then
+        pending("rds.elasticache_token is not in this build")
+        return
+      end
+      local out, err, code = run { "elasticache-token", "--cache-name", "c", "--user", "app", "--region", "eu-west-1",
+        "--endpoint", "master.g.x7ab2c.use1.cache.amazonaws.com", "--service", "memorydb", "--explain", "--json" }
+      assert.equal(0, code, err)
+      local r = assert(cjson.decode(out), out)
+      assert.same({ "memorydb", "eu-west-1", "region", "us-east-1" }, { r.service, r.region, r.region_from, r.endpoint_region })
+      assert.same({ "region_mismatch", "service_mismatch" }, r.cause_ids)
+      assert.equal("memorydb", r.token.service)
+      assert.is_nil(out:find(test_env.secret_access_key, 1, true))
+      assert.is_nil(out:find("X-Amz-Signature", 1, true))
+      -- no region anywhere: exit 1, the cause named
+      local out2, err2, code2 = run { "elasticache-token", "--cache-name", "c", "--user", "app", "--explain" }
+      assert.equal(1, code2, err2)
+      assert.matches("\ntoken: none: cannot tell the aws region", out2, 1, true)
+      assert.matches("\n  - No region for the token: give region or an endpoint host name", out2, 1, true)
+      local out3, _, code3 = run { "elasticache-token", "--cache-name", "c", "--user", "app", "--explain", "--json" }
+      assert.equal(1, code3)
+      assert.same({ "cache_region_unknown" }, assert(cjson.decode(out3), out3).cause_ids)
+      -- no credentials: exit 1
+      local out4, _, code4 = run({ "elasticache-token", "--cache-name", "c", "--user", "app", "--region", "us-east-1",
+        "--explain" }, { AWS_ACCESS_KEY_ID = false, AWS_SECRET_ACCESS_KEY = false })
+      assert.equal(1, code4)
+      assert.matches("\ncredentials: not available: ", out4, 1, true)
+      assert.matches("\n  - AWS credentials could not be fetched", out4, 1, true)
     end)
 
     it("dsql-token prints a token from rds.dsql_token", function()

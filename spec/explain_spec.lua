@@ -1,10 +1,11 @@
 -- kong_rds_iam.explain: the facts of a conf (credentials, region and where
 -- it came from, the signed host and user, the token's dates, clock, TLS, a
 -- live login with the rds_iam membership query), never a secret, and the
--- causes of the catalogue, each exactly when its condition holds. Against
--- the local RDS emulator (IAM logins checked by its independent verifier)
--- and the fake AWS endpoints; cases that need another AWS environment run in
--- a child luajit (the module freezes AWS_* at load).
+-- causes of the catalogue, each exactly when its condition holds; the same
+-- for ElastiCache / MemoryDB token requests (rds.explain{ cache_name = ... }).
+-- Against the local RDS emulator (IAM logins checked by its independent
+-- verifier) and the fake AWS endpoints; cases that need another AWS
+-- environment run in a child luajit (the module freezes AWS_* at load).
 local rds = require "kong_rds_iam"
 local explain_mod = require "kong_rds_iam.explain"
 local emu = require "spec.support.emulator"
@@ -371,6 +372,269 @@ describe("explain()", function()
       local iam_unverified = explain(iam_conf { pg_iam_auth_host = RDS_HOST, pg_iam_auth_ssl_verify = false })
       assert.is_false(iam_unverified.tls.ssl_verify)
       assert.same({ "tls_unverified" }, iam_unverified.cause_ids)
+    end)
+  end)
+
+  describe("ElastiCache / MemoryDB requests", function()
+    local SERVERLESS_EP = "my-cache-x7ab2c.serverless.use1.cache.amazonaws.com"
+    local NODE_EP = "master.my-group.x7ab2c.use1.cache.amazonaws.com"
+    local MEMORYDB_EP = "clustercfg.my-db.x7ab2c.memorydb.eu-west-1.amazonaws.com"
+
+    -- A Lua literal of a flat table of strings and booleans.
+    local function literal(t)
+      local parts = {}
+      for k, v in pairs(t) do
+        parts[#parts + 1] = ("[%q] = %s"):format(k, type(v) == "string" and ("%q"):format(v) or tostring(v))
+      end
+      table.sort(parts)
+      return "{ " .. table.concat(parts, ", ") .. " }"
+    end
+
+    -- rds.explain(req) in a child luajit with environment `env`: the decoded
+    -- report, its JSON, and the token the child signed for the same request.
+    local CACHE_CHILD = [[
+local rds = require "kong_rds_iam"
+local explain = require "kong_rds_iam.explain"
+local req = REQ
+io.write("REPORT ", explain.to_json(rds.explain(req)), "\n")
+io.write("TOKEN ", tostring((rds.elasticache_token(req))), "\n")
+]]
+    local function cache_in_child(req, env, run_opts)
+      local code = CACHE_CHILD:gsub("REQ", function() return literal(req) end)
+      local out = lua_process.run(code, iam_probe.env_with(env), run_opts)
+      local json = out:match("REPORT ([^\n]*)")
+      local report = json and cjson.decode(json)
+      assert(report, "child failed:\n" .. out)
+      return report, json, out:match("TOKEN ([^\n]*)")
+    end
+
+    -- a module whose facts carry a chosen clock offset
+    local function with_offset(offset)
+      return setmetatable({
+        _facts = function(conf, mode)
+          local facts = assert(rds._facts(conf, mode))
+          facts.clock_offset, facts.clock_source = offset, "imds"
+          return facts
+        end,
+      }, { __index = rds })
+    end
+
+    describe("facts", function()
+      it("names the cache, user, serverless and region and where they came from, and the token's facts", function()
+        local before = os.time()
+        local r = rds.explain { cache_name = "My-Cache", user = "app-01", endpoint = SERVERLESS_EP }
+        assert.equal("elasticache", r.service)
+        assert.equal("my-cache", r.cache_name) -- lowercased, as signed
+        assert.equal("app-01", r.user)
+        assert.same({ SERVERLESS_EP, "elasticache", "us-east-1" }, { r.endpoint, r.endpoint_service, r.endpoint_region })
+        assert.same({ true, "endpoint" }, { r.serverless, r.serverless_from })
+        assert.same({ "us-east-1", "endpoint" }, { r.region, r.region_from })
+        assert.equal("environment", r.credentials.source)
+        assert.equal(("*"):rep(16) .. test_env.access_key_id:sub(-4), r.credentials.access_key_id)
+        assert.is_nil(r.credentials.expires_at)
+        local t = r.token
+        assert.same({ "my-cache", "app-01", "connect", "ServerlessCache", "elasticache", "us-east-1", 900, false },
+          { t.host, t.user, t.action, t.resource_type, t.service, t.region, t.expires, t.session_token })
+        assert.matches("^%d%d%d%d%d%d%d%dT%d%d%d%d%d%dZ$", t.date)
+        assert.is_true(t.signed_at >= before - 1 and t.signed_at <= os.time())
+        assert.equal(t.signed_at + 900, t.expires_at)
+        assert.is_nil(t.port)
+        assert.matches("static keys", r.clock.note, 1, true)
+        assert.same({}, r.cause_ids)
+        assert.is_nil(r.mode) -- not a conf's report
+        assert.is_nil(r.tls)
+      end)
+
+      it("serverless_from: given, the endpoint's label, or the default (false)", function()
+        local given = rds.explain { cache_name = "c", user = "u", region = "us-east-1", serverless = true }
+        assert.same({ true, "serverless", "ServerlessCache" }, { given.serverless, given.serverless_from, given.token.resource_type })
+        local node = rds.explain { cache_name = "c", user = "u", endpoint = NODE_EP }
+        assert.same({ false, "default", nil }, { node.serverless, node.serverless_from, node.token.resource_type })
+        local none = rds.explain { cache_name = "c", user = "u", region = "us-east-1" }
+        assert.same({ false, "default" }, { none.serverless, none.serverless_from })
+      end)
+
+      it("region_from: region, then the endpoint (short codes, MemoryDB's full name), else the environment", function()
+        local r = rds.explain { cache_name = "c", user = "u", region = "eu-central-1" }
+        assert.same({ "eu-central-1", "region", "eu-central-1" }, { r.region, r.region_from, r.token.region })
+        local m = rds.explain { cache_name = "c", user = "u", endpoint = MEMORYDB_EP, service = "memorydb" }
+        assert.same({ "memorydb", "eu-west-1", "endpoint", "memorydb", "eu-west-1" },
+          { m.service, m.region, m.region_from, m.token.service, m.token.region })
+        for env, want in pairs {
+          AWS_REGION = { AWS_REGION = "ap-south-1", AWS_DEFAULT_REGION = "sa-east-1" },
+          AWS_DEFAULT_REGION = { AWS_DEFAULT_REGION = "sa-east-1" },
+        } do
+          local c = cache_in_child({ cache_name = "c", user = "u" }, util.merge(test_env.vars, want))
+          assert.same({ want[env], env, want[env] }, { c.region, c.region_from, c.token.region })
+        end
+        local config = os.tmpname()
+        util.write_file(config, "[default]\nregion = ca-central-1\n")
+        local p = cache_in_child({ cache_name = "c", user = "u" }, util.merge(test_env.vars, { AWS_CONFIG_FILE = config }))
+        os.remove(config)
+        assert.same({ "ca-central-1", "profile", "ca-central-1" }, { p.region, p.region_from, p.token.region })
+      end)
+
+      it("reads the endpoint's region as rds.elasticache_token does", function()
+        for host, want in pairs {
+          ["my-cache-abc123.serverless.use1.cache.amazonaws.com"] = { "elasticache", "us-east-1" },
+          ["clustercfg.my-group.abc123.apse2.cache.amazonaws.com:6379"] = { "elasticache", "ap-southeast-2" },
+          ["my-group.abc123.ng.0001.euc1.cache.amazonaws.com"] = { "elasticache", "eu-central-1" },
+          ["x.abc.cnn1.cache.amazonaws.com.cn"] = { "elasticache", "cn-north-1" },
+          ["master.g.abc.usgw1.cache.amazonaws.com"] = { "elasticache", "us-gov-west-1" },
+          ["MASTER.G.ABC.USW2.CACHE.AMAZONAWS.COM."] = { "elasticache", "us-west-2" },
+          ["x.zz9.cache.amazonaws.com"] = { "elasticache" },
+          ["use1.cache.amazonaws.com"] = { "elasticache" },
+          ["clustercfg.my-cluster.abc123.memorydb.eu-west-1.amazonaws.com"] = { "memorydb", "eu-west-1" },
+          ["redis.internal.example"] = {},
+        } do
+          assert.same(want, { explain_mod.cache_endpoint(host) }, host)
+          local region = not want[2] and "us-east-1" or nil
+          local r = rds.explain { cache_name = "c", user = "u", endpoint = host, region = region }
+          -- the region the token is signed for is the one read here
+          assert.equal(want[2] or "us-east-1", r.token and r.token.region, host)
+        end
+      end)
+
+      it("checks the request's fields and takes no mode", function()
+        assert.has_error(function() rds.explain { cache_name = "c" } end,
+          "bad argument #1 to 'explain' (field 'user': string expected, got nil)")
+        assert.has_error(function() rds.explain { cache_name = "c", user = "u", serverless = "yes" } end,
+          "bad argument #1 to 'explain' (field 'serverless': boolean expected, got string)")
+        assert.has_error(function() rds.explain({ cache_name = "c", user = "u" }, "ro") end,
+          "bad argument #2 to 'explain' (an ElastiCache / MemoryDB request takes no mode, got string)")
+      end)
+    end)
+
+    describe("never a secret", function()
+      it("the secret key, the session token, the token, its signature and the full key id are not in its JSON", function()
+        local akid, secret, session, env = test_env.master_credentials("cachexp")
+        local report, json, token = cache_in_child({ cache_name = "my-cache", user = "app", endpoint = SERVERLESS_EP }, env)
+        assert.truthy(token and #token > 100, token)
+        assert.truthy(report.token)
+        assert.is_true(report.token.session_token)
+        local signature = token:match("X%-Amz%-Signature=(%x+)")
+        assert.truthy(signature)
+        for what, needle in pairs {
+          secret = secret, session_token = session, encoded_session_token = (session:gsub("[/+=]", function(c)
+            return ("%%%02X"):format(c:byte())
+          end)), token = token, signature = signature, akid = akid,
+        } do
+          assert.is_nil(json:find(needle, 1, true), what .. " in explain's JSON: " .. json)
+        end
+        assert.matches(akid:sub(-4) .. '"', json, 1, true) -- the masked id is there
+      end)
+    end)
+
+    describe("causes", function()
+      it("no_credentials: the credentials cannot be fetched", function()
+        local r = cache_in_child({ cache_name = "c", user = "u", region = "us-east-1" }, {})
+        assert.is_string(r.credentials_error)
+        assert.same({ "no_credentials" }, r.cause_ids)
+        assert.is_nil(r.token)
+      end)
+
+      it("cache_region_unknown: no region, no endpoint it can be read from, none in the environment", function()
+        local r = rds.explain { cache_name = "c", user = "u" }
+        assert.matches("cannot tell the aws region", r.token_error, 1, true)
+        assert.same({ "cache_region_unknown" }, r.cause_ids)
+        assert.is_nil(r.region)
+        assert.same({ "cache_region_unknown" }, rds.explain { cache_name = "c", user = "u", endpoint = "redis.internal.example" }.cause_ids)
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = "redis.internal.example", region = "us-east-1" }.cause_ids)
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = NODE_EP }.cause_ids)
+      end)
+
+      it("token_failed: a region is known but no token can be signed", function()
+        local r = rds.explain { cache_name = "bad name", user = "u", region = "us-east-1" }
+        assert.matches("cache_name must be a cache name", r.token_error, 1, true)
+        assert.same({ "token_failed" }, r.cause_ids)
+      end)
+
+      it("credentials_expire: the credentials expire within the token's 900 s", function()
+        f:set_lifetime(600)
+        local ok, r = pcall(cache_in_child, { cache_name = "c", user = "u", region = "us-east-1" }, f:env("imds"))
+        f:set_lifetime(3600)
+        assert(ok, r)
+        assert.equal("imds", r.credentials.source)
+        assert.is_near(600, r.credentials.expires_in, 30)
+        assert.same({ "credentials_expire" }, r.cause_ids)
+        assert.matches("AUTH refuses", r.causes[1], 1, true)
+        local r2 = cache_in_child({ cache_name = "c", user = "u", region = "us-east-1" }, f:env("imds"))
+        assert.is_near(3600, r2.credentials.expires_in, 30)
+        assert.same({}, r2.cause_ids)
+      end)
+
+      it("clock_offset: the measured offset is over 60 s (either way)", function()
+        local req = { cache_name = "c", user = "u", region = "us-east-1" }
+        assert.same({ "clock_offset" }, explain_mod.explain(with_offset(120), req).cause_ids)
+        assert.same({ "clock_offset" }, explain_mod.explain(with_offset(-61), req).cause_ids)
+        assert.same({}, explain_mod.explain(with_offset(60), req).cause_ids)
+        local r = explain_mod.explain(with_offset(-600), req)
+        assert.same({ -600, "imds" }, { r.clock.offset, r.clock.source })
+        assert.equal("This machine's clock is -600 s off AWS's (more than 60 s); AWS refuses SigV4 signatures dated more than 5 minutes off.",
+          r.causes[1])
+      end)
+
+      it("region_mismatch: region differs from the endpoint's", function()
+        local r = rds.explain { cache_name = "c", user = "u", region = "eu-west-1", endpoint = NODE_EP }
+        assert.same({ "region_mismatch" }, r.cause_ids)
+        assert.equal("The token is signed for eu-west-1 (region) but the endpoint is in us-east-1.", r.causes[1])
+        assert.same({ "eu-west-1", "region" }, { r.region, r.region_from })
+        assert.same({}, rds.explain { cache_name = "c", user = "u", region = "us-east-1", endpoint = NODE_EP }.cause_ids)
+      end)
+
+      it("cache_name_endpoint: cache_name is an endpoint host name", function()
+        local r = rds.explain { cache_name = SERVERLESS_EP, user = "u" , endpoint = SERVERLESS_EP }
+        assert.same({ "cache_name_endpoint" }, r.cause_ids)
+        assert.matches("cache_name " .. SERVERLESS_EP .. " looks like an endpoint host name", r.causes[1], 1, true)
+        assert.same({ "cache_name_endpoint" }, rds.explain { cache_name = MEMORYDB_EP, user = "u", service = "memorydb", region = "eu-west-1" }.cause_ids)
+        assert.same({}, rds.explain { cache_name = "my-cache", user = "u", endpoint = SERVERLESS_EP }.cause_ids)
+      end)
+
+      it("cache_user_id: user is not a user id as ElastiCache / MemoryDB store it", function()
+        for _, user in ipairs { "App", "app_user", "1app", "app user", "-app", "app.user" } do
+          local r = rds.explain { cache_name = "c", user = user, region = "us-east-1" }
+          assert.same({ "cache_user_id" }, r.cause_ids, user)
+          assert.truthy(r.token, user) -- the token is signed all the same
+        end
+        assert.equal("user App is not a user id as MemoryDB stores it: lowercase letters, digits and hyphens, starting with a letter.",
+          rds.explain { cache_name = "c", user = "App", region = "us-east-1", service = "memorydb" }.causes[1])
+        for _, user in ipairs { "app", "app-user-01", "a" } do
+          assert.same({}, rds.explain { cache_name = "c", user = user, region = "us-east-1" }.cause_ids, user)
+        end
+      end)
+
+      it("serverless_mismatch: serverless given against the endpoint's .serverless. label", function()
+        local off = rds.explain { cache_name = "c", user = "u", endpoint = SERVERLESS_EP, serverless = false }
+        assert.same({ "serverless_mismatch" }, off.cause_ids)
+        assert.equal("serverless is false but the endpoint " .. SERVERLESS_EP
+          .. " has a .serverless. label: ResourceType=ServerlessCache must match the cache's kind.", off.causes[1])
+        assert.is_nil(off.token.resource_type)
+        local on = rds.explain { cache_name = "c", user = "u", endpoint = NODE_EP, serverless = true }
+        assert.same({ "serverless_mismatch" }, on.cause_ids)
+        assert.matches(" has no .serverless. label", on.causes[1], 1, true)
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = SERVERLESS_EP, serverless = true }.cause_ids)
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = NODE_EP, serverless = false }.cause_ids)
+        -- not an AWS host name (a CNAME): nothing to compare with
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = "redis.internal.example",
+          region = "us-east-1", serverless = true }.cause_ids)
+      end)
+
+      it("service_mismatch: the endpoint is the other service's", function()
+        local r = rds.explain { cache_name = "c", user = "u", endpoint = NODE_EP, service = "memorydb" }
+        assert.same({ "service_mismatch" }, r.cause_ids)
+        assert.equal("The endpoint " .. NODE_EP .. " is ElastiCache's, but the token is signed for service memorydb.",
+          r.causes[1])
+        assert.same({ "service_mismatch" }, rds.explain { cache_name = "c", user = "u", endpoint = MEMORYDB_EP }.cause_ids)
+        assert.same({}, rds.explain { cache_name = "c", user = "u", endpoint = MEMORYDB_EP, service = "memorydb" }.cause_ids)
+      end)
+
+      it("several at once, in catalogue order", function()
+        local r = rds.explain { cache_name = NODE_EP, user = "App", endpoint = SERVERLESS_EP, region = "eu-west-1",
+          serverless = false, service = "memorydb" }
+        assert.same({ "region_mismatch", "cache_name_endpoint", "cache_user_id", "serverless_mismatch", "service_mismatch" },
+          r.cause_ids)
+        assert.equal(#r.cause_ids, #r.causes)
+      end)
     end)
   end)
 end)

@@ -225,22 +225,30 @@ fn sign_cached(kind: Kind, host: &str, user: &str, region: &str, identity: &Iden
     Ok(token)
 }
 
-/// The region of an ElastiCache or MemoryDB endpoint host name:
-/// ElastiCache names end in `.<region code>.cache.amazonaws.com` with a
-/// short code (`use1` for us-east-1, `apse2` for ap-southeast-2), MemoryDB
-/// names in `.memorydb.<region>.amazonaws.com`.
+/// The region of an ElastiCache or MemoryDB endpoint host name (see
+/// [`cache_endpoint`]).
 pub fn cache_region(endpoint: &str) -> Option<String> {
+    cache_endpoint(endpoint).and_then(|(_, region)| region)
+}
+
+/// Whether `endpoint` is an ElastiCache (`memorydb` false) or MemoryDB host
+/// name, and the region it names: ElastiCache names end in
+/// `.<region code>.cache.amazonaws.com` with a short code (`use1` for
+/// us-east-1, `apse2` for ap-southeast-2), MemoryDB names in
+/// `.memorydb.<region>.amazonaws.com`. `None` for any other host.
+pub fn cache_endpoint(endpoint: &str) -> Option<(bool, Option<String>)> {
     let host = endpoint.trim().trim_end_matches('.').to_ascii_lowercase();
     let host = host.split(':').next().unwrap_or_default();
     for suffix in [".amazonaws.com", ".amazonaws.com.cn"] {
         let Some(rest) = host.strip_suffix(suffix) else { continue };
         if let Some(rest) = rest.strip_suffix(".cache") {
-            let code = rest.rsplit('.').next()?;
-            return (code.len() < rest.len()).then(|| expand_region_code(code)).flatten();
+            let code = rest.rsplit('.').next().unwrap_or_default();
+            return Some((false, (code.len() < rest.len()).then(|| expand_region_code(code)).flatten()));
         }
-        let (before, region) = rest.rsplit_once('.')?;
-        if before.ends_with(".memorydb") && crate::region::is_valid(region) {
-            return Some(region.to_owned());
+        if let Some((before, region)) = rest.rsplit_once('.') {
+            if before.ends_with(".memorydb") {
+                return Some((true, crate::region::is_valid(region).then(|| region.to_owned())));
+            }
         }
     }
     None

@@ -1,8 +1,11 @@
 --- kong_rds_iam.explain: what the module would do for a conf, and what
--- could make RDS refuse the IAM login, as one table without a secret in it.
+-- could make RDS refuse the IAM login, as one table without a secret in it;
+-- the same for an ElastiCache / MemoryDB token request (a table with
+-- cache_name, as rds.elasticache_token takes it) and a refused AUTH.
 --
 --   local explain = require "kong_rds_iam.explain"
 --   local report = explain.explain(rds, conf, mode, { connect = true })
+--   local report = explain.explain(rds, { cache_name = "c", user = "u", endpoint = host })
 --
 -- RDS answers every IAM mistake with the same `PAM authentication failed`,
 -- so the causes come from a fixed catalogue (explain.CAUSES), each listed
@@ -36,52 +39,42 @@ M.MEMBERSHIP_SQL = "select current_user as login_user, (select rolname from pg_r
 
 --- The catalogue of causes, by id, in the order they are listed. `%s` are
 --- filled with the values that made the condition hold (never a secret).
+--- `cache`: the text for an ElastiCache / MemoryDB request, where it differs.
 M.CAUSES = {
   { id = "iam_off", text = "IAM authentication is off for this side (%s), so the login uses pg_password, not a token." },
   { id = "vault_reference", text = "%s" },
   { id = "no_credentials", text = "AWS credentials could not be fetched, so no token can be signed (see credentials_error)." },
   { id = "token_failed", text = "No token could be signed (see token_error)." },
-  { id = "credentials_expire", text = "The AWS credentials expire in %d s, within a token's 900 s life: RDS refuses a token whose credentials expired." },
-  { id = "clock_offset", text = "This machine's clock is %d s off AWS's (more than 60 s); RDS refuses tokens dated more than 5 minutes off." },
-  { id = "region_mismatch", text = "The token is signed for %s (%s) but the host name is in %s." },
+  { id = "cache_region_unknown", text = "No region for the token: give region or an endpoint host name (or set AWS_REGION before the module is loaded)." },
+  { id = "credentials_expire", text = "The AWS credentials expire in %d s, within a token's 900 s life: RDS refuses a token whose credentials expired.",
+    cache = "The AWS credentials expire in %d s, within a token's 900 s life: AUTH refuses a token whose credentials expired." },
+  { id = "clock_offset", text = "This machine's clock is %d s off AWS's (more than 60 s); RDS refuses tokens dated more than 5 minutes off.",
+    cache = "This machine's clock is %d s off AWS's (more than 60 s); AWS refuses SigV4 signatures dated more than 5 minutes off." },
+  { id = "region_mismatch", text = "The token is signed for %s (%s) but the host name is in %s.",
+    cache = "The token is signed for %s (%s) but the endpoint is in %s." },
+  { id = "cache_name_endpoint", text = "cache_name %s looks like an endpoint host name: the token must name the cache (replication group, cluster or serverless cache), not its endpoint." },
+  { id = "cache_user_id", text = "user %s is not a user id as %s stores it: lowercase letters, digits and hyphens, starting with a letter." },
+  { id = "serverless_mismatch", text = "serverless is %s but the endpoint %s %s .serverless. label: ResourceType=ServerlessCache must match the cache's kind." },
+  { id = "service_mismatch", text = "The endpoint %s is %s's, but the token is signed for service %s." },
   { id = "signing_host", text = "The token is signed for %s, %s, and pg_iam_auth_host is not set: RDS only accepts tokens signed for its endpoint name." },
   { id = "user_mismatch", text = "The token is signed for user %s but the login is as %s." },
   { id = "rds_iam_member", text = "%s" },
   { id = "tls_off", text = "TLS is off (pg_ssl): the password crosses the network readable, and RDS with rds.force_ssl refuses the login." },
   { id = "tls_unverified", text = "The server certificate is not verified (pg_ssl_verify off): anyone on the path can pose as the database and take the token or password." },
 }
-local ORDER, TEXT = {}, {}
-for i, c in ipairs(M.CAUSES) do ORDER[c.id], TEXT[c.id] = i, c.text end
+local ORDER, TEXT, CACHE_TEXT = {}, {}, {}
+for i, c in ipairs(M.CAUSES) do ORDER[c.id], TEXT[c.id], CACHE_TEXT[c.id] = i, c.text, c.cache or c.text end
 
 -- Arrays carry this metatable so that to_json writes an empty one as [].
 local ARRAY = { __jsontype = "array" }
 M.ARRAY = ARRAY
 local function array(t) return setmetatable(t or {}, ARRAY) end
 
---- The DNS suffixes that follow `.<region>.rds.` in each AWS partition.
-M.PARTITION_SUFFIXES = {
-  "amazonaws.com", "amazonaws.com.cn", "c2s.ic.gov", "sc2s.sgov.gov", "cloud.adc-e.uk",
-  "csp.hci.ic.gov", "amazonaws.eu",
-}
-
-local function valid_region(r)
-  return #r <= 32 and r:match("^[a-z]+%-[a-z%-]*[a-z]%-%d+$") ~= nil and not r:find("--", 1, true)
-end
-
---- region = host_region(host): the region named in an RDS endpoint host
---- name, or nil for any other host (a CNAME, an IP, localhost).
+--- region = host_region(host): the region named in an RDS (or Aurora DSQL)
+--- endpoint host name, or nil for any other host (a CNAME, an IP,
+--- localhost): src/region.rs's rule, through the module.
 function M.host_region(host)
-  if type(host) ~= "string" then return nil end
-  host = host:lower():gsub("%.$", "")
-  for _, suffix in ipairs(M.PARTITION_SUFFIXES) do
-    local tail = ".rds." .. suffix
-    if #host > #tail and host:sub(-#tail) == tail then
-      local rest = host:sub(1, -#tail - 1)
-      local region = rest:match("([^.]+)$")
-      if region and #region < #rest and valid_region(region) then return region end
-    end
-  end
-  return nil
+  return require("kong_rds_iam")._host_region(host)
 end
 
 --- Whether `host` is an IP address (v4, or v6 with or without brackets).
@@ -119,13 +112,16 @@ end
 M._utc_seconds = utc_seconds
 
 --- What a token says about itself (no secret: no signature, no session
---- token, the key id masked): host, port, user, region, date (X-Amz-Date),
---- signed_at (Unix s), expires (X-Amz-Expires, s), access_key_id (masked),
---- session_token (whether it carries one).
+--- token, the key id masked): host, port, user (DBUser, or User in an
+--- ElastiCache / MemoryDB token), action, resource_type, service and region
+--- (of the credential scope), date (X-Amz-Date), signed_at (Unix s), expires
+--- (X-Amz-Expires, s), access_key_id (masked), session_token (whether it
+--- carries one).
 function M.token_facts(token)
   if type(token) ~= "string" then return nil end
   -- RDS signs host:port, DSQL the host alone
   local host, port = token:match("^([^/?]+):(%d+)/%?")
+  -- DSQL and ElastiCache / MemoryDB tokens: no port
   if not host then host = token:match("^([^/?:]+)/%?") end
   local function param(name)
     local v = token:match("[?&]" .. name .. "=([^&]*)")
@@ -137,8 +133,9 @@ function M.token_facts(token)
   return {
     host = host,
     port = tonumber(port),
-    user = param("DBUser"),
+    user = param("DBUser") or param("User"), -- RDS, ElastiCache / MemoryDB
     action = param("Action"),
+    resource_type = param("ResourceType"), -- ServerlessCache: a serverless cache's token
     service = service,
     region = region,
     date = date,
@@ -166,6 +163,181 @@ local function rust_facts(rds, conf, mode)
   return facts
 end
 
+-- ElastiCache / MemoryDB requests ---------------------------------------
+
+--- service, region = cache_endpoint(endpoint): "elasticache" for a
+--- `*.cache.amazonaws.com(.cn)` host name, "memorydb" for a
+--- `*.memorydb.<region>.amazonaws.com(.cn)` one, else nil; and the region
+--- it names (ElastiCache: its short code, e.g. use1), as
+--- rds.elasticache_token reads it: src/service_tokens.rs's rule, through
+--- the module.
+function M.cache_endpoint(endpoint)
+  return require("kong_rds_iam")._cache_endpoint(endpoint)
+end
+
+local CACHE_FIELDS = {
+  { "cache_name", "string", true }, { "user", "string", true }, { "endpoint", "string" }, { "region", "string" },
+  { "serverless", "boolean" }, { "service", "string" }, { "timeout", "number" },
+}
+local SERVICE_NAME = { elasticache = "ElastiCache", memorydb = "MemoryDB" }
+
+-- The causes found, and a finish() that puts them in catalogue order into
+-- report.causes / report.cause_ids.
+local function collector(report, texts)
+  local found = {}
+  local function cause(id, ...)
+    found[#found + 1] = { id = id, text = format(texts[id], ...) }
+  end
+  local function finish()
+    table.sort(found, function(a, b)
+      if ORDER[a.id] ~= ORDER[b.id] then return ORDER[a.id] < ORDER[b.id] end
+      return a.text < b.text
+    end)
+    for i, c in ipairs(found) do report.causes[i], report.cause_ids[i] = c.text, c.id end
+    return report
+  end
+  return cause, finish
+end
+
+-- The clock part of a report, from the facts and the credentials' source.
+local function clock_of(facts, source)
+  local clock = {
+    offset = facts and facts.clock_offset or nil,
+    source = facts and facts.clock_source or nil,
+  }
+  if clock.offset == nil then
+    if source == "environment" or source == "profile" then
+      clock.note = "static keys from the environment or files bring no AWS answer, so no clock offset is known"
+    elseif facts then
+      clock.note = "no AWS answer with a Date header seen yet, so no clock offset is known"
+    else
+      clock.note = "this build does not measure the clock offset"
+    end
+  end
+  return clock
+end
+
+--- report = explain_cache(rds, req): what rds.elasticache_token does with
+--- `req` (elasticache_token's table) and which causes of a refused AUTH
+--- hold. No login: AUTH needs a Redis client (kong_rds_iam.redis).
+function M.explain_cache(rds, req)
+  for _, f in ipairs(CACHE_FIELDS) do
+    local v = req[f[1]]
+    if (v ~= nil or f[3]) and type(v) ~= f[2] then
+      error(format("bad argument #1 to 'explain' (field '%s': %s expected, got %s)", f[1], f[2], type(v)), 3)
+    end
+  end
+  local t = now()
+  local service = req.service or "elasticache"
+  local report = { service = service, checked_at = t, causes = array(), cause_ids = array() }
+  local cause, finish = collector(report, CACHE_TEXT)
+
+  local name = req.cache_name:gsub("^%s+", ""):gsub("%s+$", ""):lower()
+  report.cache_name, report.user, report.endpoint = name, req.user, req.endpoint
+  local endpoint_service, endpoint_region = M.cache_endpoint(req.endpoint)
+  report.endpoint_service, report.endpoint_region = endpoint_service, endpoint_region
+  local label = req.endpoint ~= nil and req.endpoint:lower():find(".serverless.", 1, true) ~= nil
+  if req.serverless ~= nil then
+    report.serverless, report.serverless_from = req.serverless, "serverless"
+  elseif label then
+    report.serverless, report.serverless_from = true, "endpoint"
+  else
+    report.serverless, report.serverless_from = false, "default"
+  end
+
+  -- the base chain's credentials, region and clock (a conf without keys:
+  -- no pg_iam_auth_region, no RDS host name)
+  local facts, facts_err = rust_facts(rds, {}, nil)
+  report.facts_error = facts_err
+  if facts then
+    if facts.credentials then
+      local c = facts.credentials
+      report.credentials = {
+        source = c.source, access_key_id = c.access_key_id, expires_at = c.expires_at, expires_in = c.expires_in,
+      }
+    end
+    report.credentials_error = facts.credentials_error
+  else
+    local source, serr = rds.credentials_source()
+    if source then report.credentials = { source = source } else report.credentials_error = serr end
+  end
+
+  -- the region and where it comes from, as rds.elasticache_token decides
+  local region, region_from
+  if req.region ~= nil then
+    region, region_from = req.region, "region"
+  elseif endpoint_region then
+    region, region_from = endpoint_region, "endpoint"
+  elseif facts and facts.region then
+    region, region_from = facts.region, facts.region_from
+  end
+
+  -- the token, read and dropped
+  local tf
+  if report.credentials then
+    local ok, token, terr, expires_at = pcall(rds.elasticache_token, req)
+    if not ok then token, terr = nil, tostring(token) end
+    if token then
+      tf = M.token_facts(token)
+      tf.expires_at = expires_at
+      tf.expires_in = expires_at and (expires_at - t) or nil
+    else
+      report.token_error = terr
+    end
+    token = nil -- luacheck: ignore (not kept)
+  end
+  report.token = tf
+
+  local c = report.credentials
+  if tf then
+    report.cache_name = tf.host or report.cache_name
+    report.service = tf.service or report.service
+    report.serverless = tf.resource_type == "ServerlessCache"
+    -- the token is the truth: a region it was not signed for came from elsewhere
+    if tf.region and tf.region ~= region then region, region_from = tf.region, nil end
+    if c then
+      c.access_key_id = c.access_key_id or tf.access_key_id
+      if not c.expires_at and tf.expires_at and tf.signed_at and tf.expires
+        and tf.expires_at < tf.signed_at + tf.expires then
+        c.expires_at = tf.expires_at
+        c.expires_in = tf.expires_at - t
+      end
+    end
+  end
+  report.region, report.region_from = region, region_from
+  if c and not c.expires_at and type(rds.stats) == "function" then
+    local stats = rds.stats()
+    local left = type(stats) == "table" and stats.credentials_expire_in
+    if type(left) == "number" then c.expires_in, c.expires_at = left, t + left end
+  end
+  report.clock = clock_of(facts, c and c.source)
+
+  -- causes
+  if report.credentials_error then cause("no_credentials") end
+  if not region and not tf then
+    cause("cache_region_unknown")
+  elseif report.token_error then
+    cause("token_failed")
+  end
+  if c and c.expires_in and c.expires_in < M.TOKEN_LIFE then cause("credentials_expire", c.expires_in) end
+  local offset = report.clock.offset
+  if offset and (offset > M.MAX_CLOCK_OFFSET or offset < -M.MAX_CLOCK_OFFSET) then cause("clock_offset", offset) end
+  if req.region ~= nil and endpoint_region and req.region ~= endpoint_region then
+    cause("region_mismatch", req.region, "region", endpoint_region)
+  end
+  if name:find(".amazonaws.com", 1, true) then cause("cache_name_endpoint", name) end
+  if not req.user:match("^[a-z][a-z0-9%-]*$") then
+    cause("cache_user_id", req.user, SERVICE_NAME[service] or "ElastiCache")
+  end
+  if req.serverless ~= nil and endpoint_service == "elasticache" and req.serverless ~= label then
+    cause("serverless_mismatch", tostring(req.serverless), req.endpoint, label and "has a" or "has no")
+  end
+  if endpoint_service and SERVICE_NAME[service] and endpoint_service ~= service then
+    cause("service_mismatch", req.endpoint, SERVICE_NAME[endpoint_service], service)
+  end
+  return finish()
+end
+
 --- report = explain(rds, conf, mode?, opts?)
 --- `rds` is the kong_rds_iam module (rds.explain passes itself), `opts.connect`
 --- true adds a live connect and the rds_iam membership query.
@@ -176,6 +348,16 @@ function M.explain(rds, conf, mode, opts)
   if type(conf) ~= "table" then
     error(format("bad argument #1 to 'explain' (table expected, got %s)", type(conf)), 2)
   end
+  -- elasticache_token's request table: no mode, no live check
+  if rawget(conf, "cache_name") ~= nil then
+    if mode ~= nil then
+      error(format("bad argument #2 to 'explain' (an ElastiCache / MemoryDB request takes no mode, got %s)", type(mode)), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+      error(format("bad argument #3 to 'explain' (table expected, got %s)", type(opts)), 2)
+    end
+    return M.explain_cache(rds, conf)
+  end
   if mode ~= nil and type(mode) ~= "string" then
     error(format("bad argument #2 to 'explain' (string expected, got %s)", type(mode)), 2)
   end
@@ -185,18 +367,7 @@ function M.explain(rds, conf, mode, opts)
   opts = opts or {}
   local t = now()
   local report = { mode = mode or "rw", checked_at = t, causes = array(), cause_ids = array() }
-  local found = {}
-  local function cause(id, ...)
-    found[#found + 1] = { id = id, text = format(TEXT[id], ...) }
-  end
-  local function finish()
-    table.sort(found, function(a, b)
-      if ORDER[a.id] ~= ORDER[b.id] then return ORDER[a.id] < ORDER[b.id] end
-      return a.text < b.text
-    end)
-    for i, c in ipairs(found) do report.causes[i], report.cause_ids[i] = c.text, c.id end
-    return report
-  end
+  local cause, finish = collector(report, TEXT)
 
   -- vault references: read plainly (a proxy such as kong.configuration lists
   -- nothing, and Kong has resolved its references anyway)
@@ -308,20 +479,7 @@ function M.explain(rds, conf, mode, opts)
     end
 
     -- the clock
-    local source = c and c.source
-    report.clock = {
-      offset = facts and facts.clock_offset or nil,
-      source = facts and facts.clock_source or nil,
-    }
-    if report.clock.offset == nil then
-      if source == "environment" or source == "profile" then
-        report.clock.note = "static keys from the environment or files bring no AWS answer, so no clock offset is known"
-      elseif facts then
-        report.clock.note = "no AWS answer with a Date header seen yet, so no clock offset is known"
-      else
-        report.clock.note = "this build does not measure the clock offset"
-      end
-    end
+    report.clock = clock_of(facts, c and c.source)
 
     -- causes
     if report.credentials_error then cause("no_credentials") end

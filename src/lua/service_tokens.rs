@@ -16,6 +16,17 @@ pub fn register(lua: &Lua, core: &Table) -> LuaResult<()> {
     core.set("elasticache_token", lua.create_function(lua_elasticache_token)?)?;
     core.set("dsql_token", lua.create_function(lua_dsql_token)?)?;
     core.set("sign_service_token", lua.create_function(lua_sign_service_token)?)?;
+    // The endpoint rules, defined once here, for explain.lua.
+    core.set(
+        "cache_endpoint",
+        lua.create_function(|_, host: mlua::LuaString| {
+            Ok(match crate::service_tokens::cache_endpoint(&host.to_string_lossy()) {
+                None => (None, None),
+                Some((memorydb, region)) => (Some(if memorydb { "memorydb" } else { "elasticache" }), region),
+            })
+        })?,
+    )?;
+    core.set("host_region", lua.create_function(|_, host: mlua::LuaString| Ok(crate::region::from_host(&host.to_string_lossy())))?)?;
     Ok(())
 }
 
