@@ -84,7 +84,8 @@ local pw_conf = {
 local iam_conf = {
   pg_host = host, pg_port = port, pg_database = E "RDS_EMU_DB" or "kong",
   pg_user = E "RDS_EMU_IAM_USER" or "iam_user",
-  pg_ssl = true, pg_ssl_required = true, pg_ssl_verify = false,
+  -- IAM connections verify the server: trust the emulator's CA
+  pg_ssl = true, pg_ssl_required = true, pg_ssl_cafile = E "RDS_EMU_CA",
   pg_iam_auth = true, pg_iam_auth_region = region,
 }
 
