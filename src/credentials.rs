@@ -122,6 +122,10 @@ struct ProcessCredentials {
     flights: Mutex<HashMap<ChainKey, Arc<tokio::sync::Mutex<()>>>>,
     /// When each source's credentials were last forgotten by [`invalidate`].
     invalidated: Mutex<HashMap<ChainKey, std::time::Instant>>,
+    /// The base source the last fetch used (`credential_process` when this
+    /// module runs the profile's process, else the environment's guess), for
+    /// a timeout's message.
+    base_source: Mutex<Option<&'static str>>,
 }
 
 static STATE: PerProcess<ProcessCredentials> = PerProcess::new();
@@ -153,7 +157,9 @@ pub fn cached(role: Option<&AssumeRole>) -> Option<Arc<Identity>> {
     if identity.wants_refresh(now) {
         let region = identity.region.clone();
         process::spawn_background(async move {
-            let _ = state.refresh(key, region, true).await;
+            // Bounded: a hung source (a credential_process that never ends)
+            // must not hold the fetch lock; dropping the fetch kills it.
+            let _ = tokio::time::timeout(BACKGROUND_REFRESH_TIMEOUT, state.refresh(key, region, true)).await;
         });
     }
     Some(identity)
@@ -163,8 +169,9 @@ pub fn cached(role: Option<&AssumeRole>) -> Option<Arc<Identity>> {
 /// One fetch per process and source is in flight at a time: concurrent
 /// callers wait for it and share its result.
 pub async fn get_async(role: Option<AssumeRole>, region: Option<String>, timeout: Duration) -> Result<Arc<Identity>> {
+    let role_is_none = role.is_none();
     let state = state()?;
-    let what = describe(role.as_ref());
+    let described = describe(role.as_ref());
     let fetch = async move {
         match cached(role.as_ref()) {
             Some(cached) => Ok(cached),
@@ -172,6 +179,11 @@ pub async fn get_async(role: Option<AssumeRole>, region: Option<String>, timeout
         }
     };
     tokio::time::timeout(timeout, fetch).await.map_err(|_| {
+        let base = state.base_source.lock().ok().and_then(|b| *b);
+        let what = match (role_is_none, base) {
+            (true, Some(base)) => base.to_owned(),
+            _ => described,
+        };
         Error::new(ErrorKind::Timeout, format!("timed out after {} ms getting aws credentials from {what}", timeout.as_millis()))
     })?
 }
@@ -206,6 +218,10 @@ pub fn seconds_left(role: Option<&AssumeRole>) -> Option<i64> {
         Err(e) => -(e.duration().as_secs() as i64),
     })
 }
+
+/// The most a background refresh may take (it starts [`REFRESH_AHEAD`]
+/// before expiry, so a timed-out one leaves time for the next).
+pub const BACKGROUND_REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// See [`invalidate`].
 pub const INVALIDATE_EVERY: Duration = Duration::from_secs(30);
@@ -294,6 +310,9 @@ impl ProcessCredentials {
                 None => return Err(Error::new(ErrorKind::Credentials, "no aws credentials provider is configured")),
             },
         };
+        if let Ok(mut b) = self.base_source.lock() {
+            *b = Some(base_source);
+        }
         let what = match role {
             Some(_) => describe(role),
             None => base_source.to_owned(),
