@@ -4,13 +4,13 @@
 //!
 //! A token is served from the cache while it has comfortably long to live:
 //! until `min(signed + its lifetime, credentials expiry) - 15 s`, as RDS
-//! tokens are (see [`crate::token`]).
+//! tokens are ([`Token::signed`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::credentials::{self, Identity, REFRESH_MARGIN};
+use crate::credentials::{self, Identity};
 use crate::error::{Error, Result};
 use crate::process::PerProcess;
 use crate::signer::{self, Kind, SigningParams};
@@ -207,12 +207,7 @@ fn sign_cached(kind: Kind, host: &str, user: &str, region: &str, identity: &Iden
         session_token: identity.session_token(),
         time: now,
     });
-    let mut expires_at = now + Duration::from_secs(kind.lifetime_secs());
-    if let Some(expiry) = identity.expiry() {
-        expires_at = expires_at.min(expiry);
-    }
-    let valid_until = expires_at.checked_sub(REFRESH_MARGIN).unwrap_or(now);
-    let token = Arc::new(Token { token, expires_at, valid_until, signed_at: now });
+    let token = Arc::new(Token::signed(token, now, kind.lifetime_secs(), identity.expiry()));
     if let Ok(mut c) = cache.lock() {
         if c.len() >= MAX_CACHED {
             c.retain(|_, t| now < t.valid_until);

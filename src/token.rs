@@ -35,6 +35,20 @@ pub struct Token {
     pub signed_at: SystemTime,
 }
 
+impl Token {
+    /// A token signed at `now`, valid `lifetime_secs` (`X-Amz-Expires`) but
+    /// not past `credentials_expiry`, handed out by a cache until
+    /// [`REFRESH_MARGIN`] before its end.
+    pub fn signed(token: String, now: SystemTime, lifetime_secs: u64, credentials_expiry: Option<SystemTime>) -> Token {
+        let mut expires_at = now + Duration::from_secs(lifetime_secs);
+        if let Some(expiry) = credentials_expiry {
+            expires_at = expires_at.min(expiry);
+        }
+        let valid_until = expires_at.checked_sub(REFRESH_MARGIN).unwrap_or(now);
+        Token { token, expires_at, valid_until, signed_at: now }
+    }
+}
+
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Token").field("token", &"** redacted **").field("expires_at", &self.expires_at).finish()
@@ -196,11 +210,7 @@ fn issue_with(target: Target<'_>, identity: Arc<Identity>) -> Result<Arc<Token>>
         session_token: identity.session_token(),
         time: now,
     });
-    let mut expires_at = now + Duration::from_secs(TOKEN_LIFETIME_SECS);
-    if let Some(expiry) = identity.expiry() {
-        expires_at = expires_at.min(expiry);
-    }
-    let token = Arc::new(Token { token, expires_at, valid_until: expires_at - REFRESH_MARGIN, signed_at: now });
+    let token = Arc::new(Token::signed(token, now, TOKEN_LIFETIME_SECS, identity.expiry()));
     if let Ok(mut c) = cache.lock() {
         if c.len() >= MAX_CACHED_TOKENS {
             c.retain(|_, (_, t)| now < t.valid_until);

@@ -12,8 +12,6 @@ mod connection;
 mod facts;
 mod service_tokens;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
 use crate::conf::{key, ConnectConf, Endpoint, Side};
@@ -398,11 +396,9 @@ fn lua_sign_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
     if !(1.0..=65535.0).contains(&port) || port.fract() != 0.0 {
         return failure(lua, &Error::config(format!("port must be an integer 1-65535, got {port}")));
     }
-    let time = match p.get::<Option<f64>>("time")? {
-        None => SystemTime::now(),
-        // Up to the year 9999, as X-Amz-Date has four digits for the year.
-        Some(t) if (0.0..253_402_300_800.0).contains(&t) => UNIX_EPOCH + Duration::from_secs(t as u64),
-        Some(t) => return failure(lua, &Error::config(format!("time must be a unix timestamp from 0 to 253402300799, got {t}"))),
+    let time = match service_tokens::signing_time(&p) {
+        Ok(t) => t,
+        Err(e) => return failure(lua, &e),
     };
     // Types were checked by api.lua; text that is not UTF-8 is a bad value.
     let mut fields: Vec<mlua::LuaString> = Vec::with_capacity(6);

@@ -74,7 +74,7 @@ fn lua_sign_service_token(lua: &Lua, p: Table) -> LuaResult<MultiValue> {
             access_key_id: &access_key_id,
             secret_access_key: &secret_access_key,
             session_token: session_token.as_deref(),
-            time: time(&p)?,
+            time: signing_time(&p)?,
         }))
     })();
     match signed {
@@ -145,7 +145,9 @@ fn timeout(t: &Table) -> Result<Option<Duration>> {
     }
 }
 
-fn time(t: &Table) -> Result<SystemTime> {
+/// The `time` field of `sign_token` (default now), up to the year 9999 as
+/// `X-Amz-Date` has four digits for the year.
+pub(super) fn signing_time(t: &Table) -> Result<SystemTime> {
     match t.get::<Option<f64>>("time").map_err(|_| Error::config("time must be a number".to_owned()))? {
         None => Ok(SystemTime::now()),
         Some(s) if (0.0..253_402_300_800.0).contains(&s) => Ok(UNIX_EPOCH + Duration::from_secs(s as u64)),
