@@ -146,6 +146,19 @@ function M.token_facts(token)
   }
 end
 
+-- What the token `sign(...)` returns says about itself (M.token_facts),
+-- with its expiry as the call gave it and seconds left at `t`; the token
+-- itself is not kept. nil, err when none was signed.
+local function signed_token_facts(t, sign, ...)
+  local ok, token, err, expires_at = pcall(sign, ...)
+  if not ok then return nil, tostring(token) end
+  if not token then return nil, err end
+  local tf = M.token_facts(token)
+  tf.expires_at = expires_at
+  tf.expires_in = expires_at and (expires_at - t) or nil
+  return tf
+end
+
 local function copy_array(t)
   local out = array()
   if type(t) == "table" then for i, v in ipairs(t) do out[i] = v end
@@ -273,20 +286,10 @@ function M.explain_cache(rds, req)
   end
 
   -- the token, read and dropped
-  local tf
   if report.credentials then
-    local ok, token, terr, expires_at = pcall(rds.elasticache_token, req)
-    if not ok then token, terr = nil, tostring(token) end
-    if token then
-      tf = M.token_facts(token)
-      tf.expires_at = expires_at
-      tf.expires_in = expires_at and (expires_at - t) or nil
-    else
-      report.token_error = terr
-    end
-    token = nil -- luacheck: ignore (not kept)
+    report.token, report.token_error = signed_token_facts(t, rds.elasticache_token, req)
   end
-  report.token = tf
+  local tf = report.token
 
   local c = report.credentials
   if tf then
@@ -413,19 +416,10 @@ function M.explain(rds, conf, mode, opts)
     end
 
     -- the token, read and dropped
-    local tf
     if report.credentials then
-      local token, terr, expires_at = rds.token(conf, mode)
-      if token then
-        tf = M.token_facts(token)
-        tf.expires_at = expires_at
-        tf.expires_in = expires_at and (expires_at - t) or nil
-      else
-        report.token_error = terr
-      end
-      token = nil -- luacheck: ignore (not kept)
+      report.token, report.token_error = signed_token_facts(t, rds.token, conf, mode)
     end
-    report.token = tf
+    local tf = report.token
 
     local c = report.credentials
     if c and tf then

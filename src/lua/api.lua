@@ -110,6 +110,17 @@ local function fetched(job, bound_ms)
   return core.fetch_finish(job)
 end
 
+-- Where the call can yield, fetches the credentials of `conf` (nil: the base
+-- chain) if they are not cached, so that the call after it finds them and
+-- does not block the worker. true, or nil, err (the fetch's or the conf's).
+local function prefetch(conf, mode)
+  if not yieldable() then return true end
+  local job, bound_ms = core.fetch_start(conf, mode)
+  if job then return fetched(job, bound_ms) end
+  if bound_ms then return nil, bound_ms end
+  return true
+end
+
 -- The token cache lives in Rust. In front of it, a memo per conf table lets
 -- a repeated token(conf) skip the call into Rust: it serves the token last
 -- issued for this table while every key the token depends on (core.token_keys,
@@ -369,10 +380,7 @@ end
 function M._facts(conf, mode)
   check("_facts", 1, conf, "table")
   check("_facts", 2, mode, "string", true)
-  if yieldable() then
-    local job, bound_ms = core.fetch_start(conf, mode)
-    if job then fetched(job, bound_ms) end -- a failure is reported in the facts
-  end
+  prefetch(conf, mode) -- a failure is reported in the facts
   return core.facts(conf, mode)
 end
 
@@ -425,15 +433,8 @@ end
 function M.credentials_source(conf, mode)
   check("credentials_source", 1, conf, "table", true)
   check("credentials_source", 2, mode, "string", true)
-  if yieldable() then
-    local job, bound_ms = core.fetch_start(conf, mode)
-    if job then
-      local ok, err = fetched(job, bound_ms)
-      if not ok then return nil, err end
-    elseif bound_ms then
-      return nil, bound_ms -- the conf's error
-    end
-  end
+  local ok, err = prefetch(conf, mode)
+  if not ok then return nil, err end
   return core.credentials_source(conf, mode)
 end
 
@@ -470,21 +471,13 @@ local function check_fields(fname, t, ...)
   end
 end
 
--- Fetches credentials first where a call can yield, so that the token
--- call after it finds them cached and does not block the worker.
-local function credentials_ready()
-  if not yieldable() then return true end
-  local job, bound_ms = core.fetch_start(nil)
-  if not job then return true end
-  return fetched(job, bound_ms)
-end
 
 --- token, err, expires_at = rds.elasticache_token{cache_name=, user=, endpoint=?,
 ---   region=?, serverless=?, service=?}
 function M.elasticache_token(req)
   check("elasticache_token", 1, req, "table")
   check_fields("elasticache_token", req, REQUEST_FIELDS.elasticache)
-  local ok, err = credentials_ready()
+  local ok, err = prefetch()
   if not ok then return nil, err end
   return core.elasticache_token(req)
 end
@@ -493,7 +486,7 @@ end
 function M.dsql_token(req)
   check("dsql_token", 1, req, "table")
   check_fields("dsql_token", req, REQUEST_FIELDS.dsql)
-  local ok, err = credentials_ready()
+  local ok, err = prefetch()
   if not ok then return nil, err end
   return core.dsql_token(req)
 end
