@@ -76,6 +76,12 @@ pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../data/rds-ca-bundle.pem");
 /// `lua_ssl_trusted_certificate`; an error when it is missing or differs
 /// from the bundle this build embeds.
 pub fn rds_ca_bundle_path() -> Result<std::path::PathBuf> {
+    // Checked once per process: kong_rds_iam.kong asks on every pgmoon_options.
+    static FOUND: once_cell::sync::OnceCell<std::path::PathBuf> = once_cell::sync::OnceCell::new();
+    FOUND.get_or_try_init(installed_rds_ca_bundle).cloned()
+}
+
+fn installed_rds_ca_bundle() -> Result<std::path::PathBuf> {
     let Some(library) = crate::process::library_path() else {
         return Err(tls_error("cannot tell where the module was loaded from".into()));
     };

@@ -54,6 +54,7 @@ end
 
 -- Warnings the core recorded (src/warn.rs: each kind once per process,
 -- never a secret): to nginx's error log at WARN inside nginx, else stderr.
+-- Only opening a connection records any, so connect() prints them.
 local take_warnings = core.take_warnings
 local ngx_log, NGX_WARN = ngx and ngx.log, ngx and ngx.WARN
 local function print_warnings()
@@ -203,7 +204,6 @@ function M.token(conf, mode)
       end
     end
   end
-  print_warnings()
   if not token then
     memo[conf] = nil
     return nil, err
