@@ -528,9 +528,10 @@ function M.iw_query(sleep)
            ms = (now() - t0) * 1000, phase = ngx.get_phase() }
 end
 
--- A connection opened in content (yielding), kept for other requests and phases.
-function M.store_open()
-  local c, err = rds.connect(confs.pw)
+-- A connection opened in content (yielding), kept for other requests and
+-- phases: with pg_cosocket off (`thread`), else over a cosocket.
+function M.store_open(thread)
+  local c, err = rds.connect(thread and confs.pw_thread or confs.pw)
   if not c then return { ok = false, err = err } end
   local res, qerr = query(c, "select pg_backend_pid() as bp")
   M.stored, M.stored_backend, M.stored_results = c, res and res[1].bp, {}
@@ -553,6 +554,13 @@ function M.stored_query(label)
   return r
 end
 
+-- keepalive() of the stored connection from another request.
+function M.store_keepalive()
+  local ok, err = M.stored:keepalive()
+  local res, qerr = M.stored:query("select 1 as one")
+  return { ok = ok, err = err, after = res ~= nil, after_err = qerr, str = tostring(M.stored) }
+end
+
 function M.store_results()
   local after = M.stored_query("content_after")
   local closed, cerr = M.stored:close()
@@ -569,7 +577,7 @@ function M.set_phase()
 end
 
 function M.phases_content(set_result)
-  local c, err = rds.connect(confs.pw)
+  local c, err = rds.connect(confs.pw_thread)
   ngx.ctx.conn = c
   M.phases = { set = set_result, content = { ok = c ~= nil, err = err, phase = ngx.get_phase() } }
   ngx.say("ok")
@@ -691,7 +699,7 @@ end
 
 -- A query the client abandons (lua_check_client_abort on).
 function M.abandon(tag)
-  local c, err = rds.connect(confs.pw)
+  local c, err = rds.connect(confs.pw_thread)
   if not c then return M.reply { ok = false, err = err } end
   local res, qerr = query(c, ("select /* %s */ pg_sleep(10) as s"):format(tag_of(tag)))
   M.abandon_returned = { tag = tag, ok = res ~= nil, err = qerr }  -- only if the handler runs on
@@ -702,7 +710,7 @@ end
 -- A cosocket wait that times out: a query's wait is bounded by pg_timeout
 -- plus 2 s for the cancel, plus the slack: 1000 + 2000 - 2800 = 200 ms.
 function M.slack(tag)
-  local c, err = rds.connect(copy(confs.pw, { pg_timeout = 1000 }))
+  local c, err = rds.connect(copy(confs.pw_thread, { pg_timeout = 1000 }))
   if not c then return { ok = false, err = err } end
   local old = rds._wait_slack_ms
   rds._wait_slack_ms = -2800
@@ -736,8 +744,13 @@ return {
           pg_iam_auth = true, pg_iam_auth_region = "us-east-1", pg_ssl_verify = true, pg_ssl_cafile = %q },
   pw = { pg_host = "127.0.0.1", pg_port = %d, pg_user = "pw_scram", pg_password = %q, pg_database = %q,
          pg_timeout = 5000, pg_ssl = true, pg_ssl_required = true, pg_ssl_verify = true, pg_ssl_cafile = %q },
+  -- the I/O thread owns the socket: usable across requests and phases
+  pw_thread = { pg_host = "127.0.0.1", pg_port = %d, pg_user = "pw_scram", pg_password = %q, pg_database = %q,
+         pg_timeout = 5000, pg_ssl = true, pg_ssl_required = true, pg_ssl_verify = true, pg_ssl_cafile = %q,
+         pg_cosocket = false },
 }
-]]):format(e.port, e.iam_users[1], e.db, e.ca, e.port, e.users.pw_scram, e.db, e.ca)
+]]):format(e.port, e.iam_users[1], e.db, e.ca, e.port, e.users.pw_scram, e.db, e.ca,
+           e.port, e.users.pw_scram, e.db, e.ca)
 end
 
 -- http-context directives. o.probe: the 5 ms stall probe; o.iw_conn: a
@@ -789,7 +802,8 @@ local SERVER = [[
       nb.reply({ result = nb.timer_result, nop_timer = nb.nop_timer_result }) } }
     location = /iw_info { content_by_lua_block { local nb = require "nb"; nb.reply({ iw = nb.iw }) } }
     location = /iw_query { content_by_lua_block { local nb = require "nb"; nb.reply(nb.iw_query(ngx.var.arg_s)) } }
-    location = /store_open { content_by_lua_block { local nb = require "nb"; nb.reply(nb.store_open()) } }
+    location = /store_open { content_by_lua_block { local nb = require "nb"; nb.reply(nb.store_open(ngx.var.arg_thread == "1")) } }
+    location = /store_keepalive { content_by_lua_block { local nb = require "nb"; nb.reply(nb.store_keepalive()) } }
     location = /store_use {
       content_by_lua_block { ngx.say("used") }
       header_filter_by_lua_block { require("nb").stored_query("header_filter") }
@@ -961,8 +975,33 @@ describe("non-blocking calls in OpenResty", function()
       assert.equal(iw.backend, q.backend)
     end)
 
-    it("a connection opened in content (yielding) queries in header_filter and log (blocking) and again in content", function()
+    it("over a cosocket (the default) a connection answers nil, err outside its request, as cosockets cannot be used there", function()
       local o = get_json(n, "/store_open")
+      assert.is_true(o.ok, cjson.encode(o))
+      local status, body = n:get("/store_use")
+      assert.equal(200, status, body)
+      local r = get_json(n, "/store_results")
+      local hf, log = r.results.header_filter, r.results.log
+      assert(hf and log, cjson.encode(r))
+      for _, p in ipairs { hf, log, r.after } do
+        assert.is_nil(p.raised, cjson.encode(p))
+        assert.is_nil(p.ok, cjson.encode(p))
+        assert.matches("cosocket, which cannot be used here", p.err, 1, true)
+      end
+      -- keepalive from another request closes it instead: nginx could not
+      -- pool its cosocket from there
+      o = get_json(n, "/store_open")
+      assert.is_true(o.ok, cjson.encode(o))
+      local k = get_json(n, "/store_keepalive")
+      assert.is_nil(k.ok, cjson.encode(k))
+      assert.matches("cosocket, which cannot be used here", k.err, 1, true)
+      assert.equal("closed", k.after_err, cjson.encode(k))
+      assert.matches("(closed)", k.str, 1, true)
+      assert_clean_log(n)
+    end)
+
+    it("with pg_cosocket off a connection opened in content (yielding) queries in header_filter and log (blocking) and again in content", function()
+      local o = get_json(n, "/store_open?thread=1")
       assert.is_true(o.ok, cjson.encode(o))
       assert.equal("content", o.phase)
       local status, body = n:get("/store_use")
@@ -995,7 +1034,7 @@ describe("non-blocking calls in OpenResty", function()
       assert.is_true(r.token, cjson.encode(r))
     end)
 
-    it("calls that cannot yield block instead of failing: set_by_lua, header_filter, body_filter, log", function()
+    it("calls that cannot yield block instead of failing: set_by_lua, header_filter, body_filter, log (pg_cosocket off)", function()
       local status, body = n:get("/phases")
       assert.equal(200, status, body)
       local r = get_json(n, "/phases_result")
@@ -1200,7 +1239,7 @@ describe("non-blocking calls in OpenResty", function()
         "PostgreSQL did not log the cancellation of " .. tag)
     end
 
-    it("a client that disconnects mid-query leaves no job and no backend behind", function()
+    it("a client that disconnects mid-query leaves no job and no backend behind (pg_cosocket off)", function()
       local tag = unique_tag("abort")
       local c = socket.tcp()
       c:settimeout(5)
@@ -1221,7 +1260,7 @@ describe("non-blocking calls in OpenResty", function()
       assert_cycle(get_json(n, "/q?who=pw"), "pw_scram", "after the abort")
     end)
 
-    it("a cosocket wait that times out (_wait_slack_ms = -2800, pg_timeout 1000) returns and leaves nothing behind", function()
+    it("a wake cosocket wait that times out (_wait_slack_ms = -2800, pg_timeout 1000, pg_cosocket off) returns and leaves nothing behind", function()
       local tag = unique_tag("slack")
       local r = get_json(n, "/slack?tag=" .. tag)
       measured.slack_wait_ms = r.ms

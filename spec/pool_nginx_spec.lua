@@ -371,6 +371,24 @@ function M.cycle(key, sleep)
   return out
 end
 
+-- `n` pooled cycles (connect, query, keepalive) of conf `key`, and how many
+-- jobs went to the I/O thread meanwhile.
+function M.job_cycles(key, n)
+  local conf = confs[key]
+  local warm = M.cycle(key, 0)
+  local before = rds.stats().jobs_submitted
+  local reused, ok = 0, 0
+  for _ = 1, tonumber(n) do
+    local r = M.cycle(key, 0)
+    if r.ok and r.keepalive then ok = ok + 1 end
+    if (r.reused or 0) > 0 then reused = reused + 1 end
+  end
+  local c = assert(rds.connect(conf))
+  local cosocket = c:_is_cosocket()
+  c:keepalive()
+  return { warm = warm, jobs = rds.stats().jobs_submitted - before, ok = ok, reused = reused, cosocket = cosocket }
+end
+
 -- In init_by_lua (the master): connect, keepalive, what the pool says.
 function M.in_master()
   local conf = confs.master
@@ -525,6 +543,8 @@ local function pnconf_lua(e)
     master = merge(pw, { pg_schema = "pn_master" }),
     reap = merge(pw, { pg_schema = "pn_reap" }),
     txn = merge(pw, { pg_schema = "pn_txn" }),
+    jobs = merge(pw, { pg_schema = "pn_jobs" }),
+    jobs_thread = merge(pw, { pg_schema = "pn_jobs", pg_cosocket = false }),
     soak = merge(pw, { pg_pool_size = SOAK_POOL_SIZE, pg_backlog = SOAK_BACKLOG }),
   }
   -- cjson writes the table; Lua reads it back
@@ -543,6 +563,8 @@ init_by_lua_block {
 local SERVER = [[
     location = /stats { content_by_lua_block { local pn = require "pn"; pn.reply(pn.stats()) } }
     location = /kong_like { content_by_lua_block { local pn = require "pn"; pn.reply(pn.kong_like(ngx.var.arg_who)) } }
+    location = /job_cycles { content_by_lua_block { local pn = require "pn"
+      pn.reply(pn.job_cycles(ngx.var.arg_key, ngx.var.arg_n)) } }
     location = /cycle { content_by_lua_block { local pn = require "pn"
       pn.reply(pn.cycle(ngx.var.arg_key, ngx.var.arg_s)) } }
     location = /init_result { content_by_lua_block { local pn = require "pn"
@@ -653,6 +675,19 @@ describe("the keep-alive pool in nginx", function()
         end
       end)
     end
+
+    it("a pooled connect, query and keepalive over a cosocket hand nothing to the I/O thread (pg_cosocket off: one job per query)", function()
+      -- over a cosocket no job; the negative control, the I/O thread's
+      -- socket (pg_cosocket off): a job per query
+      for _, case in ipairs { { key = "jobs", cosocket = true, jobs = 0 }, { key = "jobs_thread", cosocket = false, jobs = 20 } } do
+        local r = get_json(n, "/job_cycles?n=20&key=" .. case.key)
+        assert.is_true(r.warm.ok, cjson.encode(r))
+        assert.equal(case.cosocket, r.cosocket, cjson.encode(r))
+        assert.equal(20, r.ok, cjson.encode(r))
+        assert.equal(20, r.reused, cjson.encode(r))
+        assert.equal(case.jobs, r.jobs, cjson.encode(r))
+      end
+    end)
 
     it("backlog: 6 concurrent requests with pg_pool_size = 2, pg_backlog = 5 wait (yielding) and reuse 2 connections", function()
       local paths = {}

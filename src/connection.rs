@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::conf::{ConnectConf, PoolConf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::jobs::{self, Abandon, First};
+use crate::pg::pipe::{self as pg_pipe, PipeEnd};
 use crate::pg::{self, QueryFailure, QueryOutput};
 use crate::pool::{self, Checkout, Idle, Lease};
 use crate::{credentials, process, rate, token};
@@ -37,6 +38,19 @@ pub struct Handle {
     not_reusable: Option<String>,
     /// The escaping session last seen, for escapes while a query runs.
     last_session: pg::escape::Session,
+    /// Lua's end of the pipe, for a connection over a cosocket.
+    pipe: Option<PipeEnd>,
+    /// What runs over the cosocket now, if anything.
+    piped: Option<Piped>,
+    /// Whether it counts in `stats::OPEN_HANDLES` (until it gives its
+    /// connection up, or is dropped).
+    counted: bool,
+}
+
+/// An exchange in progress over a cosocket.
+enum Piped {
+    Query(pg::QueryRun),
+    Notification,
 }
 
 // The connection is held inline: a handle is made once per connection and
@@ -114,7 +128,7 @@ impl Handle {
     /// I/O, when there is one (the yielding path tries this before it hands
     /// a connect to the I/O thread).
     pub fn from_pool(conf: &ConnectConf) -> Option<Handle> {
-        let (idle, lease) = pool::take_idle(pool::Key::of(conf))?;
+        let (idle, lease) = pool::take_idle(Arc::new(pool::Key::of(conf)))?;
         Some(Handle::reused(idle, lease, conf))
     }
 
@@ -130,6 +144,9 @@ impl Handle {
         let last_session = conn.escape_session().unwrap_or_default();
         crate::stats::bump(&crate::stats::OPEN_HANDLES);
         Handle {
+            pipe: conn.pipe(),
+            piped: None,
+            counted: true,
             last_session,
             state: State::Open(conn),
             owner: process::generation(),
@@ -164,6 +181,9 @@ impl Handle {
     /// instead, which is not an error; one in a transaction, or one that saw
     /// a shutdown or failover error, is closed and the error says why.
     pub fn keepalive(&mut self, max_idle: Option<Duration>, size: Option<usize>, in_master: bool) -> Result<()> {
+        if self.piped.is_some() {
+            return Err(Error::busy());
+        }
         let conn = self.take_open()?;
         let lease = self.lease.take();
         if self.owner != process::generation() {
@@ -171,7 +191,11 @@ impl Handle {
             return Ok(());
         }
         let (Some(lease), None, false) = (lease, &self.not_reusable, in_master) else {
-            process::block_on_timeout(self.timeout, conn.close())?;
+            if conn.pipe().is_some() {
+                conn.close_piped();
+            } else {
+                process::block_on_timeout(self.timeout, conn.close())?;
+            }
             return match self.not_reusable.take() {
                 Some(why) => Err(Error::new(ErrorKind::Closed, format!("connection closed instead of kept alive: {why}"))),
                 None => Ok(()),
@@ -179,13 +203,34 @@ impl Handle {
         };
         let max_idle = max_idle.unwrap_or(self.pool.keepalive_timeout);
         let size = size.unwrap_or(self.pool.size);
-        process::block_on(pool::put_back(lease, conn, self.reused, self.retire_at, max_idle, size))?
+        let piped = conn.pipe().is_some();
+        let returning = pool::Returning { lease, conn, reused: self.reused, retire_at: self.retire_at, max_idle, size };
+        if piped {
+            // Nothing to wait for: goodbyes to evicted ones wait in their pipes
+            // (their cosockets close with nginx's keep-alive timeout).
+            let (outcome, to_close) = pool::put_back_now(returning);
+            let mine = to_close.iter().position(|idle| idle.conn.pipe().map(|p| p.id()) == self.pipe.as_ref().map(|p| p.id()));
+            for (i, idle) in to_close.into_iter().enumerate() {
+                if Some(i) == mine {
+                    // This very connection (dubious or expired): its Terminate
+                    // goes out through this handle's pipe.
+                    idle.conn.close_piped();
+                } else {
+                    drop(idle);
+                }
+            }
+            return outcome;
+        }
+        process::block_on(pool::put_back(returning))?
     }
 
     /// The open connection, taken out (the handle is closed after this).
     fn take_open(&mut self) -> Result<pg::Connection> {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Open(conn) => Ok(conn),
+            State::Open(conn) => {
+                self.uncount();
+                Ok(conn)
+            }
             State::Busy => {
                 self.state = State::Busy;
                 Err(Error::busy())
@@ -220,6 +265,7 @@ impl Handle {
         abandon: Arc<Abandon>,
     ) -> std::result::Result<impl Future<Output = QueryDone> + Send + 'static, QueryFailure> {
         self.check_owner().map_err(failure)?;
+        self.check_not_piped().map_err(failure)?;
         let mut conn = match std::mem::replace(&mut self.state, State::Busy) {
             State::Open(conn) => conn,
             other => {
@@ -262,6 +308,7 @@ impl Handle {
         abandon: Arc<Abandon>,
     ) -> Result<impl Future<Output = (Option<pg::Connection>, Result<pg::Notification>)> + Send + 'static> {
         self.check_owner()?;
+        self.check_not_piped()?;
         let mut conn = match std::mem::replace(&mut self.state, State::Busy) {
             State::Open(conn) => conn,
             other => {
@@ -347,8 +394,16 @@ impl Handle {
     /// Closes the connection; a second close says `closed`, a close while a
     /// query runs `connection busy`.
     pub fn close(&mut self) -> Result<()> {
+        if self.piped.is_some() {
+            return Err(Error::busy());
+        }
         let conn = self.take_open()?;
         self.lease = None;
+        if conn.pipe().is_some() {
+            // Terminate waits in the pipe; whoever holds the cosocket sends it.
+            conn.close_piped();
+            return Ok(());
+        }
         if self.owner != process::generation() {
             // Inherited across fork: close our descriptor, leave the parent's session alone.
             conn.abandon();
@@ -395,6 +450,16 @@ impl Handle {
         matches!(&self.state, State::Open(conn) if conn.is_tls())
     }
 
+    fn check_not_piped(&self) -> Result<()> {
+        if self.pipe.is_some() && self.is_open() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "this connection runs over an nginx cosocket: use it in the request (or timer) that opened it, where cosockets work",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_owner(&self) -> Result<()> {
         if self.owner != process::generation() {
             return Err(Error::new(
@@ -403,6 +468,325 @@ impl Handle {
             ));
         }
         Ok(())
+    }
+}
+
+/// What Lua needs to open a new connection over a cosocket: the lease, the
+/// addresses to try, and the password (or a token) to log in with.
+pub struct Opening {
+    conf: ConnectConf,
+    lease: Lease,
+    /// Resolved now, for every new physical connection (no DNS cache).
+    addresses: Vec<std::net::SocketAddr>,
+    password: Option<String>,
+    /// Whether a refused login may be retried once with a fresh token (the
+    /// token came from the cache).
+    may_retry: bool,
+    /// The pipe the login will run through.
+    pipe: (pg_pipe::PipeIo, PipeEnd),
+}
+
+/// What preparing a connection over a cosocket found.
+#[allow(clippy::large_enum_variant)]
+pub enum Prepared {
+    /// An idle pooled connection came back while waiting (`pg_backlog`).
+    Reuse(Handle),
+    /// Open a new one.
+    Open(Opening),
+}
+
+/// A login running over a cosocket (see [`Opening::begin`]).
+pub struct Connecting {
+    future: std::pin::Pin<Box<dyn Future<Output = Result<pg::Connection>> + Send>>,
+    pipe: PipeEnd,
+    /// `None` once the login is over.
+    rest: Option<(ConnectConf, Lease, bool)>,
+}
+
+/// Where a login over a cosocket stands after [`Connecting::step`].
+pub enum Progress {
+    /// Send what [`Connecting::output`] gives, receive, step again.
+    More,
+    /// Logged in.
+    Done(Handle),
+    /// The server refused a token from the cache: open a new cosocket and
+    /// prepare again with [`Handle::prepare_retry`] (once).
+    Retry(ConnectConf, Lease),
+    /// Failed.
+    Failed(Error),
+}
+
+impl Handle {
+    /// An idle pooled connection over a cosocket for `conf` (whose pool key
+    /// is `key`, [`pool::Key::piped`]), taken at once.
+    pub fn piped_from_pool(conf: &ConnectConf, key: &Arc<pool::Key>) -> Option<Handle> {
+        let (idle, lease) = pool::take_idle(key.clone())?;
+        Some(Handle::reused(idle, lease, conf))
+    }
+
+    /// The nginx keep-alive pool that holds this connection's cosocket while
+    /// it is idle, and the server address to give cosocket connect.
+    pub fn cosocket_pool(&self) -> Option<(String, std::net::SocketAddr)> {
+        let pipe = self.pipe.as_ref()?;
+        let State::Open(conn) = &self.state else { return None };
+        Some((pool_name(pipe), conn.cancel_token().addr()))
+    }
+
+    /// The job that prepares a new connection over a cosocket: checkout
+    /// (waiting for the backlog), the rate guard, the token, the server's
+    /// addresses. Each step gets `pg_timeout`.
+    pub async fn prepare_job(conf: ConnectConf) -> Result<Prepared> {
+        let timeout = conf.endpoint.timeout;
+        let lease = match pool::checkout(pool::Key::piped(&conf), &conf.pool, true, timeout).await? {
+            Checkout::Reuse(idle, lease) => return Ok(Prepared::Reuse(Handle::reused(idle, lease, &conf))),
+            Checkout::Open(lease) => lease,
+        };
+        Self::preparing(conf, lease, false).await.map(Prepared::Open)
+    }
+
+    /// After [`Progress::Retry`]: drops the refused token, refreshes the
+    /// credentials and prepares once more under the same lease.
+    pub fn prepare_retry(conf: ConnectConf, lease: Lease) -> impl Future<Output = Result<Prepared>> + Send + 'static {
+        token::forget(&conf.endpoint);
+        credentials::invalidate(conf.endpoint.assume_role.as_ref());
+        async move { Self::preparing(conf, lease, true).await.map(Prepared::Open) }
+    }
+
+    async fn preparing(conf: ConnectConf, lease: Lease, retried: bool) -> Result<Opening> {
+        let (host, port) = (conf.address.host.as_str(), conf.address.port);
+        let addresses = tokio::time::timeout(conf.endpoint.timeout, crate::net::resolve(host, port))
+            .await
+            .map_err(|_| connect_timeout(&conf))?
+            .map_err(|e| Error::new(ErrorKind::Io, format!("could not connect to {host}:{port}: {e}")))?;
+        let (password, may_retry) = if conf.auth.is_iam() {
+            let started = std::time::SystemTime::now();
+            rate_guard(&conf).await?;
+            let token = token::issue_async(&conf.endpoint).await?;
+            (Some(token.token.clone()), !retried && token.signed_at < started)
+        } else {
+            (conf.auth.password().map(str::to_owned), false)
+        };
+        let (io, end) = pg_pipe::new();
+        Ok(Opening { conf, lease, addresses, password, may_retry, pipe: (io, end) })
+    }
+
+    /// Starts a query over this connection's cosocket: the bytes to send.
+    pub fn query_piped_start(&mut self, sql: &[u8]) -> std::result::Result<bytes::BytesMut, QueryFailure> {
+        let pipe = self.piped_ready().map_err(failure)?;
+        let State::Open(conn) = &mut self.state else { return Err(failure(Error::closed())) };
+        let run = conn.query_piped_start(sql)?;
+        self.piped = Some(Piped::Query(run));
+        Ok(pipe.take_output())
+    }
+
+    /// Goes on with the query with `data` the cosocket received (`None`:
+    /// the server closed it): its outcome once it is over, and the bytes to
+    /// send (a reply the server asked for).
+    pub fn query_piped_feed(&mut self, data: Option<&[u8]>) -> (Option<std::result::Result<QueryOutput, QueryFailure>>, bytes::BytesMut) {
+        let (Some(pipe), State::Open(conn), Some(Piped::Query(run))) = (&self.pipe, &mut self.state, &mut self.piped) else {
+            return (Some(Err(failure(Error::closed()))), bytes::BytesMut::new());
+        };
+        match data {
+            Some(data) => pipe.feed(data),
+            None => pipe.close_input(),
+        }
+        let outcome = conn.query_piped_feed(run);
+        let output = pipe.take_output();
+        let Some(outcome) = outcome else { return (None, output) };
+        self.piped = None;
+        let usable = match &outcome {
+            Ok(_) => true,
+            Err(f) => f.error.leaves_session_usable(),
+        };
+        if usable {
+            let State::Open(conn) = &self.state else { unreachable_closed() };
+            self.last_session = conn.escape_session().unwrap_or(self.last_session);
+        } else {
+            self.state = State::Closed;
+            self.lease = None;
+        }
+        if let Err(f) = &outcome {
+            if let Some(state) = f.error.sqlstate().filter(|s| NOT_REUSABLE.contains(s)) {
+                self.not_reusable = Some(format!("the server reported {state} ({})", f.error.message()));
+            }
+        }
+        (Some(outcome), output)
+    }
+
+    /// Starts waiting for a notification over the cosocket.
+    pub fn notification_piped_start(&mut self) -> Result<()> {
+        self.piped_ready()?;
+        self.piped = Some(Piped::Notification);
+        Ok(())
+    }
+
+    /// Goes on waiting with `data` (`None`: the server closed the
+    /// cosocket): the notification once there is one.
+    pub fn notification_piped_feed(&mut self, data: Option<&[u8]>) -> Option<Result<pg::Notification>> {
+        let (Some(pipe), State::Open(conn), Some(Piped::Notification)) = (&self.pipe, &mut self.state, &self.piped) else {
+            return Some(Err(Error::closed()));
+        };
+        match data {
+            Some(data) => pipe.feed(data),
+            None => pipe.close_input(),
+        }
+        let outcome = conn.notification_piped_feed()?;
+        self.piped = None;
+        if outcome.is_err() {
+            self.state = State::Closed;
+            self.lease = None;
+        }
+        Some(outcome)
+    }
+
+    /// The cosocket timed out or failed during an exchange. A query is
+    /// cancelled (from the I/O thread, when this process has one) and the
+    /// connection closed, since its state is unknown; a notification wait
+    /// that timed out (`keep`) leaves it usable, since nothing was sent.
+    pub fn piped_stop(&mut self, keep: bool) {
+        match self.piped.take() {
+            Some(Piped::Notification) if keep => return,
+            Some(Piped::Query(_)) => self.cancel_piped(),
+            _ => {}
+        }
+        self.state = State::Closed;
+        self.lease = None;
+        self.uncount();
+    }
+
+    /// No longer counted as open: a closed or kept-alive handle holds no
+    /// session, however long the collector leaves it around.
+    fn uncount(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            crate::stats::OPEN_HANDLES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the statement running over the cosocket: from the I/O thread
+    /// when this process has one, else here (bounded: best effort).
+    fn cancel_piped(&self) {
+        let State::Open(conn) = &self.state else { return };
+        let cancel = conn.cancel_token();
+        if !process::spawn_background(async move { cancel.cancel().await }) && !crate::io_thread::is_current() {
+            let _ = process::block_on(cancel.cancel());
+        }
+    }
+
+    /// The pipe, when this connection runs over a cosocket and nothing runs
+    /// on it.
+    fn piped_ready(&self) -> Result<PipeEnd> {
+        self.check_owner()?;
+        if self.piped.is_some() {
+            return Err(Error::busy());
+        }
+        match (&self.pipe, &self.state) {
+            (Some(pipe), State::Open(_)) => Ok(pipe.clone()),
+            (None, State::Open(_)) => Err(Error::new(ErrorKind::Runtime, "internal error: not a cosocket connection")),
+            _ => Err(Error::closed()),
+        }
+    }
+
+    /// Bytes waiting to be sent over the cosocket (a Terminate after close).
+    pub fn piped_output(&self) -> Option<bytes::BytesMut> {
+        self.pipe.as_ref().map(PipeEnd::take_output).filter(|b| !b.is_empty())
+    }
+
+    /// Whether this connection runs over a cosocket.
+    pub fn is_piped(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// The idle timeout `keepalive(max_idle)` applies (for the cosocket's
+    /// own keep-alive), in ms; 0: none.
+    pub fn keepalive_ms(&self, max_idle: Option<Duration>) -> u64 {
+        max_idle.unwrap_or(self.pool.keepalive_timeout).as_millis() as u64
+    }
+
+    /// The timeout of each exchange, in ms.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout.as_millis() as u64
+    }
+}
+
+/// The nginx keep-alive pool of a pipe's cosocket: one per physical
+/// connection, so that a checkout gets that very socket back.
+fn pool_name(pipe: &PipeEnd) -> String {
+    pipe.name().to_owned()
+}
+
+fn unreachable_closed() -> ! {
+    unreachable!("state checked open above")
+}
+
+impl Opening {
+    /// The addresses to connect the cosocket to, in order.
+    pub fn addresses(&self) -> &[std::net::SocketAddr] {
+        &self.addresses
+    }
+
+    /// The timeout of each step, in ms.
+    pub fn timeout_ms(&self) -> u64 {
+        self.conf.endpoint.timeout.as_millis() as u64
+    }
+
+    /// The nginx keep-alive pool the cosocket goes to: connect it with this
+    /// name, so that its later `setkeepalive` and checkouts find it.
+    pub fn pool_name(&self) -> String {
+        pool_name(&self.pipe.1)
+    }
+
+    /// `host:port` as configured, for messages.
+    pub fn target(&self) -> String {
+        self.conf.address.to_string()
+    }
+
+    /// Starts the login over a cosocket Lua connected to `addr`.
+    pub fn begin(self, addr: std::net::SocketAddr) -> Connecting {
+        let Opening { conf, lease, password, may_retry, pipe: (io, end), .. } = self;
+        let login_conf = conf.clone();
+        let future = Box::pin(async move { pg::connect_piped(io, addr, &login_conf, password.as_deref()).await });
+        Connecting { future, pipe: end, rest: Some((conf, lease, may_retry)) }
+    }
+}
+
+impl Connecting {
+    /// Goes on with the login: `data` received (`None` at first, and
+    /// `Some(empty)` never), or the cosocket closed (`closed`).
+    pub fn step(&mut self, data: Option<&[u8]>, closed: bool) -> Progress {
+        if self.rest.is_none() {
+            return Progress::Failed(Error::closed());
+        }
+        if let Some(data) = data {
+            self.pipe.feed(data);
+        }
+        if closed {
+            self.pipe.close_input();
+        }
+        let std::task::Poll::Ready(outcome) = pg_pipe::poll_now(self.future.as_mut()) else { return Progress::More };
+        let Some((conf, lease, may_retry)) = self.rest.take() else { return Progress::Failed(Error::closed()) };
+        match outcome.inspect_err(count_refusal) {
+            Ok(conn) => {
+                if conf.auth.is_iam() {
+                    crate::stats::bump(&crate::stats::IAM_AUTH_OK);
+                }
+                Progress::Done(Handle::new(conn, &conf, lease))
+            }
+            Err(e) if may_retry && refused(&e) => Progress::Retry(conf, lease),
+            Err(e) => Progress::Failed(e),
+        }
+    }
+
+    /// The bytes to send now.
+    pub fn output(&self) -> bytes::BytesMut {
+        self.pipe.take_output()
+    }
+
+    /// The login timed out: it ends here.
+    pub fn timed_out(&mut self) -> Error {
+        match self.rest.take() {
+            Some((conf, _, _)) => connect_timeout(&conf),
+            None => Error::closed(),
+        }
     }
 }
 
@@ -457,7 +841,15 @@ fn connect_timeout(conf: &ConnectConf) -> Error {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        crate::stats::OPEN_HANDLES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.uncount();
+        // Collected mid-query over a cosocket (its request was aborted): the
+        // cosocket is gone with the request; stop the statement too.
+        if matches!(self.piped, Some(Piped::Query(_))) && self.owner == process::generation() {
+            if let State::Open(conn) = &self.state {
+                let cancel = conn.cancel_token();
+                process::spawn_background(async move { cancel.cancel().await });
+            }
+        }
         if self.owner != process::generation() {
             if let State::Open(conn) = std::mem::replace(&mut self.state, State::Closed) {
                 conn.abandon();

@@ -115,6 +115,7 @@ where
     F: Future<Output = T> + Send + 'static,
 {
     let job: Job = Box::pin(async move { Box::new(future.await) as Output });
+    crate::stats::bump(&crate::stats::JOBS_SUBMITTED);
     let mut t = table()?;
     t.next += 1;
     let id = t.next;

@@ -24,8 +24,11 @@ use crate::pg;
 use crate::process;
 
 /// What makes two connections interchangeable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
+    /// The hash of the fields below, computed once: a checkout and a
+    /// keepalive each look the key up, and it is mostly strings.
+    hash: u64,
     host: String,
     port: u16,
     /// The signing host:port (differs from host:port with pg_iam_auth_host).
@@ -36,12 +39,41 @@ pub struct Key {
     application_name: String,
     tls: TlsConf,
     iam: bool,
+    /// Over an nginx cosocket (see [`crate::pg::pipe`]): usable only where
+    /// cosockets work, so pooled apart from the I/O thread's connections.
+    piped: bool,
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl Key {
+    /// The key of connections opened with `conf` over a cosocket.
+    pub fn piped(conf: &ConnectConf) -> Key {
+        Key { piped: true, ..Key::fields(conf) }.hashed()
+    }
+
     /// The key of connections opened with `conf`.
     pub fn of(conf: &ConnectConf) -> Key {
+        Key::fields(conf).hashed()
+    }
+
+    fn hashed(mut self) -> Key {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        (&self.host, self.port, &self.signed, &self.database, &self.user, &self.schema).hash(&mut h);
+        (&self.application_name, &self.tls, self.iam, self.piped).hash(&mut h);
+        self.hash = h.finish();
+        self
+    }
+
+    fn fields(conf: &ConnectConf) -> Key {
         Key {
+            hash: 0,
             host: conf.address.host.clone(),
             port: conf.address.port,
             signed: (conf.endpoint.host.clone(), conf.endpoint.port),
@@ -51,12 +83,13 @@ impl Key {
             application_name: conf.application_name.clone(),
             tls: conf.tls.clone(),
             iam: conf.auth.is_iam(),
+            piped: false,
         }
     }
 
     /// `user@host:port/database`, with `/schema` when one is set: how
-    /// stats name a pool (keys that differ only in TLS settings or IAM
-    /// share a name, and their figures are summed).
+    /// stats name a pool (keys that differ only in TLS settings, IAM or
+    /// the kind of socket share a name, and their figures are summed).
     pub fn label(&self) -> String {
         match &self.schema {
             None => format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database),
@@ -239,8 +272,7 @@ pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Durati
 /// [`checkout`] would reuse, without waiting for anything (a yielding
 /// caller then needs no hand-off to the I/O thread). Dead or expired idle
 /// connections met on the way are closed in the background.
-pub fn take_idle(key: Key) -> Option<(Idle, Lease)> {
-    let key = Arc::new(key);
+pub fn take_idle(key: Arc<Key>) -> Option<(Idle, Lease)> {
     let mut dead = Vec::new();
     let found = with_slot(&key, |slot| {
         let now = Instant::now();
@@ -264,34 +296,54 @@ pub fn take_idle(key: Key) -> Option<(Idle, Lease)> {
     found.map(|idle| (idle, Lease { key, generation: process::generation() }))
 }
 
-/// Puts `conn` back as idle under its lease's key. A connection that is
-/// in a transaction or holds unread input is closed instead (an error says
-/// why); so is one past `retire_at` (that is not an error). Past `size`
-/// idle connections, the one idle longest is closed.
-pub async fn put_back(
-    lease: Lease,
-    conn: pg::Connection,
-    reused: u32,
-    retire_at: Option<Instant>,
-    max_idle: Duration,
-    size: usize,
-) -> Result<()> {
+/// A connection coming back to the pool.
+pub struct Returning {
+    /// The lease it was handed out under.
+    pub lease: Lease,
+    /// The connection.
+    pub conn: pg::Connection,
+    /// How many times it was handed out before.
+    pub reused: u32,
+    /// Its jittered `pg_max_lifetime` deadline, if any.
+    pub retire_at: Option<Instant>,
+    /// How long it may stay idle (zero: no limit).
+    pub max_idle: Duration,
+    /// How many idle ones its key keeps.
+    pub size: usize,
+}
+
+/// Puts a connection back as idle under its lease's key. A connection that
+/// is in a transaction or holds unread input is closed instead (an error
+/// says why); so is one past `retire_at` (that is not an error). Past
+/// `size` idle connections, the one idle longest is closed.
+pub async fn put_back(returning: Returning) -> Result<()> {
+    let (outcome, to_close) = put_back_now(returning);
+    close_all(to_close).await;
+    outcome
+}
+
+/// [`put_back`] without the goodbyes: the connections to close come back
+/// (the caller closes them; over a cosocket that needs no waiting).
+pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
+    let Returning { lease, conn, reused, retire_at, max_idle, size } = returning;
     let now = Instant::now();
     if !conn.is_idle() {
-        close_all(vec![Idle { conn, reused, retire_at, idle_until: None }]).await;
         count_closed(&lease, 1);
-        return Err(Error::new(ErrorKind::Closed, "connection in dubious state (in a transaction): closed instead of kept alive"));
+        let e = Error::new(ErrorKind::Closed, "connection in dubious state (in a transaction): closed instead of kept alive");
+        return (Err(e), vec![Idle { conn, reused, retire_at, idle_until: None }]);
     }
     if !conn.is_alive() {
         drop(conn);
         count_closed(&lease, 1);
-        return Err(Error::new(ErrorKind::Closed, "connection in dubious state (unread input): closed instead of kept alive"));
+        return (
+            Err(Error::new(ErrorKind::Closed, "connection in dubious state (unread input): closed instead of kept alive")),
+            Vec::new(),
+        );
     }
     let idle = Idle { conn, reused, retire_at, idle_until: (!max_idle.is_zero()).then(|| now + max_idle) };
     if idle.expired(now) {
-        close_all(vec![idle]).await;
         count_closed(&lease, 1);
-        return Ok(());
+        return (Ok(()), vec![idle]);
     }
     let evicted = with_slot(lease.key(), |slot| {
         slot.idle.push(idle);
@@ -300,11 +352,10 @@ pub async fn put_back(
         slot.closed += evicted.len() as u64;
         evicted
     });
-    close_all(evicted).await;
     // The lease drops here: the connection is no longer busy.
     drop(lease);
     reap_in_background();
-    Ok(())
+    (Ok(()), evicted)
 }
 
 fn count_closed(lease: &Lease, n: u64) {

@@ -17,8 +17,12 @@ pub static TOKEN_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
 pub static IAM_AUTH_OK: AtomicU64 = AtomicU64::new(0);
 /// SCRAM logins bound to the server's TLS certificate (SCRAM-SHA-256-PLUS).
 pub static SCRAM_CHANNEL_BOUND: AtomicU64 = AtomicU64::new(0);
-/// Connection handles alive (opened and not yet dropped by Lua's GC).
+/// Connection handles holding a session: opened, and neither closed, kept
+/// alive nor collected by Lua's GC yet.
 pub static OPEN_HANDLES: AtomicU64 = AtomicU64::new(0);
+/// Jobs handed to the I/O thread (a yielding call that could not be done
+/// on the nginx thread itself).
+pub static JOBS_SUBMITTED: AtomicU64 = AtomicU64::new(0);
 
 /// Counters kept by name: credential fetches and failures by source, IAM
 /// logins refused by SQLSTATE, and the last credential error.
@@ -72,6 +76,8 @@ pub struct Snapshot {
     pub open_handles: u64,
     /// See [`SCRAM_CHANNEL_BOUND`].
     pub scram_channel_bound: u64,
+    /// See [`JOBS_SUBMITTED`].
+    pub jobs_submitted: u64,
     /// Credential fetches by source.
     pub credential_fetches: BTreeMap<String, u64>,
     /// Failed credential fetches by source.
@@ -92,6 +98,7 @@ pub fn snapshot() -> Snapshot {
         iam_auth_ok: load(&IAM_AUTH_OK),
         open_handles: load(&OPEN_HANDLES),
         scram_channel_bound: load(&SCRAM_CHANNEL_BOUND),
+        jobs_submitted: load(&JOBS_SUBMITTED),
         credential_fetches: n.fetches.clone(),
         credential_failures: n.fetch_failures.clone(),
         iam_auth_failed: n.iam_auth_failed.clone(),

@@ -48,10 +48,10 @@ local PG_KEYS = {
   "iam_auth_sts_endpoint_url", "iam_auth_host", "iam_auth_port", "iam_auth_ssl_verify",
   "iam_auth_max_rate", "ssl", "ssl_required", "ssl_verify", "ssl_version", "ssl_cert",
   "ssl_cert_key", "ssl_cafile", "keepalive_timeout", "pool_size", "backlog", "max_lifetime",
-  "application_name", "max_concurrent_queries", "semaphore_timeout",
+  "application_name", "max_concurrent_queries", "semaphore_timeout", "cosocket",
 }
 
-local BOOLEAN_KEYS = { "iam_auth", "iam_auth_ssl_verify", "ssl", "ssl_required", "ssl_verify" }
+local BOOLEAN_KEYS = { "iam_auth", "iam_auth_ssl_verify", "ssl", "ssl_required", "ssl_verify", "cosocket" }
 
 --- Kong's defaults for the keys this module reads (kong/templates/kong_defaults.lua),
 --- as kong.conf text. The pg_ro_* keys default to unset (they fall back to pg_*).

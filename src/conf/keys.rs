@@ -63,6 +63,7 @@ pub mod key {
         POOL_SIZE = "pool_size",
         BACKLOG = "backlog",
         MAX_LIFETIME = "max_lifetime",
+        COSOCKET = "cosocket",
         IAM_MAX_RATE = "iam_auth_max_rate",
         APPLICATION_NAME = "application_name",
         REQUIRE_AUTH = "require_auth",

@@ -295,11 +295,15 @@ pub struct PoolConf {
     /// `pg_max_lifetime` (ms): connections older than this (+-10%) are
     /// closed instead of kept alive.
     pub max_lifetime: Option<Duration>,
+    /// `pg_cosocket` (default on): in nginx phases where calls yield, the
+    /// socket is an nginx cosocket (see [`crate::pg::pipe`]); off, the I/O
+    /// thread owns it, and the connection may be used across requests.
+    pub cosocket: bool,
 }
 
 impl Default for PoolConf {
     fn default() -> Self {
-        PoolConf { keepalive_timeout: Duration::from_secs(60), size: 256, backlog: None, max_lifetime: None }
+        PoolConf { keepalive_timeout: Duration::from_secs(60), size: 256, backlog: None, max_lifetime: None, cosocket: true }
     }
 }
 

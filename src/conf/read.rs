@@ -230,6 +230,7 @@ impl<'a> Reader<'a> {
                 None => None,
                 Some((name, v)) => Some(Duration::from_millis(integer(name, v, 1, 86_400_000 * 30)? as u64)),
             },
+            cosocket: self.boolean(key::COSOCKET, true)?,
         };
         let application_name = self.string(key::APPLICATION_NAME, "kong_rds_iam")?;
         if application_name.len() > 63 || application_name.bytes().any(|b| !(0x20..0x7f).contains(&b)) {

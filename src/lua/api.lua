@@ -218,6 +218,62 @@ end
 local Connection = {}
 Connection.__index = Connection
 local HANDLE = {} -- private key of the Rust handle in a connection table
+-- Private key of the cosocket, for a connection opened where calls yield
+-- (pg_cosocket on, the default): nginx's event loop waits on it as on any
+-- cosocket, and the Rust handle keeps the protocol and TLS state, Lua
+-- carrying the bytes (src/pg/pipe.rs). Like every cosocket, it belongs to
+-- the request (or timer) that opened it.
+local SOCK, REQ = {}, {}
+local RECV_MAX = 65536
+-- The request (or timer) a cosocket belongs to: nginx raises if another
+-- one touches it, so the connection checks first.
+local exdata_ok, exdata = pcall(require, "thread.exdata")
+local base_ok, base = pcall(require, "resty.core.base")
+local get_request = (exdata_ok and type(exdata) == "function" and exdata)
+  or (base_ok and type(base) == "table" and base.get_request) or function() return nil end
+local NOT_HERE = "this connection runs over an nginx cosocket, which cannot be used here "
+  .. "(use it in the request or timer that opened it, outside metamethods and iterators)"
+
+-- The cosocket failed (or timed out) during a query: the statement is
+-- cancelled and the connection closed, as its state is unknown.
+local function piped_broken(self, h, sock, err, timeout)
+  h:piped_stop(false)
+  sock:close()
+  self[SOCK] = nil
+  if err == "timeout" then return nil, format("timeout: no result within %d ms", timeout) end
+  return nil, "connection failed: " .. tostring(err)
+end
+
+-- Whether the cosocket of `self` may be used here.
+local function usable_here(self)
+  return yieldable() and self[REQ] == get_request()
+end
+
+local function piped_query(self, h, sock, sql)
+  if not usable_here(self) then return nil, NOT_HERE end
+  local out, err, partial, n, sqlstate, fields = h:piped_query_start(sql)
+  if not out then return nil, err, partial, n, sqlstate, fields end
+  local timeout = h:timeout_ms()
+  sock:settimeout(timeout)
+  local ok, serr = sock:send(out)
+  if not ok then return piped_broken(self, h, sock, serr, timeout) end
+  while true do
+    local data, rerr = sock:receiveany(RECV_MAX)
+    if not data and rerr ~= "closed" then return piped_broken(self, h, sock, rerr, timeout) end
+    local res, a, b, c, d, e = h:piped_query_feed(data)
+    if res ~= false then
+      if res == nil and not h:is_open() then
+        sock:close()
+        self[SOCK] = nil
+      end
+      return res, a, b, c, d, e
+    end
+    if a then
+      ok, serr = sock:send(a)
+      if not ok then return piped_broken(self, h, sock, serr, timeout) end
+    end
+  end
+end
 
 local function handle_of(fname, self)
   if type(self) ~= "table" or getmetatable(self) ~= Connection then
@@ -230,6 +286,8 @@ end
 function Connection.query(self, sql)
   local h = handle_of("query", self)
   check("query", 1, sql, "string")
+  local sock = self[SOCK]
+  if sock then return piped_query(self, h, sock, sql) end
   if not yieldable() then return h:query(sql) end
   local job, bound_ms = h:query_start(sql)
   if not job then return nil, bound_ms end -- busy or closed: nothing was sent
@@ -247,6 +305,32 @@ end
 --- (yielding where calls yield); a timeout leaves the connection usable.
 function Connection.wait_for_notification(self)
   local h = handle_of("wait_for_notification", self)
+  local sock = self[SOCK]
+  if sock then
+    if not usable_here(self) then return nil, NOT_HERE end
+    local ok, err = h:piped_wait_start()
+    if not ok then return nil, err end
+    local timeout = h:timeout_ms()
+    sock:settimeout(timeout)
+    local n, nerr = h:piped_wait_feed("")
+    while n == false do
+      local data, rerr = sock:receiveany(RECV_MAX)
+      if not data and rerr ~= "closed" then
+        -- a timeout leaves the connection usable: nothing was sent
+        h:piped_stop(rerr == "timeout")
+        if rerr == "timeout" then return nil, format("timeout: no notification within %d ms", timeout) end
+        sock:close()
+        self[SOCK] = nil
+        return nil, "connection failed: " .. tostring(rerr)
+      end
+      n, nerr = h:piped_wait_feed(data)
+    end
+    if not n and not h:is_open() then
+      sock:close()
+      self[SOCK] = nil
+    end
+    return n, nerr
+  end
   if not yieldable() then return h:wait_for_notification() end
   local job, bound_ms = h:wait_start()
   if not job then return nil, bound_ms end
@@ -258,14 +342,32 @@ function Connection.wait_for_notification(self)
   return h:wait_finish(job)
 end
 
+-- Closes a connection; over a cosocket, sends the Terminate the handle
+-- left in its pipe (where cosockets work) and closes the cosocket.
+local function close(fname, self)
+  local h = handle_of(fname, self)
+  local ok, err = h:close()
+  local sock = self[SOCK]
+  if ok and sock then
+    self[SOCK] = nil
+    -- elsewhere nginx closes the cosocket when its request ends
+    if usable_here(self) then
+      local out = h:piped_output()
+      if out then sock:send(out) end
+      sock:close()
+    end
+  end
+  return ok, err
+end
+
 --- ok, err = conn:close()
 function Connection.close(self)
-  return handle_of("close", self):close()
+  return close("close", self)
 end
 
 --- ok, err = conn:disconnect()
 function Connection.disconnect(self)
-  return handle_of("disconnect", self):close()
+  return close("disconnect", self)
 end
 
 local function optional_count(fname, n, value, max)
@@ -284,7 +386,29 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   max_idle_ms = optional_count("keepalive", 1, max_idle_ms, 86400000)
   pool_size = optional_count("keepalive", 2, pool_size, 100000)
   if pool_size == 0 then pool_size = nil end
-  return h:keepalive(max_idle_ms, pool_size, get_phase ~= nil and get_phase() == "init")
+  local sock = self[SOCK]
+  if not sock then return h:keepalive(max_idle_ms, pool_size, get_phase ~= nil and get_phase() == "init") end
+  if not usable_here(self) then
+    -- its cosocket cannot go to nginx's pool from here: close instead
+    h:close()
+    self[SOCK] = nil
+    return nil, NOT_HERE
+  end
+  -- The session is pooled in Rust, its socket in nginx's pool of the same
+  -- name (one per physical connection), with the same idle timeout.
+  local ok, idle_or_err, out = h:piped_keepalive(max_idle_ms, pool_size)
+  if not ok and h:is_open() then return nil, idle_or_err end -- busy: nothing changed
+  self[SOCK] = nil
+  if ok and not out then
+    local kept, kerr = sock:setkeepalive(idle_or_err, 1)
+    if not kept then return nil, "cannot keep the cosocket alive: " .. tostring(kerr) end
+    return true
+  end
+  -- closed instead (a Terminate to send), or refused
+  if out then sock:send(out) end
+  sock:close()
+  if ok then return true end
+  return nil, idle_or_err
 end
 Connection.setkeepalive = Connection.keepalive
 
@@ -328,6 +452,13 @@ function Connection._pgmoon_types(self)
   return handle_of("_pgmoon_types", self):pgmoon_types()
 end
 
+--- conn:_is_cosocket(): whether the connection runs over a cosocket
+--- (then it belongs to the request that opened it).
+function Connection._is_cosocket(self)
+  handle_of("_is_cosocket", self)
+  return self[SOCK] ~= nil
+end
+
 function Connection.__tostring(self)
   return tostring(self[HANDLE])
 end
@@ -348,10 +479,144 @@ local function collect_unclosed()
   end
 end
 
-local function connected(h, err, sqlstate)
+local function connected(h, err, sqlstate, sock)
   print_warnings()
   if not h then return nil, err, sqlstate end
-  return setmetatable({ [HANDLE] = h }, Connection)
+  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request() }, Connection)
+end
+
+-- A pooled session's cosocket back from nginx's pool (named after that
+-- physical connection), or nil when nginx closed it meanwhile (the server
+-- closed it while idle): then the session is forgotten.
+local function reclaim(h, name, ip, port, timeout)
+  local sock = socket_tcp()
+  sock:settimeout(timeout)
+  local ok = sock:connect(ip, port, { pool = name })
+  if ok and sock:getreusedtimes() > 0 then return sock end
+  if ok then sock:close() end
+  h:piped_stop(false)
+  return nil
+end
+
+local piped_open
+
+-- Logs in over a new cosocket: `h, sock` or `nil, err, sqlstate`.
+local function login(opening, retried)
+  local timeout = opening:timeout_ms()
+  local name, target = opening:pool_name()
+  local sock, ok, err, i = nil, nil, nil, 1
+  while true do
+    local ip, port = opening:address(i)
+    if not ip then break end
+    sock = socket_tcp()
+    sock:settimeout(timeout)
+    ok, err = sock:connect(ip, port, { pool = name })
+    if ok then break end
+    i = i + 1
+  end
+  if not ok then
+    opening:stop()
+    return nil, format("could not connect to %s: %s", target, tostring(err))
+  end
+  opening:begin(i)
+  local status, out, a, b = opening:step()
+  while true do
+    if out then
+      local sent, serr = sock:send(out)
+      if not sent then
+        sock:close()
+        return nil, opening:stop(serr)
+      end
+    end
+    if status == "done" then return a, sock end
+    if status == "failed" then
+      sock:close()
+      return nil, a, b
+    end
+    if status == "retry" then
+      sock:close()
+      if retried then return nil, "internal error: login retried twice" end
+      local job, bound = opening:retry_start()
+      if not job then return nil, bound end
+      return piped_open(nil, job, bound, true)
+    end
+    local data, rerr = sock:receiveany(RECV_MAX)
+    if not data and rerr ~= "closed" then
+      sock:close()
+      return nil, opening:stop(rerr)
+    end
+    status, out, a, b = opening:step(data, data == nil)
+    if data == nil and status == "more" then
+      sock:close()
+      return nil, opening:stop("closed")
+    end
+  end
+end
+
+-- A new connection over a cosocket: `h, sock` or `nil, err, sqlstate`.
+-- The job prepares it (backlog, rate guard, token, addresses).
+function piped_open(parsed, job, bound, retried)
+  if not job then
+    job, bound = core.piped_prepare_start(parsed)
+    if not job then return nil, bound end
+  end
+  local ok, err = wait(job, bound)
+  if not ok then return nil, err end
+  local kind, a, b, c, d, e = core.piped_prepare_finish(job)
+  if kind == "open" then return login(a, retried) end
+  if kind == "reuse" then -- one came back while we waited (pg_backlog)
+    local sock = reclaim(a, b, c, d, e)
+    if sock then return a, sock end
+    if parsed == nil then return nil, "connection lost while logging in again" end
+    return piped_open(parsed)
+  end
+  return nil, a, b
+end
+
+-- Parsed confs, per conf table: Rust parses a table once (reading its
+-- keys through the C API costs far more than the pooled checkout), and
+-- names every key it read; the parse is reused while each of those keys
+-- holds the same value (a table value by identity), as token()'s memo does.
+local conf_memo = setmetatable({}, { __mode = "k" })
+
+local function parsed_conf(conf, mode)
+  local entry = conf_memo[conf]
+  local proxy = getmetatable(conf) ~= nil
+  if entry and entry.mode == mode then
+    local ok, same
+    if proxy then ok, same = pcall(unchanged, conf, entry.keys, entry.values)
+    else ok, same = true, unchanged(conf, entry.keys, entry.values) end
+    if ok and same then return entry.parsed end
+  end
+  local parsed, keys = core.parse_conf(conf, mode)
+  if not parsed then
+    conf_memo[conf] = nil
+    return nil, keys
+  end
+  local values = {}
+  if proxy then
+    if not pcall(read, conf, keys, values) then return parsed end
+  else
+    read(conf, keys, values)
+  end
+  conf_memo[conf] = { mode = mode, keys = keys, values = values, parsed = parsed }
+  return parsed
+end
+
+-- `h, sock`, `nil, err, sqlstate`, or false when pg_cosocket is off.
+local function piped_connect(conf, mode)
+  local parsed, perr = parsed_conf(conf, mode)
+  if not parsed then return nil, perr end
+  while true do
+    local h, name, ip, port, timeout = core.piped_take(parsed)
+    if h == false then return false end
+    if h == nil then
+      if name ~= nil then return nil, name end
+      return piped_open(parsed)
+    end
+    local sock = reclaim(h, name, ip, port, timeout)
+    if sock then return h, sock end
+  end
 end
 
 --- conn, err, sqlstate = rds.connect(conf, mode)
@@ -361,6 +626,10 @@ function M.connect(conf, mode)
   collect_unclosed()
   local h, err, sqlstate
   if yieldable() then
+    local sock
+    h, sock, sqlstate = piped_connect(conf, mode)
+    if h then return connected(h, nil, nil, sock) end
+    if h == nil then return connected(nil, sock, sqlstate) end
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end
     if type(job) == "userdata" then

@@ -52,6 +52,61 @@ impl UserData for LuaConnection {
             };
             outcome_values(lua, outcome, this.0.take_messages(), this.1)
         });
+        // Over a cosocket (api.lua sends and receives; see src/pg/pipe.rs):
+        // `out` to send, or the failure values of `query`.
+        methods.add_method_mut("piped_query_start", |lua, this, sql: LuaString| match this.0.query_piped_start(&sql.as_bytes()) {
+            Ok(out) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&out)?)])),
+            Err(refused) => outcome_values(lua, Err(refused), crate::pg::Messages::default(), this.1),
+        });
+        // `false, out?` while the result is incomplete, then the values of `query`.
+        methods.add_method_mut("piped_query_feed", |lua, this, data: Option<LuaString>| {
+            let (outcome, out) = match &data {
+                Some(d) => this.0.query_piped_feed(Some(&d.as_bytes())),
+                None => this.0.query_piped_feed(None),
+            };
+            match outcome {
+                None => Ok(MultiValue::from_iter([Value::Boolean(false), bytes_value(lua, &out)?])),
+                Some(outcome) => outcome_values(lua, outcome, this.0.take_messages(), this.1),
+            }
+        });
+        methods.add_method_mut("piped_wait_start", |lua, this, ()| match this.0.notification_piped_start() {
+            Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
+            Err(e) => super::failure(lua, &e),
+        });
+        // `false` until a notification is there, then `notification` or `nil, err`.
+        methods.add_method_mut("piped_wait_feed", |lua, this, data: Option<LuaString>| {
+            let outcome = match &data {
+                Some(d) => this.0.notification_piped_feed(Some(&d.as_bytes())),
+                None => this.0.notification_piped_feed(None),
+            };
+            match outcome {
+                None => Ok(MultiValue::from_iter([Value::Boolean(false)])),
+                Some(outcome) => notification_values(lua, outcome),
+            }
+        });
+        methods.add_method_mut("piped_stop", |_, this, keep: bool| {
+            this.0.piped_stop(keep);
+            Ok(())
+        });
+        methods.add_method("piped_output", |lua, this, ()| match this.0.piped_output() {
+            Some(out) => Ok(Value::String(lua.create_string(&out)?)),
+            None => Ok(Value::Nil),
+        });
+        // `pool_name, ip, port`: where the idle cosocket waits in nginx's pool.
+        methods.add_method("cosocket_pool", |lua, this, ()| match this.0.cosocket_pool() {
+            Some((name, addr)) => Ok(MultiValue::from_iter([
+                Value::String(lua.create_string(&name)?),
+                Value::String(lua.create_string(addr.ip().to_string())?),
+                Value::Integer(addr.port().into()),
+            ])),
+            None => Ok(MultiValue::new()),
+        });
+        methods.add_method("is_piped", |_, this, ()| Ok(this.0.is_piped()));
+        methods.add_method("is_open", |_, this, ()| Ok(this.0.is_open()));
+        methods.add_method("timeout_ms", |_, this, ()| Ok(this.0.timeout_ms() as f64));
+        methods.add_method("keepalive_ms", |_, this, max_idle: Option<f64>| {
+            Ok(this.0.keepalive_ms(max_idle.map(|ms| Duration::from_millis(ms as u64))) as f64)
+        });
         // kong_rds_iam.pgmoon: type rows exactly as pgmoon does from now on.
         methods.add_method_mut("pgmoon_types", |_, this, ()| {
             this.1 = Decoding::Pgmoon;
@@ -107,6 +162,23 @@ impl UserData for LuaConnection {
             match this.0.keepalive(max_idle, size, in_master) {
                 Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
                 Err(e) => super::failure(lua, &e),
+            }
+        });
+        // Over a cosocket: `true, idle_ms` (pooled: its cosocket goes to
+        // nginx's pool for idle_ms, 0 = no limit), `true, nil, out` (closed
+        // instead: send out, close) or `nil, err, out`.
+        methods.add_method_mut("piped_keepalive", |lua, this, (max_idle, size): (Option<f64>, Option<f64>)| {
+            let max_idle = max_idle.map(|ms| Duration::from_millis(ms as u64));
+            let idle_ms = this.0.keepalive_ms(max_idle) as f64;
+            let outcome = this.0.keepalive(max_idle, size.map(|n| n as usize), false);
+            let out = match this.0.piped_output() {
+                Some(out) => Value::String(lua.create_string(&out)?),
+                None => Value::Nil,
+            };
+            match outcome {
+                Ok(()) if out.is_nil() => Ok(MultiValue::from_iter([Value::Boolean(true), Value::Number(idle_ms)])),
+                Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true), Value::Nil, out])),
+                Err(e) => Ok(MultiValue::from_iter([Value::Nil, Value::String(lua.create_string(e.message())?), out])),
             }
         });
         // A closed (or kept-alive, so detached) handle answers nil, "closed", as a cosocket does.
@@ -180,6 +252,14 @@ fn escape_literal(lua: &Lua, v: Value, session: crate::error::Result<escape::Ses
         other => return Err(mlua::Error::runtime(format!("bad argument #1 to 'escape_literal' (cannot escape a {})", other.type_name()))),
     };
     Ok(MultiValue::from_iter([Value::String(lua.create_string(text)?)]))
+}
+
+/// Bytes as a Lua string, or nil when there are none.
+pub(super) fn bytes_value(lua: &Lua, bytes: &[u8]) -> LuaResult<Value> {
+    if bytes.is_empty() {
+        return Ok(Value::Nil);
+    }
+    Ok(Value::String(lua.create_string(bytes)?))
 }
 
 fn escape_error(e: escape::EscapeError) -> crate::error::Error {

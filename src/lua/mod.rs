@@ -9,6 +9,7 @@
 
 mod conf_source;
 mod connection;
+mod cosocket;
 mod facts;
 mod service_tokens;
 
@@ -44,6 +45,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("sign_token", lua.create_function(lua_sign_token)?)?;
     core.set("rds_ca_bundle", lua.create_function(lua_rds_ca_bundle)?)?;
     service_tokens::register(lua, &core)?;
+    cosocket::register(lua, &core)?;
     facts::register(lua, &core)?;
     core.set("token_keys", token_keys(lua)?)?;
     core.set("contract", contract(lua)?)?;
@@ -262,6 +264,7 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     t.set("token_cache_hits", s.token_cache_hits)?;
     t.set("iam_auth_ok", s.iam_auth_ok)?;
     t.set("open_handles", s.open_handles)?;
+    t.set("jobs_submitted", s.jobs_submitted)?;
     t.set("scram_channel_bound", s.scram_channel_bound)?;
     let by_name = |map: &std::collections::BTreeMap<String, u64>| -> LuaResult<Table> {
         let t = lua.create_table()?;

@@ -21,6 +21,13 @@ pub struct CancelToken {
     pub(super) secret_key: i32,
 }
 
+impl CancelToken {
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// How long a cancel may take; it is best effort.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -11,6 +11,7 @@
 mod cancel;
 mod channel_binding;
 pub mod escape;
+pub mod pipe;
 pub mod query;
 pub mod require_auth;
 mod server_error;
@@ -19,8 +20,8 @@ mod stream;
 pub mod value;
 
 pub use cancel::CancelToken;
-pub use query::{QueryFailure, QueryOutput, Statement};
-pub use startup::connect;
+pub use query::{QueryFailure, QueryOutput, QueryRun, Statement};
+pub use startup::{connect, connect_piped};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -111,15 +112,31 @@ impl Connection {
     /// Whether the server still holds the connection: nothing arrived while
     /// it was idle (no EOF, no unsolicited error such as an administrator's
     /// shutdown), checked without blocking.
+    ///
+    /// Over a cosocket nginx watches the idle socket instead: it closes one
+    /// the server closed, and the next checkout then finds it gone.
     pub fn is_alive(&self) -> bool {
         if self.stream.has_buffered_input() {
             return false;
         }
+        let Some(fd) = self.stream.raw_fd() else { return true };
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a local buffer on our own socket; it
         // neither blocks (MSG_DONTWAIT) nor consumes anything (MSG_PEEK).
-        let n = unsafe { libc::recv(self.stream.raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
         n < 0 && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+    }
+
+    /// Lua's end of the pipe, for a connection over a cosocket.
+    pub fn pipe(&self) -> Option<pipe::PipeEnd> {
+        self.stream.pipe()
+    }
+
+    /// Says goodbye (`Terminate`) over a cosocket: the bytes wait in the
+    /// pipe for Lua to send before it closes the cosocket.
+    pub fn close_piped(mut self) {
+        frontend::terminate(&mut self.buf);
+        let _ = self.stream.send_now(&mut self.buf);
     }
 
     /// What [`CancelToken::cancel`] needs to stop this connection's statement.
@@ -134,7 +151,7 @@ impl Connection {
     /// deregisters the socket) would silently break the parent's copy. Here
     /// the value is forgotten and only this process's descriptor is closed.
     pub fn abandon(self) {
-        let fd = self.stream.raw_fd();
+        let Some(fd) = self.stream.raw_fd() else { return };
         std::mem::forget(self);
         // SAFETY: `fd` belongs to the forgotten stream, which will never use
         // or close it again; closing it drops this process's reference only.

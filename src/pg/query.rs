@@ -67,6 +67,38 @@ pub struct QueryFailure {
     pub partial: QueryOutput,
 }
 
+/// A query in progress: the results so far, as its messages arrive.
+#[derive(Debug, Default)]
+pub struct QueryRun {
+    done: QueryOutput,
+    current: Option<Statement>,
+    failure: Option<Error>,
+}
+
+/// What the caller does after a message of a query.
+enum Step {
+    /// Read the next message.
+    Read,
+    /// Send what the connection's buffer holds, then read on.
+    Reply,
+    /// ReadyForQuery: the query is over.
+    Done,
+}
+
+impl QueryRun {
+    /// The outcome, once the query is over.
+    fn outcome(self) -> Result<QueryOutput, QueryFailure> {
+        match self.failure {
+            Some(error) => Err(QueryFailure { error, partial: self.done }),
+            None => Ok(self.done),
+        }
+    }
+
+    fn broken(self, error: Error) -> QueryFailure {
+        QueryFailure { error, partial: self.done }
+    }
+}
+
 impl Connection {
     /// Runs `sql` (one or more statements) with the simple query protocol.
     ///
@@ -74,11 +106,68 @@ impl Connection {
     /// session's encoding is the server's to refuse (SQLSTATE 22021), as it
     /// would be with any other client.
     pub async fn query(&mut self, sql: &[u8]) -> Result<QueryOutput, QueryFailure> {
-        let broken = |error: Error, partial: QueryOutput| QueryFailure { error, partial };
+        self.write_query(sql)?;
+        let mut run = QueryRun::default();
+        if let Err(e) = self.stream.send(&mut self.buf).await {
+            return Err(run.broken(send_failed(e)));
+        }
+        loop {
+            let message = match self.stream.recv().await {
+                Ok(m) => m,
+                Err(e) => return Err(run.broken(read_failed(e))),
+            };
+            match self.on_query_message(&mut run, message) {
+                Ok(Step::Read) => {}
+                Ok(Step::Reply) => {
+                    if let Err(e) = self.stream.send(&mut self.buf).await {
+                        return Err(run.broken(Error::new(ErrorKind::Io, e.to_string())));
+                    }
+                }
+                Ok(Step::Done) => return run.outcome(),
+                Err(e) => return Err(run.broken(e)),
+            }
+        }
+    }
+
+    /// [`Connection::query`] over a cosocket: puts the query into the pipe
+    /// (for Lua to send); [`Connection::query_piped_feed`] goes on with it.
+    pub fn query_piped_start(&mut self, sql: &[u8]) -> Result<QueryRun, QueryFailure> {
+        self.write_query(sql)?;
+        let run = QueryRun::default();
+        match self.stream.send_now(&mut self.buf) {
+            Ok(()) => Ok(run),
+            Err(e) => Err(run.broken(send_failed(e))),
+        }
+    }
+
+    /// Goes on with a query over a cosocket with the bytes received so far
+    /// (fed into the pipe): `None` until the query is over, then its
+    /// outcome. A broken exchange gives the failure and `run` is spent.
+    pub fn query_piped_feed(&mut self, run: &mut QueryRun) -> Option<Result<QueryOutput, QueryFailure>> {
+        loop {
+            let message = match self.stream.recv_now() {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(std::mem::take(run).broken(read_failed(e)))),
+            };
+            match self.on_query_message(run, message) {
+                Ok(Step::Read) => {}
+                Ok(Step::Reply) => {
+                    if let Err(e) = self.stream.send_now(&mut self.buf) {
+                        return Some(Err(std::mem::take(run).broken(Error::new(ErrorKind::Io, e.to_string()))));
+                    }
+                }
+                Ok(Step::Done) => return Some(std::mem::take(run).outcome()),
+                Err(e) => return Some(Err(std::mem::take(run).broken(e))),
+            }
+        }
+    }
+
+    /// Query: 'Q', length (self included), the text, a terminating zero.
+    fn write_query(&mut self, sql: &[u8]) -> Result<(), QueryFailure> {
         if sql.contains(&0) {
             return Err(QueryFailure { error: Error::config("query must not contain a zero byte"), partial: Vec::new() });
         }
-        // Query: 'Q', length (self included), the text, a terminating zero.
         let Ok(len) = i32::try_from(sql.len() + 5) else {
             return Err(QueryFailure { error: Error::config("query is too long"), partial: Vec::new() });
         };
@@ -86,70 +175,75 @@ impl Connection {
         self.buf.put_i32(len);
         self.buf.put_slice(sql);
         self.buf.put_u8(0);
-        if let Err(e) = self.stream.send(&mut self.buf).await {
-            let text = format!("sending the query failed: {e}");
-            return Err(broken(Error::new(ErrorKind::Io, text).with_source(e), Vec::new()));
-        }
-        let mut done: QueryOutput = Vec::new();
-        let mut current: Option<Statement> = None;
-        let mut failure: Option<Error> = None;
-        loop {
-            let message = match self.stream.recv().await {
-                Ok(m) => m,
-                Err(e) => {
-                    let text = format!("reading the result failed: {e}");
-                    return Err(broken(Error::new(ErrorKind::Io, text).with_source(e), done));
+        Ok(())
+    }
+
+    /// One message of a running query, whichever transport brought it.
+    fn on_query_message(&mut self, run: &mut QueryRun, message: Message) -> Result<Step, Error> {
+        match message {
+            Message::RowDescription(body) => {
+                let mut columns = Vec::new();
+                let mut fields = body.fields();
+                while let Ok(Some(f)) = fields.next() {
+                    columns.push(Column { name: f.name().to_owned(), type_oid: f.type_oid() });
                 }
-            };
-            match message {
-                Message::RowDescription(body) => {
-                    let mut columns = Vec::new();
-                    let mut fields = body.fields();
-                    while let Ok(Some(f)) = fields.next() {
-                        columns.push(Column { name: f.name().to_owned(), type_oid: f.type_oid() });
-                    }
-                    current = Some(Statement { columns: Some(columns), ..Statement::default() });
-                }
-                Message::DataRow(body) => match current.as_mut() {
-                    Some(statement) => statement.rows.push(body),
-                    None => return Err(broken(Error::new(ErrorKind::Protocol, "row without a row description"), done)),
-                },
-                Message::CommandComplete(body) => {
-                    let mut statement = current.take().unwrap_or_default();
-                    statement.tag = body.tag().unwrap_or_default().to_owned();
-                    done.push(statement);
-                }
-                Message::EmptyQueryResponse => done.push(Statement::default()),
-                Message::ErrorResponse(body) => failure = Some(server_error::from_body(&body)),
-                Message::CopyInResponse(_) => {
-                    frontend::copy_fail("copy from stdin is not supported by kong_rds_iam", &mut self.buf).ok();
-                    if let Err(e) = self.stream.send(&mut self.buf).await {
-                        return Err(broken(Error::new(ErrorKind::Io, e.to_string()), done));
-                    }
-                }
-                Message::ReadyForQuery(ready) => {
-                    self.status = ready.status();
-                    break;
-                }
-                Message::ParameterStatus(p) => {
-                    let (name, value) = (p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned());
-                    self.parameter(&name, &value);
-                }
-                Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
-                Message::NotificationResponse(body) => self.messages.notifications.push(super::Notification {
-                    process_id: body.process_id(),
-                    channel: body.channel().unwrap_or_default().to_owned(),
-                    payload: body.message().unwrap_or_default().to_owned(),
-                }),
-                // Parameter changes, copy-out data: nothing to return.
-                _ => {}
+                run.current = Some(Statement { columns: Some(columns), ..Statement::default() });
             }
+            Message::DataRow(body) => match run.current.as_mut() {
+                Some(statement) => statement.rows.push(body),
+                None => return Err(Error::new(ErrorKind::Protocol, "row without a row description")),
+            },
+            Message::CommandComplete(body) => {
+                let mut statement = run.current.take().unwrap_or_default();
+                statement.tag = body.tag().unwrap_or_default().to_owned();
+                run.done.push(statement);
+            }
+            Message::EmptyQueryResponse => run.done.push(Statement::default()),
+            Message::ErrorResponse(body) => run.failure = Some(server_error::from_body(&body)),
+            Message::CopyInResponse(_) => {
+                frontend::copy_fail("copy from stdin is not supported by kong_rds_iam", &mut self.buf).ok();
+                return Ok(Step::Reply);
+            }
+            Message::ReadyForQuery(ready) => {
+                self.status = ready.status();
+                return Ok(Step::Done);
+            }
+            other => self.on_session_message(other),
         }
-        match failure {
-            Some(error) => Err(QueryFailure { error, partial: done }),
-            None => Ok(done),
+        Ok(Step::Read)
+    }
+
+    /// Messages the server may send at any time: parameter changes, notices,
+    /// notifications (and copy-out data, ignored).
+    fn on_session_message(&mut self, message: Message) {
+        match message {
+            Message::ParameterStatus(p) => {
+                let (name, value) = (p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned());
+                self.parameter(&name, &value);
+            }
+            Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
+            Message::NotificationResponse(body) => self.messages.notifications.push(notification(&body)),
+            _ => {}
         }
     }
+}
+
+fn notification(body: &postgres_protocol::message::backend::NotificationResponseBody) -> super::Notification {
+    super::Notification {
+        process_id: body.process_id(),
+        channel: body.channel().unwrap_or_default().to_owned(),
+        payload: body.message().unwrap_or_default().to_owned(),
+    }
+}
+
+fn send_failed(e: std::io::Error) -> Error {
+    let text = format!("sending the query failed: {e}");
+    Error::new(ErrorKind::Io, text).with_source(e)
+}
+
+fn read_failed(e: std::io::Error) -> Error {
+    let text = format!("reading the result failed: {e}");
+    Error::new(ErrorKind::Io, text).with_source(e)
 }
 
 impl Connection {
@@ -157,29 +251,48 @@ impl Connection {
     /// received, else the next to arrive (the caller bounds the wait). The
     /// session must be idle (no query running), as after `LISTEN`.
     pub async fn wait_for_notification(&mut self) -> Result<super::Notification, Error> {
-        if !self.messages.notifications.is_empty() {
-            return Ok(self.messages.notifications.remove(0));
-        }
         loop {
+            if let Some(n) = self.take_notification() {
+                return Ok(n);
+            }
             let message =
                 self.stream.recv().await.map_err(|e| Error::new(ErrorKind::Io, format!("waiting for a notification failed: {e}")))?;
-            match message {
-                Message::NotificationResponse(body) => {
-                    return Ok(super::Notification {
-                        process_id: body.process_id(),
-                        channel: body.channel().unwrap_or_default().to_owned(),
-                        payload: body.message().unwrap_or_default().to_owned(),
-                    })
-                }
-                Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
-                Message::ParameterStatus(p) => {
-                    let (name, value) = (p.name().unwrap_or_default().to_owned(), p.value().unwrap_or_default().to_owned());
-                    self.parameter(&name, &value);
-                }
-                // A FATAL error (the server shuts down, the backend is terminated).
-                Message::ErrorResponse(body) => return Err(server_error::from_body(&body)),
-                _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message while waiting for a notification")),
+            self.on_idle_message(message)?;
+        }
+    }
+
+    /// [`Connection::wait_for_notification`] over a cosocket, with the bytes
+    /// received so far: `None` until a notification is there.
+    pub fn notification_piped_feed(&mut self) -> Option<Result<super::Notification, Error>> {
+        loop {
+            if let Some(n) = self.take_notification() {
+                return Some(Ok(n));
             }
+            let message = match self.stream.recv_now() {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(Error::new(ErrorKind::Io, format!("waiting for a notification failed: {e}")))),
+            };
+            if let Err(e) = self.on_idle_message(message) {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn take_notification(&mut self) -> Option<super::Notification> {
+        (!self.messages.notifications.is_empty()).then(|| self.messages.notifications.remove(0))
+    }
+
+    /// A message while no query runs.
+    fn on_idle_message(&mut self, message: Message) -> Result<(), Error> {
+        match message {
+            Message::NotificationResponse(_) | Message::NoticeResponse(_) | Message::ParameterStatus(_) => {
+                self.on_session_message(message);
+                Ok(())
+            }
+            // A FATAL error (the server shuts down, the backend is terminated).
+            Message::ErrorResponse(body) => Err(server_error::from_body(&body)),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected message while waiting for a notification")),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! waiting for ReadyForQuery.
 
 use std::io;
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -14,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::stream::{MessageStream, Transport};
+use super::pipe::PipeIo;
+use super::stream::{MessageStream, Socket, Transport};
 use super::{channel_binding, require_auth, server_error, CancelToken, Connection};
 use crate::conf::{AuthMethod, ConnectConf};
 use crate::error::{Error, ErrorKind, Result};
@@ -30,13 +32,20 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
     let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| could_not(&e))?;
     let _ = tcp.set_nodelay(true);
     let addr = tcp.peer_addr().map_err(|e| could_not(&e))?;
-    let transport = if conf.tls.enabled { negotiate_tls(tcp, conf).await? } else { Transport::Plain(tcp) };
-    let binding = match &transport {
-        Transport::Tls(tls) => {
-            tls.get_ref().1.peer_certificates().and_then(<[_]>::first).and_then(|c| channel_binding::tls_server_end_point(c))
-        }
-        Transport::Plain(_) => None,
-    };
+    establish(tcp, addr, conf, password).await
+}
+
+/// [`connect`] over a cosocket already connected to `addr`: the startup
+/// exchange goes through `pipe` (Lua sends and receives its bytes). The
+/// caller polls the future each time the pipe got bytes, and bounds it.
+pub async fn connect_piped(pipe: PipeIo, addr: SocketAddr, conf: &ConnectConf, password: Option<&str>) -> Result<Connection> {
+    establish(pipe, addr, conf, password).await
+}
+
+/// TLS, startup and authentication over a connected socket.
+async fn establish<S: Socket>(socket: S, addr: SocketAddr, conf: &ConnectConf, password: Option<&str>) -> Result<Connection> {
+    let transport = if conf.tls.enabled { negotiate_tls(socket, conf).await? } else { socket.plain() };
+    let binding = transport.peer_certificate().and_then(|c| channel_binding::tls_server_end_point(c));
     let mut stream = MessageStream::new(transport);
     let mut buf = BytesMut::with_capacity(1024);
 
@@ -98,7 +107,7 @@ pub async fn connect(conf: &ConnectConf, password: Option<&str>) -> Result<Conne
 }
 
 /// SSLRequest; on 'S' a TLS handshake, on 'N' plain text unless TLS is required.
-async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transport> {
+async fn negotiate_tls<S: Socket>(mut tcp: S, conf: &ConnectConf) -> Result<Transport> {
     let mut buf = BytesMut::with_capacity(8);
     frontend::ssl_request(&mut buf);
     tcp.write_all(&buf).await.map_err(|e| io_error("requesting tls", &e))?;
@@ -119,7 +128,7 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
             let stream = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
                 Error::new(ErrorKind::Tls, format!("tls handshake failed: {}", tls::handshake_text(&e, &conf.endpoint.host)))
             })?;
-            Ok(Transport::Tls(Box::new(stream)))
+            Ok(S::tls(stream))
         }
         b'N' if conf.tls.required => Err(Error::new(
             ErrorKind::Tls,
@@ -137,7 +146,7 @@ async fn negotiate_tls(mut tcp: TcpStream, conf: &ConnectConf) -> Result<Transpo
                     conf.address
                 ),
             );
-            Ok(Transport::Plain(tcp))
+            Ok(tcp.plain())
         }
         _ => Err(Error::new(ErrorKind::Protocol, "unexpected answer to the tls request")),
     }

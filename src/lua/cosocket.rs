@@ -1,0 +1,230 @@
+//! Opening connections over nginx cosockets (api.lua's yielding path; see
+//! src/pg/pipe.rs): an idle pooled one at once, else a job that prepares a
+//! new one (backlog, rate guard, token, addresses) and a login that api.lua
+//! drives over the cosocket it connected.
+
+use mlua::{Lua, LuaString, MultiValue, Result as LuaResult, Table, UserData, UserDataMethods, Value};
+
+use super::conf_source::LuaConf;
+use super::connection::{bytes_value, LuaConnection};
+use super::{failure, side};
+use crate::conf::ConnectConf;
+use crate::connection::{Connecting, Handle, Opening, Prepared, Progress};
+use crate::error::{guarded, Error, Result as CrateResult};
+use crate::jobs;
+use crate::pool::Lease;
+
+pub fn register(lua: &Lua, core: &Table) -> LuaResult<()> {
+    core.set("parse_conf", lua.create_function(parse_conf)?)?;
+    core.set("piped_take", lua.create_function(piped_take)?)?;
+    core.set("piped_prepare_start", lua.create_function(piped_prepare_start)?)?;
+    core.set("piped_prepare_finish", lua.create_function(piped_prepare_finish)?)?;
+    Ok(())
+}
+
+/// A conf parsed once, for api.lua's memo (see [`parse_conf`]), with its
+/// cosocket pool key.
+pub struct ParsedConf(ConnectConf, std::sync::Arc<crate::pool::Key>);
+
+impl UserData for ParsedConf {}
+
+/// `parsed, names = core.parse_conf(conf, mode)`: the settings, and every
+/// key the parse read (in order; api.lua compares exactly these before it
+/// reuses `parsed` for the same table), or `nil, err`.
+fn parse_conf(lua: &Lua, (conf, mode): (Table, Option<LuaString>)) -> LuaResult<MultiValue> {
+    let source = Recording { conf: LuaConf(conf), names: std::cell::RefCell::new(Vec::new()) };
+    match guarded(|| ConnectConf::parse(&source, side(mode)?)) {
+        Ok(parsed) => {
+            let names = lua.create_sequence_from(source.names.into_inner())?;
+            let key = std::sync::Arc::new(crate::pool::Key::piped(&parsed));
+            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(ParsedConf(parsed, key))?), Value::Table(names)]))
+        }
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// A conf that remembers which keys were read.
+struct Recording {
+    conf: LuaConf,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+impl crate::conf::ConfSource for Recording {
+    fn get(&self, key: &str) -> Option<crate::conf::RawValue> {
+        let mut names = self.names.borrow_mut();
+        if !names.iter().any(|n| n == key) {
+            names.push(key.to_owned());
+        }
+        self.conf.get(key)
+    }
+}
+
+/// `conn, pool_name, ip, port, timeout_ms` (an idle pooled connection over a cosocket),
+/// nothing (none idle), `false` (`pg_cosocket` is off), or `nil, err`.
+fn piped_take(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<MultiValue> {
+    let conf = &parsed.0;
+    let taken = guarded(|| {
+        if !conf.pool.cosocket {
+            return Ok(Err(()));
+        }
+        Ok(Ok(Handle::piped_from_pool(conf, &parsed.1)))
+    });
+    match taken {
+        Ok(Err(())) => Ok(MultiValue::from_iter([Value::Boolean(false)])),
+        Ok(Ok(None)) => Ok(MultiValue::new()),
+        Ok(Ok(Some(handle))) => reuse_values(lua, handle, None),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `conn, pool_name, ip, port, timeout_ms`, after `prefix` values.
+fn reuse_values(lua: &Lua, handle: Handle, prefix: Option<&str>) -> LuaResult<MultiValue> {
+    let Some((name, addr)) = handle.cosocket_pool() else {
+        return failure(lua, &Error::closed());
+    };
+    let timeout = handle.timeout_ms();
+    let mut out = Vec::with_capacity(5);
+    if let Some(p) = prefix {
+        out.push(Value::String(lua.create_string(p)?));
+    }
+    out.push(Value::UserData(lua.create_userdata(LuaConnection(handle, Default::default()))?));
+    out.push(Value::String(lua.create_string(&name)?));
+    out.push(Value::String(lua.create_string(addr.ip().to_string())?));
+    out.push(Value::Integer(addr.port().into()));
+    out.push(Value::Number(timeout as f64));
+    Ok(MultiValue::from_iter(out))
+}
+
+/// `job, wait_ms`: prepares a new connection over a cosocket.
+fn piped_prepare_start(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<MultiValue> {
+    let submitted = guarded(|| {
+        let conf = parsed.0.clone();
+        let bound = Handle::open_bound(&conf);
+        Ok((jobs::submit(move |_| Handle::prepare_job(conf))?, bound))
+    });
+    job_values(lua, submitted)
+}
+
+fn job_values(lua: &Lua, submitted: CrateResult<(u64, std::time::Duration)>) -> LuaResult<MultiValue> {
+    match submitted {
+        Ok((job, bound)) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// `"reuse", conn, pool_name, ip, port, timeout_ms` | `"open", opening` | `nil, err, sqlstate`.
+fn piped_prepare_finish(lua: &Lua, job: f64) -> LuaResult<MultiValue> {
+    match jobs::take::<CrateResult<Prepared>>(job as u64).and_then(|prepared| prepared) {
+        Ok(Prepared::Reuse(handle)) => reuse_values(lua, handle, Some("reuse")),
+        Ok(Prepared::Open(opening)) => Ok(MultiValue::from_iter([
+            Value::String(lua.create_string("open")?),
+            Value::UserData(lua.create_userdata(LuaOpening(Stage::Ready(opening)))?),
+        ])),
+        Err(e) => failure(lua, &e),
+    }
+}
+
+/// A new connection over a cosocket, from preparation to login.
+struct LuaOpening(Stage);
+
+enum Stage {
+    Ready(Opening),
+    LoggingIn(Connecting),
+    /// Refused with a cached token: prepare again (once).
+    Refused(ConnectConf, Lease),
+    Over,
+}
+
+impl UserData for LuaOpening {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // `ip, port` of address `i` (1-based), or nothing past the last.
+        methods.add_method("address", |lua, this, i: usize| {
+            let Stage::Ready(opening) = &this.0 else { return Ok(MultiValue::new()) };
+            match i.checked_sub(1).and_then(|i| opening.addresses().get(i)) {
+                Some(addr) => Ok(MultiValue::from_iter([
+                    Value::String(lua.create_string(addr.ip().to_string())?),
+                    Value::Integer(addr.port().into()),
+                ])),
+                None => Ok(MultiValue::new()),
+            }
+        });
+        methods.add_method("timeout_ms", |_, this, ()| {
+            Ok(match &this.0 {
+                Stage::Ready(o) => o.timeout_ms() as f64,
+                _ => 0.0,
+            })
+        });
+        // `pool_name, target`: what to connect the cosocket with, and the
+        // `host:port` configured (for messages).
+        methods.add_method("pool_name", |lua, this, ()| {
+            let Stage::Ready(opening) = &this.0 else { return Ok(MultiValue::new()) };
+            Ok(MultiValue::from_iter([
+                Value::String(lua.create_string(opening.pool_name())?),
+                Value::String(lua.create_string(opening.target())?),
+            ]))
+        });
+        // The cosocket is connected to address `i`: the login starts.
+        methods.add_method_mut("begin", |lua, this, i: usize| {
+            let Stage::Ready(opening) = std::mem::replace(&mut this.0, Stage::Over) else {
+                return failure(lua, &Error::closed());
+            };
+            let Some(addr) = i.checked_sub(1).and_then(|i| opening.addresses().get(i)).copied() else {
+                return failure(lua, &Error::closed());
+            };
+            this.0 = Stage::LoggingIn(opening.begin(addr));
+            Ok(MultiValue::from_iter([Value::Boolean(true)]))
+        });
+        // `status, out`: status "more" (send out, receive, step again),
+        // "done" (then conn), "retry" (prepare again with retry_start) or
+        // "failed" (then err, sqlstate). `data`: what the cosocket received
+        // (nil at first); `closed`: the server closed it.
+        methods.add_method_mut("step", |lua, this, (data, closed): (Option<LuaString>, Option<bool>)| {
+            let Stage::LoggingIn(connecting) = &mut this.0 else {
+                return failure(lua, &Error::closed());
+            };
+            let progress = guarded(|| Ok(connecting.step(data.as_ref().map(|d| d.as_bytes()).as_deref(), closed == Some(true))));
+            let out = bytes_value(lua, &connecting.output())?;
+            let status = |s: &str| lua.create_string(s).map(Value::String);
+            match progress {
+                Ok(Progress::More) => Ok(MultiValue::from_iter([status("more")?, out])),
+                Ok(Progress::Done(handle)) => {
+                    this.0 = Stage::Over;
+                    let conn = Value::UserData(lua.create_userdata(LuaConnection(handle, Default::default()))?);
+                    Ok(MultiValue::from_iter([status("done")?, out, conn]))
+                }
+                Ok(Progress::Retry(conf, lease)) => {
+                    this.0 = Stage::Refused(conf, lease);
+                    Ok(MultiValue::from_iter([status("retry")?, out]))
+                }
+                Ok(Progress::Failed(e)) | Err(e) => {
+                    this.0 = Stage::Over;
+                    let mut values = vec![status("failed")?, out];
+                    values.extend(failure(lua, &e)?.into_iter().skip(1));
+                    Ok(MultiValue::from_iter(values))
+                }
+            }
+        });
+        // `err`: the login timed out (or the cosocket failed with `why`).
+        methods.add_method_mut("stop", |lua, this, why: Option<LuaString>| {
+            let e = match std::mem::replace(&mut this.0, Stage::Over) {
+                Stage::LoggingIn(mut c) => c.timed_out(),
+                _ => Error::closed(),
+            };
+            let message = match why {
+                Some(why) if why.as_bytes().as_ref() != b"timeout" => {
+                    format!("connection failed while logging in: {}", why.to_string_lossy())
+                }
+                _ => e.message().to_owned(),
+            };
+            lua.create_string(message)
+        });
+        // `job, wait_ms`: after "retry", prepares once more with a fresh token.
+        methods.add_method_mut("retry_start", |lua, this, ()| {
+            let Stage::Refused(conf, lease) = std::mem::replace(&mut this.0, Stage::Over) else {
+                return failure(lua, &Error::closed());
+            };
+            let bound = Handle::open_bound(&conf);
+            job_values(lua, guarded(|| Ok((jobs::submit(move |_| Handle::prepare_retry(conf, lease))?, bound))))
+        });
+    }
+}
