@@ -108,6 +108,9 @@ end
 
 local pools = { rds_tls = {}, rds_plain = {} }
 
+-- Over a cosocket (yielding, the default) a connection belongs to its
+-- request, as pgmoon's: connect (pooled) and keepalive per request. The
+-- blocking instance's connections are Rust objects, kept in a free list.
 local function q_rds(v, k)
   local pool = pools[v]
   local conn = pool[#pool]
@@ -118,6 +121,7 @@ local function q_rds(v, k)
     conn, err = rds.connect(CONFS[v])
     if not conn then return fail("connect " .. v .. ": " .. tostring(err)) end
   end
+  local per_request = conn:_is_cosocket()
   for _ = 1, k do
     local t0 = clock()
     local res, err = conn:query(SQL)
@@ -129,7 +133,12 @@ local function q_rds(v, k)
     record(dt)
     n_queries = n_queries + 1
   end
-  pool[#pool + 1] = conn
+  if per_request then
+    local ok, kerr = conn:keepalive()
+    if not ok then return fail("keepalive " .. v .. ": " .. tostring(kerr)) end
+  else
+    pool[#pool + 1] = conn
+  end
   ngx.print("ok")
 end
 
