@@ -671,6 +671,33 @@ function M.busy_close()
   return out
 end
 
+-- A large, several-statement result over a cosocket (row tables built while
+-- the server sends) and over the I/O thread's socket (built at the end).
+local BIG = "select g as id, repeat('x', 200) || g as t, null::int as n, "
+  .. "('{\"a\":[' || g || ',2],\"b\":null}')::jsonb as j, array[g, g + 1] as arr "
+  .. "from generate_series(1, 6000) g; select 1 as one; "
+  .. "select g as k from generate_series(1, 3000) g"
+function M.big_result()
+  local out = {}
+  for _, v in ipairs { { "cosocket", confs.pw }, { "thread", confs.pw_thread } } do
+    local c, err = rds.connect(v[2])
+    if not c then return { err = err } end
+    local res, a = c:query(BIG)
+    local r = { cosocket = c:_is_cosocket() }
+    if res then r.n = a else r.err = a end
+    if res then
+      r.counts = { #res[1], #res[2], #res[3] }
+      r.digest = ngx.md5(cjson.encode(res))
+      local row = res[1][4321]
+      r.sample = { id = row.id, t = row.t, n_is_null = row.n == rds.null, a1 = row.j.a[1], b_is_null = row.j.b == rds.null,
+                   arr2 = row.arr[2], one = res[2][1].one, k = res[3][3000].k }
+    end
+    c:keepalive()
+    out[v[1]] = r
+  end
+  return out
+end
+
 -- Programmer errors in conn methods.
 function M.errors()
   local c, err = rds.connect(confs.pw)
@@ -821,6 +848,7 @@ local SERVER = [[
     location = /busy { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy()) } }
     location = /busy_close { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy_close()) } }
     location = /errors { content_by_lua_block { local nb = require "nb"; nb.reply(nb.errors()) } }
+    location = /big_result { content_by_lua_block { local nb = require "nb"; nb.reply(nb.big_result()) } }
     location = /abandon { content_by_lua_block { require("nb").abandon(ngx.var.arg_tag) } }
     location = /abandon_returned { content_by_lua_block { local nb = require "nb"
       nb.reply({ returned = nb.abandon_returned }) } }
@@ -1077,6 +1105,22 @@ describe("non-blocking calls in OpenResty", function()
       assert.equal("after", r.after, cjson.encode(r))
       assert.is_true(r.closed, cjson.encode(r))
       assert_idle(n)
+    end)
+
+    it("a large result of three statements over a cosocket (rows built as they arrive) equals the I/O thread's", function()
+      local r = get_json(n, "/big_result")
+      local co, th = r.cosocket, r.thread
+      assert(co and th, cjson.encode(r))
+      assert.is_true(co.cosocket)
+      assert.is_false(th.cosocket)
+      for _, x in ipairs { co, th } do
+        assert.is_nil(x.err, cjson.encode(x))
+        assert.equal(3, x.n)
+        assert.same({ 6000, 1, 3000 }, x.counts)
+        assert.same({ id = 4321, t = ("x"):rep(200) .. "4321", n_is_null = true, a1 = 4321, b_is_null = true,
+                      arr2 = 4322, one = 1, k = 3000 }, x.sample)
+      end
+      assert.equal(th.digest, co.digest)
     end)
 
     it("programmer errors in connection methods raise Lua strings (content handler)", function()

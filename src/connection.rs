@@ -613,6 +613,15 @@ impl Handle {
         (Some(outcome), output)
     }
 
+    /// While a query runs over the cosocket: the rows received so far of
+    /// the statement in progress (see [`pg::QueryRun::take_current_rows`]).
+    pub fn piped_take_rows(&mut self) -> Option<(usize, &[pg::query::Column], Vec<postgres_protocol::message::backend::DataRowBody>)> {
+        match &mut self.piped {
+            Some(Piped::Query(run)) => run.take_current_rows(),
+            _ => None,
+        }
+    }
+
     /// Starts waiting for a notification over the cosocket.
     pub fn notification_piped_start(&mut self) -> Result<()> {
         self.piped_ready()?;

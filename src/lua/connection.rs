@@ -7,11 +7,37 @@ use mlua::{Lua, LuaString, MultiValue, Result as LuaResult, UserData, UserDataMe
 
 use crate::connection::{Handle, QueryDone};
 use crate::jobs::{self, Abandon};
+use crate::pg::query::Column;
 use crate::pg::value::{self, Cell, Decoding};
 use crate::pg::{escape, Messages, Notification, QueryFailure, QueryOutput, Statement};
+use postgres_protocol::message::backend::DataRowBody;
 
-/// `conn` in Lua: the handle, and how its rows are typed.
-pub struct LuaConnection(pub Handle, pub Decoding);
+/// `conn` in Lua: the handle, how its rows are typed, and (over a
+/// cosocket) the row tables of the running query built so far.
+pub struct LuaConnection(pub Handle, pub Decoding, pub Vec<Building>);
+
+impl LuaConnection {
+    /// A connection object for `handle`, typing rows this module's way.
+    pub fn new(handle: Handle) -> LuaConnection {
+        LuaConnection(handle, Decoding::default(), Vec::new())
+    }
+}
+
+/// A result's rows table, filled as its rows arrive (over a cosocket the
+/// tables are built while the server is still sending, not all at the end).
+pub struct Building {
+    /// The statement's number among the query's.
+    index: usize,
+    rows: Rows,
+}
+
+/// A rows table being filled.
+struct Rows {
+    table: mlua::Table,
+    count: usize,
+    /// The column names as a sequence of Lua strings, made once.
+    names: mlua::Table,
+}
 
 /// The NULL light userdata: `rds.null`, equal to `ngx.null` and `cjson.null`.
 pub fn null() -> Value {
@@ -22,7 +48,7 @@ impl UserData for LuaConnection {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method_mut("query", |lua, this, sql: LuaString| {
             let outcome = this.0.query(&sql.as_bytes());
-            outcome_values(lua, outcome, this.0.take_messages(), this.1)
+            outcome_values(lua, outcome, this.0.take_messages(), this.1, &mut Vec::new())
         });
         // The query as a job (api.lua's yielding path): `job, wait_ms`, or
         // `nil, err` (busy, closed) with nothing submitted.
@@ -50,13 +76,16 @@ impl UserData for LuaConnection {
                     Err(QueryFailure { error: e, partial: Vec::new() })
                 }
             };
-            outcome_values(lua, outcome, this.0.take_messages(), this.1)
+            outcome_values(lua, outcome, this.0.take_messages(), this.1, &mut Vec::new())
         });
         // Over a cosocket (api.lua sends and receives; see src/pg/pipe.rs):
         // `out` to send, or the failure values of `query`.
-        methods.add_method_mut("piped_query_start", |lua, this, sql: LuaString| match this.0.query_piped_start(&sql.as_bytes()) {
-            Ok(out) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&out)?)])),
-            Err(refused) => outcome_values(lua, Err(refused), crate::pg::Messages::default(), this.1),
+        methods.add_method_mut("piped_query_start", |lua, this, sql: LuaString| {
+            this.2.clear();
+            match this.0.query_piped_start(&sql.as_bytes()) {
+                Ok(out) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&out)?)])),
+                Err(refused) => outcome_values(lua, Err(refused), crate::pg::Messages::default(), this.1, &mut Vec::new()),
+            }
         });
         // `false, out?` while the result is incomplete, then the values of `query`.
         methods.add_method_mut("piped_query_feed", |lua, this, data: Option<LuaString>| {
@@ -64,9 +93,27 @@ impl UserData for LuaConnection {
                 Some(d) => this.0.query_piped_feed(Some(&d.as_bytes())),
                 None => this.0.query_piped_feed(None),
             };
+            let LuaConnection(handle, decoding, building) = this;
             match outcome {
-                None => Ok(MultiValue::from_iter([Value::Boolean(false), bytes_value(lua, &out)?])),
-                Some(outcome) => outcome_values(lua, outcome, this.0.take_messages(), this.1),
+                None => {
+                    if let Some((index, columns, bodies)) = handle.piped_take_rows() {
+                        let at = match building.iter().position(|b| b.index == index) {
+                            Some(at) => at,
+                            None => {
+                                building.push(Building { index, rows: Rows::new(lua, columns, 0)? });
+                                building.len() - 1
+                            }
+                        };
+                        building[at].rows.push(lua, columns, &bodies, *decoding)?;
+                    }
+                    Ok(MultiValue::from_iter([Value::Boolean(false), bytes_value(lua, &out)?]))
+                }
+                Some(outcome) => {
+                    let messages = handle.take_messages();
+                    let values = outcome_values(lua, outcome, messages, *decoding, building);
+                    building.clear();
+                    values
+                }
             }
         });
         methods.add_method_mut("piped_wait_start", |lua, this, ()| match this.0.notification_piped_start() {
@@ -85,6 +132,7 @@ impl UserData for LuaConnection {
             }
         });
         methods.add_method_mut("piped_stop", |_, this, keep: bool| {
+            this.2.clear();
             this.0.piped_stop(keep);
             Ok(())
         });
@@ -268,16 +316,18 @@ fn escape_error(e: escape::EscapeError) -> crate::error::Error {
 
 /// `res, num_queries, notifications, notices` or `nil, err, partial,
 /// num_queries, sqlstate, fields` (fields: the server's error fields by name).
+/// `built`: row tables filled while the query ran, by statement number.
 fn outcome_values(
     lua: &Lua,
     outcome: std::result::Result<QueryOutput, QueryFailure>,
     messages: Messages,
     decoding: Decoding,
+    built: &mut Vec<Building>,
 ) -> LuaResult<MultiValue> {
     match outcome {
         Ok(out) => {
             let n = out.len() as i64;
-            let mut values = vec![results(lua, &out, decoding)?, Value::Integer(n)];
+            let mut values = vec![results(lua, &out, decoding, built)?, Value::Integer(n)];
             if !messages.notifications.is_empty() || !messages.notices.is_empty() {
                 values.push(notifications(lua, &messages.notifications)?);
                 values.push(if messages.notices.is_empty() {
@@ -290,7 +340,7 @@ fn outcome_values(
         }
         Err(failure) => {
             let n = failure.partial.len() as i64;
-            let partial = if failure.partial.is_empty() { Value::Nil } else { results(lua, &failure.partial, decoding)? };
+            let partial = if failure.partial.is_empty() { Value::Nil } else { results(lua, &failure.partial, decoding, built)? };
             let sqlstate = match failure.error.sqlstate() {
                 Some(s) => Value::String(lua.create_string(s)?),
                 None => Value::Nil,
@@ -346,18 +396,20 @@ fn notifications(lua: &Lua, list: &[Notification]) -> LuaResult<Value> {
 }
 
 /// One result as pgmoon shapes it; several statements give an array of them.
-fn results(lua: &Lua, out: &QueryOutput, decoding: Decoding) -> LuaResult<Value> {
+fn results(lua: &Lua, out: &QueryOutput, decoding: Decoding, built: &mut Vec<Building>) -> LuaResult<Value> {
+    let mut prebuilt = |i: usize| built.iter().position(|b| b.index == i).map(|at| built.swap_remove(at).rows);
     if out.len() == 1 {
-        return statement(lua, &out[0], decoding);
+        return statement(lua, &out[0], decoding, prebuilt(0));
     }
     let all = lua.create_table_with_capacity(out.len(), 0)?;
     for (i, s) in out.iter().enumerate() {
-        all.raw_set(i + 1, statement(lua, s, decoding)?)?;
+        all.raw_set(i + 1, statement(lua, s, decoding, prebuilt(i))?)?;
     }
     Ok(Value::Table(all))
 }
 
-fn statement(lua: &Lua, s: &Statement, decoding: Decoding) -> LuaResult<Value> {
+/// A statement's result; its first rows may be in `prebuilt` already.
+fn statement(lua: &Lua, s: &Statement, decoding: Decoding, prebuilt: Option<Rows>) -> LuaResult<Value> {
     let Some(columns) = &s.columns else {
         return Ok(match s.affected_rows() {
             Some(n) => {
@@ -368,67 +420,135 @@ fn statement(lua: &Lua, s: &Statement, decoding: Decoding) -> LuaResult<Value> {
             None => Value::Boolean(true),
         });
     };
-    let names: Vec<LuaString> = columns.iter().map(|c| lua.create_string(&c.name)).collect::<LuaResult<_>>()?;
-    let rows = lua.create_table_with_capacity(s.rows.len(), 1)?;
-    for i in 0..s.rows.len() {
-        let row = lua.create_table_with_capacity(0, columns.len())?;
-        for (j, field) in s.row_fields(i).into_iter().enumerate() {
-            let (Some(name), Some(column)) = (names.get(j), columns.get(j)) else { break };
-            let v = match field {
-                None => null(),
-                Some(raw) => cell(lua, value::decode_as(decoding, column.type_oid, raw))?,
-            };
-            row.raw_set(name, v)?;
-        }
-        rows.raw_set(i + 1, row)?;
-    }
+    let mut rows = match prebuilt {
+        Some(rows) => rows,
+        None => Rows::new(lua, columns, s.rows.len())?,
+    };
+    rows.push(lua, columns, &s.rows, decoding)?;
     if s.command() != "SELECT" {
         if let Some(n) = s.affected_rows() {
-            rows.raw_set("affected_rows", n)?;
+            rows.table.raw_set("affected_rows", n)?;
         }
     }
-    Ok(Value::Table(rows))
+    Ok(Value::Table(rows.table))
 }
 
-fn cell(lua: &Lua, c: Cell<'_>) -> LuaResult<Value> {
-    Ok(match c {
-        Cell::Null => null(),
-        Cell::Bool(b) => Value::Boolean(b),
-        Cell::Int(n) => Value::Number(n as f64),
-        Cell::Float(f) => Value::Number(f),
-        Cell::Text(t) => Value::String(lua.create_string(t.as_bytes())?),
-        Cell::Bytes(b) => Value::String(lua.create_string(b)?),
-        Cell::Json(j) => json(lua, &j)?,
-        Cell::Array(items) => {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.into_iter().enumerate() {
-                t.raw_set(i + 1, cell(lua, item)?)?;
-            }
-            Value::Table(t)
+impl Rows {
+    fn new(lua: &Lua, columns: &[Column], capacity: usize) -> LuaResult<Rows> {
+        let names = lua.create_sequence_from(columns.iter().map(|c| c.name.as_str()))?;
+        Ok(Rows { table: lua.create_table_with_capacity(capacity, 1)?, count: 0, names })
+    }
+
+    /// Appends a row table per DataRow, keyed by column name. Through the
+    /// raw C API (in a protected call): a result is tens of thousands of
+    /// fields, and each safe-API set costs several times the raw one.
+    fn push(&mut self, lua: &Lua, columns: &[Column], bodies: &[DataRowBody], decoding: Decoding) -> LuaResult<()> {
+        if bodies.is_empty() {
+            return Ok(());
         }
-    })
+        let count = std::cell::Cell::new(self.count);
+        // SAFETY: the closure only uses the stack as the Lua C API allows:
+        // the rows table and the names are arguments 1 and 2, each row is
+        // built on top and stored with rawseti, and the stack is emptied at
+        // the end (no results). Keys are strings and integers, so raw sets
+        // can only raise on memory exhaustion, which the protected call turns
+        // into an error.
+        unsafe {
+            lua.exec_raw::<()>((&self.table, &self.names), |state| {
+                let ncols = columns.len().min(i32::MAX as usize) as std::os::raw::c_int;
+                for body in bodies {
+                    let n = count.get() + 1;
+                    if n > i32::MAX as usize || ffi::lua_checkstack(state, 4) == 0 {
+                        break;
+                    }
+                    ffi::lua_createtable(state, 0, ncols);
+                    push_fields(state, columns, body, decoding);
+                    ffi::lua_rawseti(state, 1, n as ffi::lua_Integer);
+                    count.set(n);
+                }
+                ffi::lua_settop(state, 0);
+            })?;
+        }
+        self.count = count.get();
+        Ok(())
+    }
 }
 
-fn json(lua: &Lua, j: &serde_json::Value) -> LuaResult<Value> {
-    use serde_json::Value as J;
-    Ok(match j {
-        J::Null => null(),
-        J::Bool(b) => Value::Boolean(*b),
-        J::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
-        J::String(s) => Value::String(lua.create_string(s)?),
-        J::Array(items) => {
-            let t = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, json(lua, item)?)?;
+use mlua::ffi;
+
+/// Sets the fields of one DataRow into the table on top of the stack
+/// (names at index 2).
+unsafe fn push_fields(state: *mut ffi::lua_State, columns: &[Column], body: &DataRowBody, decoding: Decoding) {
+    use fallible_iterator::FallibleIterator;
+    let buffer = body.buffer();
+    let mut ranges = body.ranges();
+    let mut j = 0usize;
+    while let Ok(Some(range)) = ranges.next() {
+        let Some(column) = columns.get(j) else { break };
+        ffi::lua_rawgeti(state, 2, (j + 1) as ffi::lua_Integer);
+        match range.and_then(|r| buffer.get(r)) {
+            None => ffi::lua_pushlightuserdata(state, std::ptr::null_mut()),
+            Some(raw) => push_cell(state, value::decode_as(decoding, column.type_oid, raw), 0),
+        }
+        ffi::lua_rawset(state, -3);
+        j += 1;
+    }
+}
+
+/// How deep JSON and arrays nest before the rest reads as nil (each level
+/// takes Lua stack slots).
+const MAX_DEPTH: usize = 200;
+
+/// Pushes a decoded value: NULL as `rds.null`, numbers, booleans, strings,
+/// JSON and arrays as tables.
+unsafe fn push_cell(state: *mut ffi::lua_State, c: Cell<'_>, depth: usize) {
+    match c {
+        Cell::Null => ffi::lua_pushlightuserdata(state, std::ptr::null_mut()),
+        Cell::Bool(b) => ffi::lua_pushboolean(state, b as std::os::raw::c_int),
+        Cell::Int(n) => ffi::lua_pushnumber(state, n as f64),
+        Cell::Float(f) => ffi::lua_pushnumber(state, f),
+        Cell::Text(t) => push_bytes(state, t.as_bytes()),
+        Cell::Bytes(b) => push_bytes(state, &b),
+        Cell::Json(j) => push_json(state, &j, depth),
+        Cell::Array(items) => {
+            if depth >= MAX_DEPTH || ffi::lua_checkstack(state, 3) == 0 {
+                return ffi::lua_pushnil(state);
             }
-            Value::Table(t)
+            ffi::lua_createtable(state, items.len().min(i32::MAX as usize) as std::os::raw::c_int, 0);
+            for (i, item) in items.into_iter().enumerate() {
+                push_cell(state, item, depth + 1);
+                ffi::lua_rawseti(state, -2, (i + 1) as ffi::lua_Integer);
+            }
+        }
+    }
+}
+
+unsafe fn push_bytes(state: *mut ffi::lua_State, bytes: &[u8]) {
+    ffi::lua_pushlstring(state, bytes.as_ptr().cast(), bytes.len());
+}
+
+unsafe fn push_json(state: *mut ffi::lua_State, j: &serde_json::Value, depth: usize) {
+    use serde_json::Value as J;
+    match j {
+        J::Null => ffi::lua_pushlightuserdata(state, std::ptr::null_mut()),
+        J::Bool(b) => ffi::lua_pushboolean(state, *b as std::os::raw::c_int),
+        J::Number(n) => ffi::lua_pushnumber(state, n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => push_bytes(state, s.as_bytes()),
+        J::Array(_) | J::Object(_) if depth >= MAX_DEPTH || ffi::lua_checkstack(state, 3) == 0 => ffi::lua_pushnil(state),
+        J::Array(items) => {
+            ffi::lua_createtable(state, items.len().min(i32::MAX as usize) as std::os::raw::c_int, 0);
+            for (i, item) in items.iter().enumerate() {
+                push_json(state, item, depth + 1);
+                ffi::lua_rawseti(state, -2, (i + 1) as ffi::lua_Integer);
+            }
         }
         J::Object(map) => {
-            let t = lua.create_table_with_capacity(0, map.len())?;
+            ffi::lua_createtable(state, 0, map.len().min(i32::MAX as usize) as std::os::raw::c_int);
             for (k, v) in map {
-                t.raw_set(k.as_str(), json(lua, v)?)?;
+                push_bytes(state, k.as_bytes());
+                push_json(state, v, depth + 1);
+                ffi::lua_rawset(state, -3);
             }
-            Value::Table(t)
         }
-    })
+    }
 }

@@ -87,7 +87,7 @@ fn reuse_values(lua: &Lua, handle: Handle, prefix: Option<&str>) -> LuaResult<Mu
     if let Some(p) = prefix {
         out.push(Value::String(lua.create_string(p)?));
     }
-    out.push(Value::UserData(lua.create_userdata(LuaConnection(handle, Default::default()))?));
+    out.push(Value::UserData(lua.create_userdata(LuaConnection::new(handle))?));
     out.push(Value::String(lua.create_string(&name)?));
     out.push(Value::String(lua.create_string(addr.ip().to_string())?));
     out.push(Value::Integer(addr.port().into()));
@@ -189,7 +189,7 @@ impl UserData for LuaOpening {
                 Ok(Progress::More) => Ok(MultiValue::from_iter([status("more")?, out])),
                 Ok(Progress::Done(handle)) => {
                     this.0 = Stage::Over;
-                    let conn = Value::UserData(lua.create_userdata(LuaConnection(handle, Default::default()))?);
+                    let conn = Value::UserData(lua.create_userdata(LuaConnection::new(handle))?);
                     Ok(MultiValue::from_iter([status("done")?, out, conn]))
                 }
                 Ok(Progress::Retry(conf, lease)) => {

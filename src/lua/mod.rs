@@ -166,9 +166,7 @@ type TokenResult = (Option<mlua::LuaString>, Option<mlua::LuaString>, Option<i64
 fn lua_connect(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) -> LuaResult<MultiValue> {
     let conf = LuaConf(conf);
     match guarded(|| Handle::open(&ConnectConf::parse(&conf, side(mode)?)?)) {
-        Ok(handle) => {
-            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle, Default::default()))?)]))
-        }
+        Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection::new(handle))?)])),
         Err(e) => failure(lua, &e),
     }
 }
@@ -187,9 +185,7 @@ fn lua_connect_start(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) 
     });
     match submitted {
         Ok(Ok((job, bound))) => Ok(MultiValue::from_iter([Value::Number(job as f64), Value::Number(bound.as_millis() as f64)])),
-        Ok(Err(handle)) => {
-            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle, Default::default()))?)]))
-        }
+        Ok(Err(handle)) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection::new(handle))?)])),
         Err(e) => failure(lua, &e),
     }
 }
@@ -197,9 +193,7 @@ fn lua_connect_start(lua: &Lua, (conf, mode): (Table, Option<mlua::LuaString>)) 
 /// `conn, err, sqlstate = core.connect_finish(job)`
 fn lua_connect_finish(lua: &Lua, job: f64) -> LuaResult<MultiValue> {
     match jobs::take::<CrateResult<Handle>>(job as u64).and_then(|opened| opened) {
-        Ok(handle) => {
-            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection(handle, Default::default()))?)]))
-        }
+        Ok(handle) => Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(connection::LuaConnection::new(handle))?)])),
         Err(e) => failure(lua, &e),
     }
 }

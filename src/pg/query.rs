@@ -86,6 +86,19 @@ enum Step {
 }
 
 impl QueryRun {
+    /// The rows of the statement in progress received so far, taken out
+    /// (for callers that convert rows as they arrive), with that
+    /// statement's number among the query's (0-based) and its columns.
+    pub fn take_current_rows(&mut self) -> Option<(usize, &[Column], Vec<DataRowBody>)> {
+        let index = self.done.len();
+        let current = self.current.as_mut()?;
+        if current.rows.is_empty() {
+            return None;
+        }
+        let columns = current.columns.as_deref()?;
+        Some((index, columns, std::mem::take(&mut current.rows)))
+    }
+
     /// The outcome, once the query is over.
     fn outcome(self) -> Result<QueryOutput, QueryFailure> {
         match self.failure {
