@@ -26,7 +26,7 @@ pub struct Handle {
     /// The [`process::generation`] that opened it.
     owner: u64,
     timeout: Duration,
-    label: String,
+    label: Arc<str>,
     /// Counts it as busy in its pool key while it is open.
     lease: Option<Lease>,
     /// How many times the pool handed this physical connection out before.
@@ -140,7 +140,11 @@ impl Handle {
     }
 
     fn new(conn: pg::Connection, conf: &ConnectConf, lease: Lease) -> Handle {
-        let label = format!("{}@{}/{}", conf.endpoint.user, conf.address, conf.database);
+        let label = format!("{}@{}/{}", conf.endpoint.user, conf.address, conf.database).into();
+        Self::with_label(conn, conf, lease, label)
+    }
+
+    fn with_label(conn: pg::Connection, conf: &ConnectConf, lease: Lease, label: Arc<str>) -> Handle {
         let last_session = conn.escape_session().unwrap_or_default();
         crate::stats::bump(&crate::stats::OPEN_HANDLES);
         Handle {
@@ -161,7 +165,7 @@ impl Handle {
     }
 
     fn reused(idle: Idle, lease: Lease, conf: &ConnectConf) -> Handle {
-        let mut handle = Handle::new(idle.conn, conf, lease);
+        let mut handle = Handle::with_label(idle.conn, conf, lease, idle.label);
         handle.reused = idle.reused + 1;
         handle.retire_at = idle.retire_at;
         handle
@@ -204,7 +208,8 @@ impl Handle {
         let max_idle = max_idle.unwrap_or(self.pool.keepalive_timeout);
         let size = size.unwrap_or(self.pool.size);
         let piped = conn.pipe().is_some();
-        let returning = pool::Returning { lease, conn, reused: self.reused, retire_at: self.retire_at, max_idle, size };
+        let returning =
+            pool::Returning { lease, conn, reused: self.reused, retire_at: self.retire_at, label: self.label.clone(), max_idle, size };
         if piped {
             // Nothing to wait for: goodbyes to evicted ones wait in their pipes
             // (their cosockets close with nginx's keep-alive timeout).

@@ -106,6 +106,8 @@ pub struct Idle {
     pub reused: u32,
     /// When it must be closed (its jittered `pg_max_lifetime`), if ever.
     pub retire_at: Option<Instant>,
+    /// `user@host:port/database`, made once per physical connection.
+    pub label: Arc<str>,
     idle_until: Option<Instant>,
 }
 
@@ -306,6 +308,8 @@ pub struct Returning {
     pub reused: u32,
     /// Its jittered `pg_max_lifetime` deadline, if any.
     pub retire_at: Option<Instant>,
+    /// Its label (see [`Idle::label`]).
+    pub label: Arc<str>,
     /// How long it may stay idle (zero: no limit).
     pub max_idle: Duration,
     /// How many idle ones its key keeps.
@@ -325,12 +329,12 @@ pub async fn put_back(returning: Returning) -> Result<()> {
 /// [`put_back`] without the goodbyes: the connections to close come back
 /// (the caller closes them; over a cosocket that needs no waiting).
 pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
-    let Returning { lease, conn, reused, retire_at, max_idle, size } = returning;
+    let Returning { lease, conn, reused, retire_at, label, max_idle, size } = returning;
     let now = Instant::now();
     if !conn.is_idle() {
         count_closed(&lease, 1);
         let e = Error::new(ErrorKind::Closed, "connection in dubious state (in a transaction): closed instead of kept alive");
-        return (Err(e), vec![Idle { conn, reused, retire_at, idle_until: None }]);
+        return (Err(e), vec![Idle { conn, reused, retire_at, label, idle_until: None }]);
     }
     if !conn.is_alive() {
         drop(conn);
@@ -340,7 +344,7 @@ pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
             Vec::new(),
         );
     }
-    let idle = Idle { conn, reused, retire_at, idle_until: (!max_idle.is_zero()).then(|| now + max_idle) };
+    let idle = Idle { conn, reused, retire_at, label, idle_until: (!max_idle.is_zero()).then(|| now + max_idle) };
     if idle.expired(now) {
         count_closed(&lease, 1);
         return (Ok(()), vec![idle]);

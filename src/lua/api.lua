@@ -226,11 +226,12 @@ local HANDLE = {} -- private key of the Rust handle in a connection table
 local SOCK, REQ = {}, {}
 local RECV_MAX = 65536
 -- The request (or timer) a cosocket belongs to: nginx raises if another
--- one touches it, so the connection checks first.
-local exdata_ok, exdata = pcall(require, "thread.exdata")
-local base_ok, base = pcall(require, "resty.core.base")
-local get_request = (exdata_ok and type(exdata) == "function" and exdata)
-  or (base_ok and type(base) == "table" and base.get_request) or function() return nil end
+-- one touches it, so the connection checks first. Its ngx.ctx table tells
+-- requests apart (a request structure's address is reused by the next
+-- request on the same client connection; ngx.ctx is new for each).
+local function get_request()
+  return ngx.ctx
+end
 local NOT_HERE = "this connection runs over an nginx cosocket, which cannot be used here "
   .. "(use it in the request or timer that opened it, outside metamethods and iterators)"
 

@@ -41,6 +41,8 @@ pub struct Connection {
     messages: Messages,
     /// `client_encoding`, as the server last reported it.
     client_encoding: String,
+    /// That encoding as the escaper knows it (`None`: one it does not know).
+    encoding: Option<escape::Encoding>,
     /// `standard_conforming_strings`, as the server last reported it.
     standard_conforming_strings: bool,
 }
@@ -85,7 +87,8 @@ impl Connection {
     /// `standard_conforming_strings`, as the server last reported them (an
     /// encoding the escaper does not know is an error, never a guess).
     pub fn escape_session(&self) -> Result<escape::Session, crate::error::Error> {
-        let encoding = escape::Encoding::from_name(&self.client_encoding)
+        let encoding = self
+            .encoding
             .ok_or_else(|| crate::error::Error::config(format!("cannot escape values for client_encoding {:?}", self.client_encoding)))?;
         Ok(escape::Session { encoding, standard_conforming_strings: self.standard_conforming_strings })
     }
@@ -93,7 +96,10 @@ impl Connection {
     /// Notes a `ParameterStatus` the escaper depends on.
     fn parameter(&mut self, name: &str, value: &str) {
         match name {
-            "client_encoding" => self.client_encoding = value.to_owned(),
+            "client_encoding" => {
+                self.client_encoding = value.to_owned();
+                self.encoding = escape::Encoding::from_name(value);
+            }
             "standard_conforming_strings" => self.standard_conforming_strings = value == "on",
             _ => {}
         }

@@ -98,6 +98,7 @@ async fn establish<S: Socket>(socket: S, addr: SocketAddr, conf: &ConnectConf, p
         messages: Default::default(),
         // Until the server says otherwise: what the startup message asked for.
         client_encoding: "UTF8".into(),
+        encoding: super::escape::Encoding::from_name("UTF8"),
         standard_conforming_strings: true,
     };
     for (name, value) in &parameters {
