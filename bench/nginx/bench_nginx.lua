@@ -14,7 +14,7 @@
 --   /drain?v=VARIANT   close this worker's idle connections of VARIANT
 --   /nop?n=N           N calls of rds._nop(), each timed: median/p99/mean (us)
 --   /info              JSON: what the module offers (_nop, stats), versions
---   /cycle?v=VARIANT   one connect (from the pool after the first) + one
+--   /cycle?v=VARIANT   (also pgmoon_tls) one connect (from the pool after the first) + one
 --                      `select 1 as x` + keepalive, timed as a whole (the
 --                      per-query buffer of /stats holds these cycle times;
 --                      /stats also counts the new physical connections)
@@ -71,6 +71,12 @@ local pg_cfg = {
   user = E "RDS_EMU_PW_MD5_USER", password = E "RDS_EMU_PW_MD5_PASSWORD",
   ssl = false, pool_size = PGMOON_POOL,
 }
+-- pgmoon over TLS (md5 user: its SCRAM over TLS would need lua-resty-openssl),
+-- certificate not verified as ours (pg_ssl_verify = false); its own pool
+-- name, since pgmoon's default (host:port:database:user) would mix the two.
+local pg_cfg_tls = { ssl = true, ssl_verify = false, pool = "bench_pgmoon_tls" }
+for k, v in pairs(pg_cfg) do if pg_cfg_tls[k] == nil then pg_cfg_tls[k] = v end end
+local PG_CFGS = { pgmoon_plain = pg_cfg, pgmoon_tls = pg_cfg_tls }
 
 local M = {}
 
@@ -194,10 +200,10 @@ local function cycle_rds(v)
   ngx.print("ok")
 end
 
-local function cycle_pgmoon()
+local function cycle_pgmoon(cfg)
   if not pgmoon then return fail("pgmoon not present") end
   local t0 = clock()
-  local pg = pgmoon.new(pg_cfg)
+  local pg = pgmoon.new(cfg)
   local ok, err = pg:connect()
   if not ok then return fail("pgmoon connect: " .. tostring(err)) end
   local res, qerr = pg:query(SQL)
@@ -216,7 +222,7 @@ end
 
 function M.cycle()
   local v = ngx.req.get_uri_args().v
-  if v == "pgmoon_plain" then return cycle_pgmoon() end
+  if PG_CFGS[v] then return cycle_pgmoon(PG_CFGS[v]) end
   if not CONFS[v] then return fail("unknown variant " .. tostring(v)) end
   return cycle_rds(v)
 end
@@ -342,12 +348,12 @@ end
 function M.drain()
   local v = ngx.req.get_uri_args().v
   local closed = 0
-  if v == "pgmoon_plain" then
+  if PG_CFGS[v] then
     if pgmoon then
       -- Take the pooled sockets one by one (LIFO) and close them; stop at
       -- the first new one (reused 0), which is closed too.
       for _ = 1, PGMOON_POOL + 1 do
-        local pg = pgmoon.new(pg_cfg)
+        local pg = pgmoon.new(PG_CFGS[v])
         if not pg:connect() then break end
         local reused = pg.sock:getreusedtimes()
         pg:disconnect()

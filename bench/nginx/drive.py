@@ -63,6 +63,7 @@ CYC_CELLS = [
     ("yield_plain", "yield", "rds_plain"),
     ("block_plain", "block", "rds_plain"),
     ("pgmoon", "yield", "pgmoon_plain"),
+    ("pgmoon_tls", "yield", "pgmoon_tls"),
 ]
 DEC_CELLS = CYC_CELLS
 DEC_ROWS = 10000
@@ -470,8 +471,8 @@ def pct(sorted_vals, q):
 def drain(inst, variant):
     """Closes the idle connections of variant in inst's worker: ours from the
     module's pool (/pooldrain), pgmoon's from the cosocket pool (/drain)."""
-    if variant == "pgmoon_plain":
-        _, dr = inst.get_json("/drain?v=pgmoon_plain")
+    if variant.startswith("pgmoon"):
+        _, dr = inst.get_json("/drain?v=%s" % variant)
     else:
         _, dr = inst.get_json("/pooldrain?v=%s" % variant)
     return dr.get("closed")
@@ -654,7 +655,7 @@ def main():
     ap.add_argument("--nop-calls", type=int, default=20000)
     ap.add_argument("--pgmoon", default="")
     ap.add_argument("--cyc-ns", default="1,50")
-    ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon")
+    ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon,pgmoon_tls")
     ap.add_argument("--cyc-secs", type=float, default=None, help="default: --secs")
     ap.add_argument("--cyc-warm", type=float, default=None, help="default: --warm")
     ap.add_argument("--dec-k", type=int, default=5, help="10,000-row requests per cell and round (0: none)")
@@ -667,17 +668,17 @@ def main():
     ns = [int(x) for x in a.ns.split(",") if x]
     want = set(a.cells.split(","))
     pgmoon_dir = a.pgmoon if a.pgmoon and os.path.isfile(os.path.join(a.pgmoon, "pgmoon", "init.lua")) else ""
-    cells = [c for c in CELLS if c[0] in want and (c[0] != "pgmoon" or pgmoon_dir)]
+    cells = [c for c in CELLS if c[0] in want and (not c[0].startswith("pgmoon") or pgmoon_dir)]
     so_dir = os.environ.get("BENCH_SO_DIR", os.path.join(ROOT, "target", "lua"))
     cyc_ns = [int(x) for x in a.cyc_ns.split(",") if x]
     cyc_want = set(x for x in a.cyc_cells.split(",") if x)
-    cyc_cells = [c for c in CYC_CELLS if c[0] in cyc_want and (c[0] != "pgmoon" or pgmoon_dir)]
+    cyc_cells = [c for c in CYC_CELLS if c[0] in cyc_want and (not c[0].startswith("pgmoon") or pgmoon_dir)]
     if not cyc_cells:
         cyc_ns = []
     cyc_secs = a.secs if a.cyc_secs is None else a.cyc_secs
     cyc_warm = a.warm if a.cyc_warm is None else a.cyc_warm
     dec_want = set(x for x in a.dec_cells.split(",") if x)
-    dec_cells = [c for c in DEC_CELLS if c[0] in dec_want and (c[0] != "pgmoon" or pgmoon_dir)] if a.dec_k > 0 else []
+    dec_cells = [c for c in DEC_CELLS if c[0] in dec_want and (not c[0].startswith("pgmoon") or pgmoon_dir)] if a.dec_k > 0 else []
 
     insts = {"yield": Nginx("yield", a.prefix, False, so_dir, pgmoon_dir),
              "block": Nginx("block", a.prefix, True, so_dir, pgmoon_dir)}

@@ -76,11 +76,13 @@ CYC_LABEL = {
     "yield_plain": "kong_rds_iam yielding, no TLS",
     "block_plain": "kong_rds_iam blocking, no TLS",
     "pgmoon": "pgmoon (cosockets), no TLS",
+    "pgmoon_tls": "pgmoon (cosockets), TLS",
 }
 DEC_LABEL = dict(CYC_LABEL, libpq="libpq (psql, no Lua tables): server + transfer floor")
 # (numerator, denominator, label) for the cycle and the decode
 CYC_RATIOS = [
     ("yield_plain", "pgmoon", "yielding no TLS / pgmoon"),
+    ("yield_tls", "pgmoon_tls", "yielding TLS / pgmoon TLS"),
     ("yield_tls", "pgmoon", "yielding TLS / pgmoon (no TLS)"),
     ("block_plain", "pgmoon", "blocking no TLS / pgmoon"),
     ("yield_plain", "block_plain", "yielding / blocking, no TLS"),
@@ -176,18 +178,21 @@ def cycle_part(samples, meta):
 
     targets = []
     for n in ns:
-        for a, tls in (("yield_plain", "no TLS"), ("yield_tls", "TLS")):
-            label = "cycle connect+query+keepalive, yielding (%s) >= 1.0x pgmoon, N=%d" % (tls, n)
-            if "pgmoon" not in cells:
+        # TLS against pgmoon over TLS when it ran (like for like), else plain pgmoon.
+        peer_tls = "pgmoon_tls" if "pgmoon_tls" in cells else "pgmoon"
+        for a, tls, peer in (("yield_plain", "no TLS", "pgmoon"), ("yield_tls", "TLS", peer_tls)):
+            label = "cycle connect+query+keepalive, yielding (%s) >= 1.0x %s, N=%d" % (
+                tls, "pgmoon (TLS)" if peer == "pgmoon_tls" else "pgmoon", n)
+            if peer not in cells:
                 targets.append((label, "pgmoon not present", "n/a"))
                 continue
             if a not in cells:
                 continue
-            pr, cnt = paired(a, "pgmoon", n)
-            rm = rmed(a, "pgmoon", n)
+            pr, cnt = paired(a, peer, n)
+            rm = rmed(a, peer, n)
             detail = "paired rounds %s (n=%d); medians %s vs %s requests/s = %s" % (
                 fmt_ratio(pr), cnt, fmt_num(med("ngx_cyc_rps_%s_n%d" % (a, n))),
-                fmt_num(med("ngx_cyc_rps_pgmoon_n%d" % n)), fmt_ratio(rm))
+                fmt_num(med("ngx_cyc_rps_%s_n%d" % (peer, n))), fmt_ratio(rm))
             targets.append(judge(label, pr, cnt, rm, 1.0, detail, why_not))
     TH = ("target", "measured", "status")
 
@@ -501,12 +506,15 @@ def section(samples, meta):
   emulator's address and md5 user in the master's environment; the blocking one also gets
   `KONG_RDS_IAM_YIELD=off`. `init_by_lua` loads the module in the master. Handlers: `bench/nginx/bench_nginx.lua`,
   `content_by_lua`.
-- Our paths keep a per-worker free list of open connections (`rds.connect` once per slot, then reused across
-  requests: N slots at N clients); pgmoon's cosockets belong to one request, so it runs as Kong runs it:
-  `pgmoon.new` + `connect` (socket from the cosocket keepalive pool, pool_size 128, no new login once warm),
-  K queries, `keepalive(60000, 128)`. All paths log in as the emulator's md5 user `pw_md5`; "no TLS" is
-  `pg_ssl = off` (ours) and `ssl = false` (pgmoon): pgmoon's TLS and SCRAM need lua-resty-openssl, absent here.
-  "TLS" is our default TLS 1.2 (rustls) to the same server.
+- Ours in the yielding instance runs over a cosocket (`pg_cosocket`, the default), which belongs to its request
+  as pgmoon's does: `rds.connect` (an idle session from the module's pool, its cosocket from nginx's keep-alive
+  pool), K queries, `conn:keepalive()`. The blocking instance keeps a per-worker free list of open connections
+  (Rust objects, reused across requests: N slots at N clients). pgmoon runs as Kong runs it: `pgmoon.new` +
+  `connect` (socket from the cosocket keepalive pool, pool_size 128, no new login once warm), K queries,
+  `keepalive(60000, 128)`. All paths log in as the emulator's md5 user `pw_md5`; "no TLS" is `pg_ssl = off`
+  (ours) and `ssl = false` (pgmoon). "TLS" is our default TLS 1.2 (rustls) to the same server, and in the cycle
+  pgmoon with `ssl = true` (nginx's OpenSSL; certificates verified by neither; md5, since pgmoon's SCRAM over
+  TLS needs lua-resty-openssl, absent here).
 - A cell: warm-up with N clients (each at least 2 requests, fills the pool), `/reset`, S seconds of load, `/stats`,
   `/drain` (closes the cell's connections; the emulator allows 100). q/s = completed requests x K / time until the
   last client's last response. Per-query p50/p99: each `query()` timed inside the handler (for the yielding path
