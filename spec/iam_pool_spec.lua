@@ -107,6 +107,72 @@ describe("IAM logins", function()
     end)
   end)
 
+  describe("refused with a cached token, in nginx over a cosocket", function()
+    local n
+    local CONF
+
+    lazy_setup(function()
+      CONF = ("return { pg_host = %q, pg_port = %d, pg_database = %q, pg_user = %q, pg_iam_auth = true, "
+        .. "pg_iam_auth_region = %q, pg_ssl_verify = true, pg_ssl_cafile = %q, pg_timeout = 5000 }")
+        :format(e.host, e.port, e.db, e.iam_users[1], REGION, e.ca)
+      n = assert(nginx.start {
+        workers = 1,
+        env = f:env("imds"),
+        http = "init_by_lua_block { require 'kong_rds_iam' }",
+        files = { ["lua/retryconf.lua"] = CONF },
+        server = [[
+          location /token { content_by_lua_block {
+            local rds = require "kong_rds_iam"
+            local token = assert(rds.token(require "retryconf"))
+            package.loaded.retry_token = token
+            ngx.say("ok")
+          } }
+          location /connect { content_by_lua_block {
+            local rds = require "kong_rds_iam"
+            local conf = require "retryconf"
+            local jobs = rds.stats().jobs_submitted
+            local c, err, sqlstate = rds.connect(conf)
+            local out = { ok = c ~= nil, err = err, sqlstate = sqlstate, jobs = rds.stats().jobs_submitted - jobs }
+            if c then
+              out.cosocket = c:_is_cosocket()
+              local res = c:query("select current_user as u")
+              out.user = res and res[1].u
+              out.same_token = rds.token(conf) == package.loaded.retry_token
+              c:close()
+            end
+            ngx.say(require("cjson").encode(out))
+          } }
+        ]],
+      })
+    end)
+
+    lazy_teardown(function()
+      if n then n:stop() end
+    end)
+
+    it("logs in again once, over a new cosocket, with a fresh token from refreshed credentials", function()
+      local status, body = n:get("/token")
+      assert.equal(200, status, body)
+      local first = assert(f:last_credential("imds"))
+      assert(e:remove_key(first.access_key_id))
+      local out
+      status, body = n:get("/connect")
+      assert.equal(200, status, body)
+      out = require("cjson").decode(body)
+      assert.is_true(out.ok, body)
+      assert.is_true(out.cosocket, body)
+      assert.equal(e.iam_users[1], out.user, body)
+      assert.is_false(out.same_token, body)
+      -- the first preparation, the credential refresh, the second preparation
+      assert.is_true(out.jobs >= 2, body)
+      local log = e:log()
+      assert.truthy(log:find('akid="' .. first.access_key_id .. '" REJECT', 1, true), log)
+      local second = assert(f:last_credential("imds")).access_key_id
+      assert.not_equal(first.access_key_id, second)
+      assert.truthy(log:find('akid="' .. second .. '" ACCEPT', 1, true), log)
+    end)
+  end)
+
   describe("the rate guard across two workers", function()
     local AKID, SECRET = "AKIDKONGRDSIAMRATE01", "rate-guard-secret-for-the-spec-01"
 
