@@ -289,20 +289,22 @@ end
 -- Closes the idle connections of the module's own pool for variant v:
 -- check out (LIFO) and close until a new one (reused 0) comes, which is
 -- closed too.
+local function pool_drain(v)
+  local closed = 0
+  for _ = 1, 1000 do
+    local conn = rds.connect(CONFS[v])
+    if not conn then break end
+    local reused = conn:getreusedtimes()
+    conn:close()
+    if reused == 0 then break end
+    closed = closed + 1
+  end
+  return closed
+end
+
 function M.pooldrain()
   local v = ngx.req.get_uri_args().v
-  local closed = 0
-  if CONFS[v] then
-    for _ = 1, 1000 do
-      local conn = rds.connect(CONFS[v])
-      if not conn then break end
-      local reused = conn:getreusedtimes()
-      conn:close()
-      if reused == 0 then break end
-      closed = closed + 1
-    end
-  end
-  reply(200, { closed = closed })
+  reply(200, { closed = CONFS[v] and pool_drain(v) or 0 })
 end
 
 function M.reset()
@@ -368,6 +370,8 @@ function M.drain()
       pool[i] = nil
       closed = closed + 1
     end
+    -- connections over a cosocket went back to the module's pool instead
+    closed = closed + pool_drain(v)
   end
   reply(200, { closed = closed })
 end
