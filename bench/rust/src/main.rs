@@ -76,6 +76,7 @@ fn sigv4_http_token(identity: &Identity, settings: &SigningSettings, time: Syste
 
 fn ours(time: SystemTime) -> SigningParams<'static> {
     SigningParams {
+        kind: kong_rds_iam::signer::Kind::Rds,
         host: HOST,
         port: PORT,
         user: USER,
