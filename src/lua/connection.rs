@@ -420,23 +420,48 @@ fn statement(lua: &Lua, s: &Statement, decoding: Decoding, prebuilt: Option<Rows
             None => Value::Boolean(true),
         });
     };
-    let mut rows = match prebuilt {
-        Some(rows) => rows,
-        None => Rows::new(lua, columns, s.rows.len())?,
-    };
-    rows.push(lua, columns, &s.rows, decoding)?;
-    if s.command() != "SELECT" {
-        if let Some(n) = s.affected_rows() {
+    let affected = if s.command() != "SELECT" { s.affected_rows() } else { None };
+    if let Some(mut rows) = prebuilt {
+        rows.push(lua, columns, &s.rows, decoding)?;
+        if let Some(n) = affected {
             rows.table.raw_set("affected_rows", n)?;
         }
+        return Ok(Value::Table(rows.table));
     }
-    Ok(Value::Table(rows.table))
+    // The whole result in one protected call: on LuaJIT every safe-API
+    // constructor is a protected call of its own, which for a small result
+    // costs more than the result.
+    // SAFETY: the closure starts on an empty stack (no arguments), builds the
+    // rows table (index 1) and the names (index 2) with the C API, stores
+    // rows with raw sets (string and integer keys: only memory exhaustion
+    // can raise, which the protected call turns into an error) and leaves
+    // exactly the rows table as its one result.
+    let table = unsafe {
+        lua.exec_raw::<mlua::Table>((), |state| {
+            ffi::lua_createtable(state, c_int_of(s.rows.len()), affected.is_some() as std::os::raw::c_int);
+            push_names(state, columns);
+            push_rows(state, 0, columns, &s.rows, decoding);
+            if let Some(n) = affected {
+                push_bytes(state, b"affected_rows");
+                ffi::lua_pushinteger(state, n.min(i64::MAX as u64) as ffi::lua_Integer);
+                ffi::lua_rawset(state, 1);
+            }
+            ffi::lua_settop(state, 1);
+        })?
+    };
+    Ok(Value::Table(table))
 }
 
 impl Rows {
     fn new(lua: &Lua, columns: &[Column], capacity: usize) -> LuaResult<Rows> {
-        let names = lua.create_sequence_from(columns.iter().map(|c| c.name.as_str()))?;
-        Ok(Rows { table: lua.create_table_with_capacity(capacity, 1)?, count: 0, names })
+        // SAFETY: as in `statement`: two new tables, left as the two results.
+        let (table, names) = unsafe {
+            lua.exec_raw::<(mlua::Table, mlua::Table)>((), |state| {
+                ffi::lua_createtable(state, c_int_of(capacity), 1);
+                push_names(state, columns);
+            })?
+        };
+        Ok(Rows { table, count: 0, names })
     }
 
     /// Appends a row table per DataRow, keyed by column name. Through the
@@ -455,23 +480,43 @@ impl Rows {
         // into an error.
         unsafe {
             lua.exec_raw::<()>((&self.table, &self.names), |state| {
-                let ncols = columns.len().min(i32::MAX as usize) as std::os::raw::c_int;
-                for body in bodies {
-                    let n = count.get() + 1;
-                    if n > i32::MAX as usize || ffi::lua_checkstack(state, 4) == 0 {
-                        break;
-                    }
-                    ffi::lua_createtable(state, 0, ncols);
-                    push_fields(state, columns, body, decoding);
-                    ffi::lua_rawseti(state, 1, n as ffi::lua_Integer);
-                    count.set(n);
-                }
+                count.set(push_rows(state, count.get(), columns, bodies, decoding));
                 ffi::lua_settop(state, 0);
             })?;
         }
         self.count = count.get();
         Ok(())
     }
+}
+
+fn c_int_of(n: usize) -> std::os::raw::c_int {
+    n.min(i32::MAX as usize) as std::os::raw::c_int
+}
+
+/// Pushes the column names as a sequence (it becomes stack index 2).
+unsafe fn push_names(state: *mut ffi::lua_State, columns: &[Column]) {
+    ffi::lua_createtable(state, c_int_of(columns.len()), 0);
+    for (j, c) in columns.iter().enumerate() {
+        push_bytes(state, c.name.as_bytes());
+        ffi::lua_rawseti(state, -2, (j + 1) as ffi::lua_Integer);
+    }
+}
+
+/// Appends a row table per DataRow to the rows table at index 1 (names at
+/// index 2) after its first `count` rows; the new count.
+unsafe fn push_rows(state: *mut ffi::lua_State, mut count: usize, columns: &[Column], bodies: &[DataRowBody], decoding: Decoding) -> usize {
+    let ncols = c_int_of(columns.len());
+    for body in bodies {
+        let n = count + 1;
+        if n > i32::MAX as usize || ffi::lua_checkstack(state, 4) == 0 {
+            break;
+        }
+        ffi::lua_createtable(state, 0, ncols);
+        push_fields(state, columns, body, decoding);
+        ffi::lua_rawseti(state, 1, n as ffi::lua_Integer);
+        count = n;
+    }
+    count
 }
 
 use mlua::ffi;
