@@ -598,14 +598,14 @@ impl Handle {
         let outcome = conn.query_piped_feed(run);
         let output = pipe.take_output();
         let Some(outcome) = outcome else { return (None, output) };
+        let session = conn.escape_session();
         self.piped = None;
         let usable = match &outcome {
             Ok(_) => true,
             Err(f) => f.error.leaves_session_usable(),
         };
         if usable {
-            let State::Open(conn) = &self.state else { unreachable_closed() };
-            self.last_session = conn.escape_session().unwrap_or(self.last_session);
+            self.last_session = session.unwrap_or(self.last_session);
         } else {
             self.state = State::Closed;
             self.lease = None;
@@ -676,14 +676,14 @@ impl Handle {
         }
     }
 
-    /// Stops the statement running over the cosocket: from the I/O thread
-    /// when this process has one, else here (bounded: best effort).
+    /// Stops the statement running over the cosocket, from the I/O thread
+    /// (best effort). Never here: this runs on the nginx worker, which must
+    /// not block; and a connection over a cosocket was prepared by a job, so
+    /// this process has an I/O thread.
     fn cancel_piped(&self) {
         let State::Open(conn) = &self.state else { return };
         let cancel = conn.cancel_token();
-        if !process::spawn_background(async move { cancel.cancel().await }) && !crate::io_thread::is_current() {
-            let _ = process::block_on(cancel.cancel());
-        }
+        process::spawn_background(async move { cancel.cancel().await });
     }
 
     /// The pipe, when this connection runs over a cosocket and nothing runs
@@ -726,10 +726,6 @@ impl Handle {
 /// connection, so that a checkout gets that very socket back.
 fn pool_name(pipe: &PipeEnd) -> String {
     pipe.name().to_owned()
-}
-
-fn unreachable_closed() -> ! {
-    unreachable!("state checked open above")
 }
 
 impl Opening {
@@ -859,10 +855,7 @@ impl Drop for Handle {
         // Collected mid-query over a cosocket (its request was aborted): the
         // cosocket is gone with the request; stop the statement too.
         if matches!(self.piped, Some(Piped::Query(_))) && self.owner == process::generation() {
-            if let State::Open(conn) = &self.state {
-                let cancel = conn.cancel_token();
-                process::spawn_background(async move { cancel.cancel().await });
-            }
+            self.cancel_piped();
         }
         if self.owner != process::generation() {
             if let State::Open(conn) = std::mem::replace(&mut self.state, State::Closed) {
