@@ -151,6 +151,14 @@ local function read(conf, keys, values)
   for i = 1, #keys do values[i] = conf[keys[i]] end
 end
 
+-- Whether each of a memo entry's keys still holds the value it had; an
+-- __index that raises (a proxy's) counts as a change.
+local function still_same(conf, proxy, entry)
+  if not proxy then return unchanged(conf, entry.keys, entry.values) end
+  local ok, same = pcall(unchanged, conf, entry.keys, entry.values)
+  return ok and same
+end
+
 --- token, err, expires_at = rds.token(conf, mode)
 function M.token(conf, mode)
   check("token", 1, conf, "table")
@@ -159,11 +167,9 @@ function M.token(conf, mode)
   -- not raise from it.
   local proxy = getmetatable(conf) ~= nil
   local entry = memo[conf]
-  if entry and entry.mode == mode and now() < entry.valid_until and entry.epoch == token_epoch() then
-    local ok, same
-    if proxy then ok, same = pcall(unchanged, conf, entry.keys, entry.values)
-    else ok, same = true, unchanged(conf, entry.keys, entry.values) end
-    if ok and same then return entry.token, nil, entry.expires_at end
+  if entry and entry.mode == mode and now() < entry.valid_until and entry.epoch == token_epoch()
+      and still_same(conf, proxy, entry) then
+    return entry.token, nil, entry.expires_at
   end
   -- An unknown mode reads nothing; Rust names the mistake.
   local keys = token_keys[mode or "rw"] or no_keys
@@ -583,12 +589,7 @@ local conf_memo = setmetatable({}, { __mode = "k" })
 local function parsed_conf(conf, mode)
   local entry = conf_memo[conf]
   local proxy = getmetatable(conf) ~= nil
-  if entry and entry.mode == mode then
-    local ok, same
-    if proxy then ok, same = pcall(unchanged, conf, entry.keys, entry.values)
-    else ok, same = true, unchanged(conf, entry.keys, entry.values) end
-    if ok and same then return entry.parsed end
-  end
+  if entry and entry.mode == mode and still_same(conf, proxy, entry) then return entry.parsed end
   local parsed, keys = core.parse_conf(conf, mode)
   if not parsed then
     conf_memo[conf] = nil
