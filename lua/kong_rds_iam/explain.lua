@@ -149,6 +149,19 @@ end
 -- What the token `sign(...)` returns says about itself (M.token_facts),
 -- with its expiry as the call gave it and seconds left at `t`; the token
 -- itself is not kept. nil, err when none was signed.
+-- What a token tells of the credentials that signed it: the key id, and
+-- their expiry when it came before the token's own (the token's expiry is
+-- the earlier of signing + lifetime and the credentials' expiry).
+local function credentials_from_token(c, tf, t)
+  if not (c and tf) then return end
+  c.access_key_id = c.access_key_id or tf.access_key_id
+  if not c.expires_at and tf.expires_at and tf.signed_at and tf.expires
+    and tf.expires_at < tf.signed_at + tf.expires then
+    c.expires_at = tf.expires_at
+    c.expires_in = tf.expires_at - t
+  end
+end
+
 local function signed_token_facts(t, sign, ...)
   local ok, token, err, expires_at = pcall(sign, ...)
   if not ok then return nil, tostring(token) end
@@ -298,14 +311,7 @@ function M.explain_cache(rds, req)
     report.serverless = tf.resource_type == "ServerlessCache"
     -- the token is the truth: a region it was not signed for came from elsewhere
     if tf.region and tf.region ~= region then region, region_from = tf.region, nil end
-    if c then
-      c.access_key_id = c.access_key_id or tf.access_key_id
-      if not c.expires_at and tf.expires_at and tf.signed_at and tf.expires
-        and tf.expires_at < tf.signed_at + tf.expires then
-        c.expires_at = tf.expires_at
-        c.expires_in = tf.expires_at - t
-      end
-    end
+    credentials_from_token(c, tf, t)
   end
   report.region, report.region_from = region, region_from
   if c and not c.expires_at and type(rds.stats) == "function" then
@@ -422,16 +428,7 @@ function M.explain(rds, conf, mode, opts)
     local tf = report.token
 
     local c = report.credentials
-    if c and tf then
-      c.access_key_id = c.access_key_id or tf.access_key_id
-      -- the token's expiry is the earlier of signing + 900 s and the
-      -- credentials' own expiry: earlier than signing + 900 s means the latter
-      if not c.expires_at and tf.expires_at and tf.signed_at and tf.expires
-        and tf.expires_at < tf.signed_at + tf.expires then
-        c.expires_at = tf.expires_at
-        c.expires_in = tf.expires_at - t
-      end
-    end
+    credentials_from_token(c, tf, t)
 
     -- the base chain's credentials expiry, from stats, when no role is assumed
     if c and not c.expires_at and not s.assume_role_arn and type(rds.stats) == "function" then
