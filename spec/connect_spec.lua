@@ -102,12 +102,7 @@ local function log_lines(e, pattern)
 end
 
 -- A TCP port on 127.0.0.1 with nothing listening.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local closed_port = util.free_port
 
 local function fd_count()
   local n = 0

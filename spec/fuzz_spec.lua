@@ -53,12 +53,7 @@ local function scratch()
   return dir
 end
 
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local closed_port = util.free_port
 
 -- As the token encodes a value: everything but A-Z a-z 0-9 - . _ ~.
 local function percent_encode(s)
@@ -273,23 +268,17 @@ describe("fuzzing (seeded, in child processes)", function()
         end
       end)
 
-      it("raises only strings, and only for arguments of a wrong type", function()
-        local _, s = result()
-        local n, text = violations(s, { "raised_non_string", "raised_on_valid_arguments" })
-        assert.equal(0, n, text)
-      end)
-
-      it("answers every failure with nil and a non-empty string", function()
-        local _, s = result()
-        local n, text = violations(s, { "bad_failure" })
-        assert.equal(0, n, text)
-      end)
-
-      it("returns from every call within the pg_timeout in play + 1 s", function()
-        local _, s = result()
-        local n, text = violations(s, { "slow" })
-        assert.equal(0, n, text)
-      end)
+      for _, rule in ipairs {
+        { "raises only strings, and only for arguments of a wrong type", { "raised_non_string", "raised_on_valid_arguments" } },
+        { "answers every failure with nil and a non-empty string", { "bad_failure" } },
+        { "returns from every call within the pg_timeout in play + 1 s", { "slow" } },
+      } do
+        it(rule[1], function()
+          local _, s = result()
+          local n, text = violations(s, rule[2])
+          assert.equal(0, n, text)
+        end)
+      end
 
       it("puts no secret in an error, a returned value, tostring() or stderr", function()
         local r, s = result()

@@ -26,12 +26,7 @@ local function keys(t)
 end
 
 -- A TCP port on 127.0.0.1 with nothing listening.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local closed_port = util.free_port
 
 -- A name no other run uses, for tables in the emulator's database.
 local counter = 0

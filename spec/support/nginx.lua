@@ -81,12 +81,7 @@ function M.now()
 end
 
 --- A free TCP port on 127.0.0.1 (bound and released).
-function M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+M.free_port = util.free_port
 
 local function alive(pid)
   if not pid then

@@ -21,12 +21,7 @@ function M.binary()
   return nil
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = util.free_port
 
 local function ping(port)
   local c = socket.tcp()

@@ -82,6 +82,14 @@ function M.succeeds(cmd)
 end
 
 --- The python3 to run helper scripts with.
+--- A free TCP port on 127.0.0.1 (bound and released: nothing listens on it).
+function M.free_port()
+  local s = assert(require("socket").bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
 function M.python()
   return M.exists("/usr/bin/python3") and "/usr/bin/python3" or "python3"
 end
