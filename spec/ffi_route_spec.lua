@@ -110,6 +110,15 @@ describe("the cross-language contract of src/lua/ffi.rs", function()
       ffi.offsetof("kong_rds_iam_value_v1", "ptr"),
       ffi.offsetof("kong_rds_iam_value_v1", "len"),
       ffi.sizeof("kong_rds_iam_result_v1"),
+      ffi.sizeof("kong_rds_iam_io_v1"),
+      ffi.offsetof("kong_rds_iam_io_v1", "out"),
+      ffi.offsetof("kong_rds_iam_io_v1", "out_len"),
+      ffi.offsetof("kong_rds_iam_io_v1", "msg"),
+      ffi.offsetof("kong_rds_iam_io_v1", "msg_len"),
+      ffi.offsetof("kong_rds_iam_io_v1", "number"),
+      ffi.offsetof("kong_rds_iam_io_v1", "cells"),
+      ffi.offsetof("kong_rds_iam_io_v1", "ncells"),
+      ffi.offsetof("kong_rds_iam_io_v1", "ncols"),
     }, layout)
   end)
 
@@ -131,5 +140,12 @@ describe("the cross-language contract of src/lua/ffi.rs", function()
       assert.is_nil(results[contract.results[name]], name)
       results[contract.results[name]] = name
     end
+    local door = {}
+    for _, name in ipairs { "gone", "send", "more", "rows", "done", "result", "pooled", "closed", "refused" } do
+      assert.is_number(contract.door[name], name)
+      assert.is_nil(door[contract.door[name]], name)
+      door[contract.door[name]] = name
+    end
+    assert.equal(0, contract.door.gone) -- a zeroed status reads as no connection
   end)
 end)

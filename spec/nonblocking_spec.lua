@@ -698,6 +698,58 @@ function M.big_result()
   return out
 end
 
+-- Results over a cosocket through the FFI door (small plain ones become
+-- tables in Lua, from C cells; the rest are built in Rust) and over the I/O
+-- thread's socket (built in Rust): every return value, in a canonical form. The collector runs between queries (the door's C buffers
+-- must survive it).
+local DOOR_QUERIES = {
+  "select 1 as x",
+  "select null::int as n, true as t, false as f, 1.5::float8 as d, 'h\195\169llo' as s, "
+    .. "'\\x00ff41'::bytea as b, 9007199254740993::int8 as big, 42::int8 as i8, "
+    .. "'00000000-0000-0000-0000-000000000001'::uuid as u, ''::text as e, 1 as x, 2 as x",
+  "select g as i, g::text as s, g % 2 = 0 as even from generate_series(1, 40) g",
+  "select x from generate_series(1, 600) x",
+  "select '{\"a\":[1,2]}'::jsonb as j, array[1, 2] as a",
+  "select 1 as a where false",
+  "create temp table if not exists door_t (a int); insert into door_t values (1), (2) returning a",
+  "insert into door_t values (3) returning a, 'x' as b",
+  "update door_t set a = a where a < 0 returning a",
+  "select 1 / 0",
+  "set application_name = 'door'",
+  "select 1 as one; select 2 as two",
+  "do $$ begin raise warning 'door'; end $$; select 1 as x",
+}
+local function canonical(v, seen)
+  local t = type(v)
+  if v == rds.null then return "NULL" end
+  if t == "number" then return ("%.17g"):format(v) end
+  if t == "string" then return ("%q"):format(v) end
+  if t ~= "table" then return tostring(v) end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local parts = {}
+  for _, k in ipairs(keys) do parts[#parts + 1] = canonical(k) .. "=" .. canonical(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+function M.door_results()
+  local out = { door_open = rds._door() }
+  for _, route in ipairs { { "door", confs.pw }, { "thread", confs.pw_thread } } do
+    local c, err = rds.connect(route[2])
+    if not c then return { err = err } end
+    local r = { cosocket = c:_is_cosocket(), results = {} }
+    c:query("set client_min_messages = warning") -- the temp table may exist: no notice
+    for i, sql in ipairs(DOOR_QUERIES) do
+      collectgarbage()
+      local values = { c:query(sql) } -- (trailing nils differ by route)
+      r.results[i] = canonical(values)
+    end
+    r.kept = c:keepalive()
+    out[route[1]] = r
+  end
+  return out
+end
+
 -- Programmer errors in conn methods.
 function M.errors()
   local c, err = rds.connect(confs.pw)
@@ -848,6 +900,7 @@ local SERVER = [[
     location = /busy { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy()) } }
     location = /busy_close { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy_close()) } }
     location = /errors { content_by_lua_block { local nb = require "nb"; nb.reply(nb.errors()) } }
+    location = /door_results { content_by_lua_block { local nb = require "nb"; nb.reply(nb.door_results()) } }
     location = /big_result { content_by_lua_block { local nb = require "nb"; nb.reply(nb.big_result()) } }
     location = /abandon { content_by_lua_block { require("nb").abandon(ngx.var.arg_tag) } }
     location = /abandon_returned { content_by_lua_block { local nb = require "nb"
@@ -1121,6 +1174,27 @@ describe("non-blocking calls in OpenResty", function()
                       arr2 = 4322, one = 1, k = 3000 }, x.sample)
       end
       assert.equal(th.digest, co.digest)
+    end)
+
+    it("results through the FFI door equal those of the I/O thread", function()
+      local r = get_json(n, "/door_results")
+      assert.is_nil(r.err, cjson.encode(r))
+      assert.is_true(r.door_open) -- LuaJIT in nginx: the door is open
+      assert.is_true(r.door.cosocket)
+      assert.is_false(r.thread.cosocket)
+      assert.is_true(r.door.kept)
+      local d, th = r.door.results, r.thread.results
+      assert.equal(13, #d)
+      for i = 1, 13 do
+        assert.equal(th[i], d[i], "query " .. i)
+      end
+      -- the queries mean what they say
+      assert.matches('"x"=1', d[1], 1, true)
+      assert.matches('"big"="9007199254740993"', d[2], 1, true)
+      assert.matches('"n"=NULL', d[2], 1, true)
+      assert.matches('"affected_rows"=1', d[8], 1, true)
+      assert.matches("division by zero", d[10], 1, true)
+      assert.matches("WARNING: door", d[13], 1, true)
     end)
 
     it("programmer errors in connection methods raise Lua strings (content handler)", function()

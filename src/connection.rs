@@ -537,6 +537,13 @@ impl Handle {
         Some((pool_name(pipe), conn.cancel_token().addr()))
     }
 
+    /// The number of this connection's pipe (unique in the process), while
+    /// it is open: what [`Handle::cosocket_pool`] says never changes for it.
+    pub fn pipe_id(&self) -> Option<u64> {
+        let pipe = self.pipe.as_ref()?;
+        matches!(self.state, State::Open(_)).then(|| pipe.id())
+    }
+
     /// The job that prepares a new connection over a cosocket: checkout
     /// (waiting for the backlog), the rate guard, the token, the server's
     /// addresses. Each step gets `pg_timeout`.
@@ -627,6 +634,15 @@ impl Handle {
         }
     }
 
+    /// While a query runs over the cosocket: how many received rows of the
+    /// statement in progress [`Handle::piped_take_rows`] would take.
+    pub fn piped_pending_rows(&self) -> usize {
+        match &self.piped {
+            Some(Piped::Query(run)) => run.current_rows_len(),
+            _ => 0,
+        }
+    }
+
     /// Starts waiting for a notification over the cosocket.
     pub fn notification_piped_start(&mut self) -> Result<()> {
         self.piped_ready()?;
@@ -703,11 +719,6 @@ impl Handle {
     /// Bytes waiting to be sent over the cosocket (a Terminate after close).
     pub fn piped_output(&self) -> Option<bytes::BytesMut> {
         self.pipe.as_ref().map(PipeEnd::take_output).filter(|b| !b.is_empty())
-    }
-
-    /// Whether this connection runs over a cosocket.
-    pub fn is_piped(&self) -> bool {
-        self.pipe.is_some()
     }
 
     /// The idle timeout `keepalive(max_idle)` applies (for the cosocket's

@@ -230,6 +230,13 @@ local HANDLE = {} -- private key of the Rust handle in a connection table
 -- carrying the bytes (src/pg/pipe.rs). Like every cosocket, it belongs to
 -- the request (or timer) that opened it.
 local SOCK, REQ = {}, {}
+-- Private key of its number at the FFI door (src/lua/door.rs), through
+-- which its hot calls go under LuaJIT.
+local DOOR = {}
+-- Without the door (no FFI, or the library not found by its path) queries
+-- do not go over cosockets: connections use the I/O thread's socket.
+local door = core.ffi_door
+local D = door and door.D
 local RECV_MAX = 65536
 -- The request (or timer) a cosocket belongs to: nginx raises if another
 -- one touches it, so the connection checks first. Its ngx.ctx table tells
@@ -256,30 +263,47 @@ local function usable_here(self)
   return yieldable() and self[REQ] == get_request()
 end
 
-local function piped_query(self, h, sock, sql)
-  if not usable_here(self) then return nil, NOT_HERE end
-  local out, err, partial, n, sqlstate, fields = h:piped_query_start(sql)
-  if not out then return nil, err, partial, n, sqlstate, fields end
-  local timeout = h:timeout_ms()
+-- The query's values once the door said it is over.
+local function piped_finish(self, h, sock)
+  local res, a, b, c, d, e = h:piped_finish()
+  if res == nil and not h:is_open() then
+    sock:close()
+    self[SOCK] = nil
+  end
+  return res, a, b, c, d, e
+end
+
+local function door_query(self, h, sock, sql, id)
+  local status = door.start(id, sql)
+  if status ~= D.send then
+    if status == D.done then return piped_finish(self, h, sock) end
+    return nil, "closed" -- not a live connection (never for one api.lua holds)
+  end
+  local timeout = door.io.number
   sock:settimeout(timeout)
-  local ok, serr = sock:send(out)
+  local ok, serr = sock:send(door.out())
   if not ok then return piped_broken(self, h, sock, serr, timeout) end
   while true do
     local data, rerr = sock:receiveany(RECV_MAX)
     if not data and rerr ~= "closed" then return piped_broken(self, h, sock, rerr, timeout) end
-    local res, a, b, c, d, e = h:piped_query_feed(data)
-    if res ~= false then
-      if res == nil and not h:is_open() then
-        sock:close()
-        self[SOCK] = nil
-      end
-      return res, a, b, c, d, e
+    status = door.feed(id, data)
+    if status == D.result then return door.result() end
+    if status == D.done then return piped_finish(self, h, sock) end
+    if status ~= D.more and status ~= D.rows then
+      return piped_broken(self, h, sock, "internal error: the connection door closed", timeout)
     end
-    if a then
-      ok, serr = sock:send(a)
+    local out = door.out()
+    if out then
+      ok, serr = sock:send(out)
       if not ok then return piped_broken(self, h, sock, serr, timeout) end
     end
+    if status == D.rows then h:piped_rows() end
   end
+end
+
+local function piped_query(self, h, sock, sql)
+  if not usable_here(self) then return nil, NOT_HERE end
+  return door_query(self, h, sock, sql, self[DOOR])
 end
 
 local function handle_of(fname, self)
@@ -403,19 +427,22 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   end
   -- The session is pooled in Rust, its socket in nginx's pool of the same
   -- name (one per physical connection), with the same idle timeout.
-  local ok, idle_or_err, out = h:piped_keepalive(max_idle_ms, pool_size)
-  if not ok and h:is_open() then return nil, idle_or_err end -- busy: nothing changed
-  self[SOCK] = nil
-  if ok and not out then
-    local kept, kerr = sock:setkeepalive(idle_or_err, 1)
+  local status = door.keepalive(self[DOOR], max_idle_ms, pool_size)
+  if status == D.pooled then
+    self[SOCK] = nil
+    local kept, kerr = sock:setkeepalive(door.io.number, 1)
     if not kept then return nil, "cannot keep the cosocket alive: " .. tostring(kerr) end
     return true
   end
+  local out, err = door.out(), status == D.refused and door.msg() or nil
+  if err and door.io.number == 1 then return nil, err end -- busy: nothing changed
   -- closed instead (a Terminate to send), or refused
+  if status == D.gone then h:piped_stop(false) end
+  self[SOCK] = nil
   if out then sock:send(out) end
   sock:close()
-  if ok then return true end
-  return nil, idle_or_err
+  if status == D.closed then return true end
+  return nil, err or "closed"
 end
 Connection.setkeepalive = Connection.keepalive
 
@@ -486,16 +513,37 @@ local function collect_unclosed()
   end
 end
 
-local function connected(h, err, sqlstate, sock)
+local function connected(h, err, sqlstate, sock, id)
   print_warnings()
   if not h then return nil, err, sqlstate end
-  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request() }, Connection)
+  if sock and not id then id = h:door_id() end
+  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id }, Connection)
+end
+
+-- The cosocket pool name, ip and port of each pipe (physical connection)
+-- by its number, which is unique in the process: asked once per physical
+-- connection, not at every checkout. Entries of closed ones are dropped
+-- wholesale now and then.
+local pool_of, pools = {}, 0
+local function cosocket_pool(h, pipe)
+  local p = pool_of[pipe]
+  if p then return p[1], p[2], p[3] end
+  local name, ip, port = h:cosocket_pool()
+  if not name then return nil end
+  if pools >= 4096 then pool_of, pools = {}, 0 end
+  pool_of[pipe], pools = { name, ip, port }, pools + 1
+  return name, ip, port
 end
 
 -- A pooled session's cosocket back from nginx's pool (named after that
 -- physical connection), or nil when nginx closed it meanwhile (the server
 -- closed it while idle): then the session is forgotten.
-local function reclaim(h, name, ip, port, timeout)
+local function reclaim(h, pipe, timeout)
+  local name, ip, port = cosocket_pool(h, pipe)
+  if not name then
+    h:piped_stop(false)
+    return nil
+  end
   local sock = socket_tcp()
   sock:settimeout(timeout)
   local ok = sock:connect(ip, port, { pool = name })
@@ -569,11 +617,11 @@ function piped_open(parsed, job, bound, retried)
   end
   local ok, err = wait(job, bound)
   if not ok then return nil, err end
-  local kind, a, b, c, d, e = core.piped_prepare_finish(job)
+  local kind, a, b, c, d = core.piped_prepare_finish(job)
   if kind == "open" then return login(a, retried) end
   if kind == "reuse" then -- one came back while we waited (pg_backlog)
-    local sock = reclaim(a, b, c, d, e)
-    if sock then return a, sock end
+    local sock = reclaim(a, c, d)
+    if sock then return a, sock, b end
     if parsed == nil then return nil, "connection lost while logging in again" end
     return piped_open(parsed)
   end
@@ -605,19 +653,20 @@ local function parsed_conf(conf, mode)
   return parsed
 end
 
--- `h, sock`, `nil, err, sqlstate`, or false when pg_cosocket is off.
+-- `h, sock, door_id?`, `nil, err, sqlstate`, or false when pg_cosocket is off.
 local function piped_connect(conf, mode)
+  if not door then return false end
   local parsed, perr = parsed_conf(conf, mode)
   if not parsed then return nil, perr end
   while true do
-    local h, name, ip, port, timeout = core.piped_take(parsed)
+    local h, id, pipe, timeout = core.piped_take(parsed)
     if h == false then return false end
     if h == nil then
-      if name ~= nil then return nil, name end
+      if id ~= nil then return nil, id end
       return piped_open(parsed)
     end
-    local sock = reclaim(h, name, ip, port, timeout)
-    if sock then return h, sock end
+    local sock = reclaim(h, pipe, timeout)
+    if sock then return h, sock, id end
   end
 end
 
@@ -630,7 +679,7 @@ function M.connect(conf, mode)
   if yieldable() then
     local sock
     h, sock, sqlstate = piped_connect(conf, mode)
-    if h then return connected(h, nil, nil, sock) end
+    if h then return connected(h, nil, nil, sock, sqlstate) end
     if h == nil then return connected(nil, sock, sqlstate) end
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end
@@ -685,6 +734,11 @@ end
 
 --- ok = rds._nop(): one no-op job through the wake mechanism (yields where
 --- calls yield), for measuring its cost.
+--- rds._door(): whether connections over cosockets (and their FFI door) are there.
+function M._door()
+  return door ~= nil
+end
+
 function M._nop()
   if not yieldable() then return true end
   local job = core.nop_start()

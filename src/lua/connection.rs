@@ -12,14 +12,56 @@ use crate::pg::value::{self, Cell, Decoding};
 use crate::pg::{escape, Messages, Notification, QueryFailure, QueryOutput, Statement};
 use postgres_protocol::message::backend::DataRowBody;
 
-/// `conn` in Lua: the handle, how its rows are typed, and (over a
-/// cosocket) the row tables of the running query built so far.
-pub struct LuaConnection(pub Handle, pub Decoding, pub Vec<Building>);
+/// `conn` in Lua: its state, boxed at a fixed address so that the LuaJIT
+/// FFI door (src/lua/door.rs) reaches it by number as well as mlua's
+/// methods do.
+pub struct LuaConnection {
+    conn: std::ptr::NonNull<Conn>,
+    door: u64,
+}
+
+/// A connection's state: the handle, how its rows are typed, (over a
+/// cosocket) the row tables of the running query built so far, and what
+/// the FFI door keeps between its calls.
+pub struct Conn(pub Handle, pub Decoding, pub Vec<Building>, pub super::door::Kept);
 
 impl LuaConnection {
     /// A connection object for `handle`, typing rows this module's way.
     pub fn new(handle: Handle) -> LuaConnection {
-        LuaConnection(handle, Decoding::default(), Vec::new())
+        let conn = Box::new(Conn(handle, Decoding::default(), Vec::new(), Default::default()));
+        let conn = std::ptr::NonNull::from(Box::leak(conn));
+        LuaConnection { conn, door: super::door::register(conn) }
+    }
+
+    /// Its number at the FFI door (0: none).
+    pub fn door_id(&self) -> u64 {
+        self.door
+    }
+}
+
+impl std::ops::Deref for LuaConnection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        // SAFETY: `conn` is the box leaked in `new`, freed only in `drop`.
+        // Lua runs on one thread and neither an mlua method nor a door call
+        // runs Lua code, so the two never hold the state at once.
+        unsafe { self.conn.as_ref() }
+    }
+}
+
+impl std::ops::DerefMut for LuaConnection {
+    fn deref_mut(&mut self) -> &mut Conn {
+        // SAFETY: as in `deref`.
+        unsafe { self.conn.as_mut() }
+    }
+}
+
+impl Drop for LuaConnection {
+    fn drop(&mut self) {
+        // The door forgets the number first, so no call can reach the box.
+        super::door::unregister(self.door);
+        // SAFETY: the box leaked in `new`, not referenced any more.
+        drop(unsafe { Box::from_raw(self.conn.as_ptr()) });
     }
 }
 
@@ -78,43 +120,34 @@ impl UserData for LuaConnection {
             };
             outcome_values(lua, outcome, this.0.take_messages(), this.1, &mut Vec::new())
         });
-        // Over a cosocket (api.lua sends and receives; see src/pg/pipe.rs):
-        // `out` to send, or the failure values of `query`.
-        methods.add_method_mut("piped_query_start", |lua, this, sql: LuaString| {
-            this.2.clear();
-            match this.0.query_piped_start(&sql.as_bytes()) {
-                Ok(out) => Ok(MultiValue::from_iter([Value::String(lua.create_string(&out)?)])),
-                Err(refused) => outcome_values(lua, Err(refused), crate::pg::Messages::default(), this.1, &mut Vec::new()),
-            }
-        });
-        // `false, out?` while the result is incomplete, then the values of `query`.
-        methods.add_method_mut("piped_query_feed", |lua, this, data: Option<LuaString>| {
-            let (outcome, out) = match &data {
-                Some(d) => this.0.query_piped_feed(Some(&d.as_bytes())),
-                None => this.0.query_piped_feed(None),
-            };
-            let LuaConnection(handle, decoding, building) = this;
-            match outcome {
-                None => {
-                    if let Some((index, columns, bodies)) = handle.piped_take_rows() {
-                        let at = match building.iter().position(|b| b.index == index) {
-                            Some(at) => at,
-                            None => {
-                                building.push(Building { index, rows: Rows::new(lua, columns, 0)? });
-                                building.len() - 1
-                            }
-                        };
-                        building[at].rows.push(lua, columns, &bodies, *decoding)?;
+        // Over a cosocket (api.lua sends and receives; see src/pg/pipe.rs),
+        // through the FFI door (src/lua/door.rs): this connection's number,
+        // and what the door's calls leave to mlua.
+        methods.add_method("door_id", |_, this, ()| Ok(this.door as f64));
+        // After DOOR_ROWS: the rows received so far become tables.
+        methods.add_method_mut("piped_rows", |lua, this, ()| {
+            let Conn(handle, decoding, building, _) = &mut **this;
+            if let Some((index, columns, bodies)) = handle.piped_take_rows() {
+                let at = match building.iter().position(|b| b.index == index) {
+                    Some(at) => at,
+                    None => {
+                        building.push(Building { index, rows: Rows::new(lua, columns, 0)? });
+                        building.len() - 1
                     }
-                    Ok(MultiValue::from_iter([Value::Boolean(false), bytes_value(lua, &out)?]))
-                }
-                Some(outcome) => {
-                    let messages = handle.take_messages();
-                    let values = outcome_values(lua, outcome, messages, *decoding, building);
-                    building.clear();
-                    values
-                }
+                };
+                building[at].rows.push(lua, columns, &bodies, *decoding)?;
             }
+            Ok(())
+        });
+        // After DOOR_DONE: the values of `query`.
+        methods.add_method_mut("piped_finish", |lua, this, ()| {
+            let Conn(_, decoding, building, kept) = &mut **this;
+            let Some((outcome, messages)) = kept.take_done() else {
+                return super::failure(lua, &crate::error::Error::closed());
+            };
+            let values = outcome_values(lua, outcome, messages, *decoding, building);
+            building.clear();
+            values
         });
         methods.add_method_mut("piped_wait_start", |lua, this, ()| match this.0.notification_piped_start() {
             Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
@@ -149,12 +182,8 @@ impl UserData for LuaConnection {
             ])),
             None => Ok(MultiValue::new()),
         });
-        methods.add_method("is_piped", |_, this, ()| Ok(this.0.is_piped()));
         methods.add_method("is_open", |_, this, ()| Ok(this.0.is_open()));
         methods.add_method("timeout_ms", |_, this, ()| Ok(this.0.timeout_ms() as f64));
-        methods.add_method("keepalive_ms", |_, this, max_idle: Option<f64>| {
-            Ok(this.0.keepalive_ms(max_idle.map(|ms| Duration::from_millis(ms as u64))) as f64)
-        });
         // kong_rds_iam.pgmoon: type rows exactly as pgmoon does from now on.
         methods.add_method_mut("pgmoon_types", |_, this, ()| {
             this.1 = Decoding::Pgmoon;
@@ -210,23 +239,6 @@ impl UserData for LuaConnection {
             match this.0.keepalive(max_idle, size, in_master) {
                 Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
                 Err(e) => super::failure(lua, &e),
-            }
-        });
-        // Over a cosocket: `true, idle_ms` (pooled: its cosocket goes to
-        // nginx's pool for idle_ms, 0 = no limit), `true, nil, out` (closed
-        // instead: send out, close) or `nil, err, out`.
-        methods.add_method_mut("piped_keepalive", |lua, this, (max_idle, size): (Option<f64>, Option<f64>)| {
-            let max_idle = max_idle.map(|ms| Duration::from_millis(ms as u64));
-            let idle_ms = this.0.keepalive_ms(max_idle) as f64;
-            let outcome = this.0.keepalive(max_idle, size.map(|n| n as usize), false);
-            let out = match this.0.piped_output() {
-                Some(out) => Value::String(lua.create_string(&out)?),
-                None => Value::Nil,
-            };
-            match outcome {
-                Ok(()) if out.is_nil() => Ok(MultiValue::from_iter([Value::Boolean(true), Value::Number(idle_ms)])),
-                Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true), Value::Nil, out])),
-                Err(e) => Ok(MultiValue::from_iter([Value::Nil, Value::String(lua.create_string(e.message())?), out])),
             }
         });
         // A closed (or kept-alive, so detached) handle answers nil, "closed", as a cosocket does.

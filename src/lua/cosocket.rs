@@ -59,8 +59,10 @@ impl crate::conf::ConfSource for Recording {
     }
 }
 
-/// `conn, pool_name, ip, port, timeout_ms` (an idle pooled connection over a cosocket),
-/// nothing (none idle), `false` (`pg_cosocket` is off), or `nil, err`.
+/// `conn, door, pipe, timeout_ms` (an idle pooled connection over a
+/// cosocket: its number at the FFI door, its pipe's number, which
+/// `conn:cosocket_pool()` tells the cosocket's pool and address of), nothing
+/// (none idle), `false` (`pg_cosocket` is off), or `nil, err`.
 fn piped_take(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<MultiValue> {
     let conf = &parsed.0;
     let taken = guarded(|| {
@@ -77,9 +79,9 @@ fn piped_take(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<Mul
     }
 }
 
-/// `conn, pool_name, ip, port, timeout_ms`, after `prefix` values.
+/// `conn, door, pipe, timeout_ms`, after `prefix` values.
 fn reuse_values(lua: &Lua, handle: Handle, prefix: Option<&str>) -> LuaResult<MultiValue> {
-    let Some((name, addr)) = handle.cosocket_pool() else {
+    let Some(pipe) = handle.pipe_id() else {
         return failure(lua, &Error::closed());
     };
     let timeout = handle.timeout_ms();
@@ -87,10 +89,11 @@ fn reuse_values(lua: &Lua, handle: Handle, prefix: Option<&str>) -> LuaResult<Mu
     if let Some(p) = prefix {
         out.push(Value::String(lua.create_string(p)?));
     }
-    out.push(Value::UserData(lua.create_userdata(LuaConnection::new(handle))?));
-    out.push(Value::String(lua.create_string(&name)?));
-    out.push(Value::String(lua.create_string(addr.ip().to_string())?));
-    out.push(Value::Integer(addr.port().into()));
+    let conn = LuaConnection::new(handle);
+    let door = conn.door_id();
+    out.push(Value::UserData(lua.create_userdata(conn)?));
+    out.push(Value::Number(door as f64));
+    out.push(Value::Number(pipe as f64));
     out.push(Value::Number(timeout as f64));
     Ok(MultiValue::from_iter(out))
 }
@@ -112,7 +115,7 @@ fn job_values(lua: &Lua, submitted: CrateResult<(u64, std::time::Duration)>) -> 
     }
 }
 
-/// `"reuse", conn, pool_name, ip, port, timeout_ms` | `"open", opening` | `nil, err, sqlstate`.
+/// `"reuse", conn, door, pipe, timeout_ms` | `"open", opening` | `nil, err, sqlstate`.
 fn piped_prepare_finish(lua: &Lua, job: f64) -> LuaResult<MultiValue> {
     match jobs::take::<CrateResult<Prepared>>(job as u64).and_then(|prepared| prepared) {
         Ok(Prepared::Reuse(handle)) => reuse_values(lua, handle, Some("reuse")),

@@ -81,6 +81,43 @@ pub mod contract {
     /// Credentials must be fetched first: `out` holds `"<job> <wait_ms>"`.
     pub const RESULT_FETCHING: c_int = 2;
 
+    /// The connection door (src/lua/door.rs): the number is no connection
+    /// (any more); use the connection's methods.
+    pub const DOOR_GONE: c_int = 0;
+    /// Send `io.out` (query start: `io.number` is the exchange timeout in
+    /// ms), then receive and feed.
+    pub const DOOR_SEND: c_int = 1;
+    /// The query goes on: send `io.out` if any, receive, feed again.
+    pub const DOOR_MORE: c_int = 2;
+    /// As [`DOOR_MORE`], and rows wait to become tables: call `piped_rows`.
+    pub const DOOR_ROWS: c_int = 3;
+    /// The query is over (or was refused): `piped_finish` gives its values.
+    pub const DOOR_DONE: c_int = 4;
+    /// The query is over with one small result of plain values: `io.cells`
+    /// holds the `io.ncols` column names, then the cells row by row;
+    /// `io.number` is the affected row count, or -1.
+    pub const DOOR_RESULT: c_int = 5;
+    /// Kept alive: its cosocket goes to nginx's pool for `io.number` ms.
+    pub const DOOR_POOLED: c_int = 6;
+    /// Closed instead (not an error): send `io.out`, close the cosocket.
+    pub const DOOR_CLOSED: c_int = 7;
+    /// Refused with `io.msg`: send `io.out`, close the cosocket; or, when
+    /// `io.number` is 1, the connection is busy and nothing changed.
+    pub const DOOR_REFUSED: c_int = 8;
+
+    /// The door's statuses by name, for `core.contract.door`.
+    pub const DOOR: &[(&str, c_int)] = &[
+        ("gone", DOOR_GONE),
+        ("send", DOOR_SEND),
+        ("more", DOOR_MORE),
+        ("rows", DOOR_ROWS),
+        ("done", DOOR_DONE),
+        ("result", DOOR_RESULT),
+        ("pooled", DOOR_POOLED),
+        ("closed", DOOR_CLOSED),
+        ("refused", DOOR_REFUSED),
+    ];
+
     /// The C declarations of this ABI, for `ffi.cdef`.
     pub const CDEF: &str = "\
 typedef struct { int kind; double number; const char *ptr; size_t len; } kong_rds_iam_value_v1;
@@ -88,6 +125,11 @@ typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_i
 int kong_rds_iam_token(int side, const kong_rds_iam_value_v1 *values, size_t n,
                        char *out, size_t cap, kong_rds_iam_result_v1 *result);
 extern const int32_t kong_rds_iam_token_epoch;
+typedef struct { const char *out; size_t out_len; const char *msg; size_t msg_len; double number;
+                 const kong_rds_iam_value_v1 *cells; size_t ncells; size_t ncols; } kong_rds_iam_io_v1;
+int kong_rds_iam_query_start(uint64_t conn, const char *sql, size_t len, kong_rds_iam_io_v1 *io);
+int kong_rds_iam_query_feed(uint64_t conn, const char *data, size_t len, int closed, kong_rds_iam_io_v1 *io);
+int kong_rds_iam_keepalive(uint64_t conn, double max_idle_ms, double pool_size, kong_rds_iam_io_v1 *io);
 ";
 }
 
@@ -139,10 +181,11 @@ impl ConfSource for ByPosition<'_> {
     }
 }
 
-/// `[sizeof value, offsetof kind, number, ptr, len, sizeof result]`, as Rust
-/// lays the structs out: `core.contract.layout`, compared with LuaJIT's
-/// `ffi.sizeof`/`ffi.offsetof` of [`contract::CDEF`] by a spec.
-pub fn layout() -> [usize; 6] {
+/// `[sizeof value, offsetof kind, number, ptr, len, sizeof result, sizeof
+/// io, offsetof out, out_len, msg, msg_len, number, cells, ncells, ncols]`,
+/// as Rust lays the structs out: `core.contract.layout`, compared with
+/// LuaJIT's `ffi.sizeof`/`ffi.offsetof` of [`contract::CDEF`] by a spec.
+pub fn layout() -> [usize; 15] {
     use std::mem::{offset_of, size_of};
     [
         size_of::<FfiValue>(),
@@ -151,20 +194,107 @@ pub fn layout() -> [usize; 6] {
         offset_of!(FfiValue, ptr),
         offset_of!(FfiValue, len),
         size_of::<FfiResult>(),
+        size_of::<FfiIo>(),
+        offset_of!(FfiIo, out),
+        offset_of!(FfiIo, out_len),
+        offset_of!(FfiIo, msg),
+        offset_of!(FfiIo, msg_len),
+        offset_of!(FfiIo, number),
+        offset_of!(FfiIo, cells),
+        offset_of!(FfiIo, ncells),
+        offset_of!(FfiIo, ncols),
     ]
+}
+
+/// Numbers for live objects, as the connection door names connections: a
+/// number is an index and the generation of its slot, so a number whose
+/// object is gone (and whose slot was reused) finds nothing.
+pub struct Numbers<T> {
+    slots: Vec<(u64, Option<T>)>,
+    free: Vec<usize>,
+}
+
+impl<T> Default for Numbers<T> {
+    fn default() -> Self {
+        Numbers { slots: Vec::new(), free: Vec::new() }
+    }
+}
+
+/// Index bits of a number; above them, the slot's generation.
+const INDEX_BITS: u32 = 24;
+/// Generations stay below 2^29, so a number is below 2^53 (a Lua number holds it).
+const MAX_GENERATION: u64 = (1 << 29) - 1;
+
+impl<T: Copy> Numbers<T> {
+    /// `value`'s number (never 0), or 0 when all 2^24 slots are taken.
+    pub fn insert(&mut self, value: T) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None if self.slots.len() < 1 << INDEX_BITS => {
+                self.slots.push((0, None));
+                self.slots.len() - 1
+            }
+            None => return 0,
+        };
+        let slot = &mut self.slots[index];
+        slot.0 = slot.0 % MAX_GENERATION + 1;
+        slot.1 = Some(value);
+        slot.0 << INDEX_BITS | index as u64
+    }
+
+    /// The value numbered `id`, if it was not removed.
+    pub fn get(&self, id: u64) -> Option<T> {
+        match self.slots.get((id & ((1 << INDEX_BITS) - 1)) as usize) {
+            Some((generation, value)) if *generation == id >> INDEX_BITS => *value,
+            _ => None,
+        }
+    }
+
+    /// Forgets the value numbered `id` (a number that is not live: nothing).
+    pub fn remove(&mut self, id: u64) {
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        if let Some(slot) = self.slots.get_mut(index).filter(|s| s.1.is_some() && s.0 == id >> INDEX_BITS) {
+            slot.1 = None;
+            self.free.push(index);
+        }
+    }
+}
+
+/// What a connection door call hands back besides its status (the
+/// `kong_rds_iam_io_v1` C struct of [`contract::CDEF`]). The pointers are
+/// into the connection's own buffers, valid until its next call.
+#[repr(C)]
+pub struct FfiIo {
+    /// Bytes to send over the cosocket.
+    pub out: *const u8,
+    /// Their length.
+    pub out_len: usize,
+    /// An error message.
+    pub msg: *const u8,
+    /// Its length.
+    pub msg_len: usize,
+    /// A timeout, an idle time or a row count, as the status says.
+    pub number: f64,
+    /// A small result's names and cells ([`contract::DOOR_RESULT`]).
+    pub cells: *const FfiValue,
+    /// How many there are.
+    pub ncells: usize,
+    /// How many of them are column names (and so cells per row).
+    pub ncols: usize,
 }
 
 /// One conf value (the `kong_rds_iam_value_v1` C struct of [`contract::CDEF`]).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct FfiValue {
     /// One of the `KIND_*` constants.
-    kind: c_int,
+    pub kind: c_int,
     /// The number, or 1/0 for a boolean.
-    number: f64,
+    pub number: f64,
     /// The string's bytes (`KIND_STRING` only).
-    ptr: *const u8,
+    pub ptr: *const u8,
     /// The string's length in bytes.
-    len: usize,
+    pub len: usize,
 }
 
 /// What a call produced, besides the bytes written to `out`.
@@ -318,6 +448,26 @@ mod tests {
         assert!(std::str::from_utf8(&out[..result.len]).unwrap().starts_with("internal error"));
     }
 
+    #[test]
+    fn numbers_of_gone_values_find_nothing() {
+        let mut n = Numbers::default();
+        let a = n.insert('a');
+        let b = n.insert('b');
+        assert!(a != 0 && b != 0 && a != b);
+        assert_eq!((n.get(a), n.get(b)), (Some('a'), Some('b')));
+        n.remove(a);
+        assert_eq!(n.get(a), None);
+        // The slot is reused under a new number: the old one still finds nothing.
+        let c = n.insert('c');
+        assert_ne!(c, a);
+        assert_eq!((n.get(a), n.get(c)), (None, Some('c')));
+        n.remove(a); // not live: changes nothing
+        assert_eq!(n.get(c), Some('c'));
+        assert_eq!(n.get(0), None);
+        assert_eq!(n.get(u64::MAX), None);
+        assert!(c < 1 << 53);
+    }
+
     /// The layout ffi.cdef declares in [`contract::CDEF`] is the one Rust
     /// uses; spec/ffi_route_spec.lua checks LuaJIT's side of it.
     #[test]
@@ -332,6 +482,6 @@ mod tests {
         assert!(CDEF.contains("typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;"));
         assert_eq!((offset_of!(FfiResult, len), offset_of!(FfiResult, expires_at), offset_of!(FfiResult, valid_until)), (0, 8, 16));
         assert_eq!(size_of::<FfiResult>(), 24);
-        assert_eq!(layout(), [32, 0, 8, 16, 24, 24]);
+        assert_eq!(layout(), [32, 0, 8, 16, 24, 24, 64, 0, 8, 16, 24, 32, 40, 48, 56]);
     }
 }

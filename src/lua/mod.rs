@@ -10,6 +10,7 @@
 mod conf_source;
 mod connection;
 mod cosocket;
+mod door;
 mod facts;
 mod service_tokens;
 
@@ -75,6 +76,9 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     // LuaJIT's FFI route to token() (nil elsewhere): see src/lua/ffi.rs.
     let ffi_token: Value = lua.load(include_str!("ffi_token.lua")).set_name("=kong_rds_iam.ffi_token").call(&core)?;
     core.set("ffi_token", ffi_token)?;
+    // And to a cosocket connection's hot calls: see src/lua/door.rs.
+    let ffi_door: Value = lua.load(include_str!("ffi_door.lua")).set_name("=kong_rds_iam.ffi_door").call(&core)?;
+    core.set("ffi_door", ffi_door)?;
     lua.load(include_str!("api.lua")).set_name("=kong_rds_iam").call(core)
 }
 
@@ -110,6 +114,11 @@ fn contract(lua: &Lua) -> LuaResult<Table> {
     results.set("token", c::RESULT_TOKEN)?;
     results.set("fetching", c::RESULT_FETCHING)?;
     t.set("results", results)?;
+    let door = lua.create_table()?;
+    for (name, n) in c::DOOR {
+        door.set(*name, *n)?;
+    }
+    t.set("door", door)?;
     t.set("cdef", c::CDEF)?;
     t.set("layout", lua.create_sequence_from(crate::ffi::layout())?)?;
     Ok(t)

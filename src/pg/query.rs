@@ -99,6 +99,11 @@ impl QueryRun {
         Some((index, columns, std::mem::take(&mut current.rows)))
     }
 
+    /// How many rows of the statement in progress wait to be taken.
+    pub fn current_rows_len(&self) -> usize {
+        self.current.as_ref().map_or(0, |c| c.rows.len())
+    }
+
     /// The outcome, once the query is over.
     fn outcome(self) -> Result<QueryOutput, QueryFailure> {
         match self.failure {

@@ -1,0 +1,105 @@
+-- The connection door through the LuaJIT FFI (src/lua/door.rs): a query's
+-- start and feed and keepalive over a cosocket as plain C calls instead of
+-- mlua callbacks. Returns the door, or nil where there is no FFI (PUC Lua)
+-- or the library cannot be opened by its path; api.lua then calls the
+-- connection's methods.
+local core = ...
+
+if not jit or not core.library_path then return nil end
+local ok, ffi = pcall(require, "ffi")
+if not ok then return nil end
+
+local contract = core.contract
+pcall(ffi.cdef, contract.cdef) -- declared once per Lua state; again is fine
+local lib
+ok, lib = pcall(ffi.load, core.library_path)
+if not ok then return nil end
+local start, feed, keepalive
+ok = pcall(function()
+  start, feed, keepalive = lib.kong_rds_iam_query_start, lib.kong_rds_iam_query_feed, lib.kong_rds_iam_keepalive
+end)
+if not ok then return nil end
+
+local ffi_string, tonumber = ffi.string, tonumber
+local D = contract.door
+local KINDS = contract.kinds
+local STRING, NUMBER, BOOLEAN = KINDS.string, KINDS.number, KINDS.boolean
+local null = core.null
+local new_table = (function()
+  local has, nt = pcall(require, "table.new")
+  if has then return nt end
+  return function() return {} end
+end)()
+
+-- One io struct per Lua state: a door call runs to completion and its
+-- results are read before the next one (calls never overlap).
+-- The array is kept (in `door`): a reference to its element does not keep
+-- it alive.
+local io_array = ffi.new("kong_rds_iam_io_v1[1]")
+local io = io_array[0]
+
+local door = { D = D, io = io, io_array = io_array }
+
+--- status = door.start(id, sql): io.out, io.number (timeout ms) on D.send.
+function door.start(id, sql)
+  return start(id, sql, #sql, io)
+end
+
+--- status = door.feed(id, data): data nil when the server closed the cosocket.
+function door.feed(id, data)
+  if data == nil then return feed(id, nil, 0, 1, io) end
+  return feed(id, data, #data, 0, io)
+end
+
+--- status = door.keepalive(id, max_idle_ms?, pool_size?)
+function door.keepalive(id, max_idle_ms, pool_size)
+  return keepalive(id, max_idle_ms or -1, pool_size or -1, io)
+end
+
+--- The bytes to send (io.out), or nil.
+function door.out()
+  local n = tonumber(io.out_len)
+  if n == 0 then return nil end
+  return ffi_string(io.out, n)
+end
+
+--- The message of a refusal.
+function door.msg()
+  return ffi_string(io.msg, tonumber(io.msg_len))
+end
+
+--- res, 1: the small result of D.result as tables, shaped as the
+--- connection's query returns it (rows keyed by column name, NULL as rds.null).
+function door.result()
+  local cells, ncols = io.cells, tonumber(io.ncols)
+  local nrows = (tonumber(io.ncells) - ncols) / ncols
+  local names = new_table(ncols, 0)
+  for j = 0, ncols - 1 do
+    local c = cells[j]
+    names[j + 1] = ffi_string(c.ptr, c.len)
+  end
+  local affected = io.number
+  local rows = new_table(nrows, affected >= 0 and 1 or 0)
+  local k = ncols
+  for i = 1, nrows do
+    local row = new_table(0, ncols)
+    for j = 1, ncols do
+      local c = cells[k]
+      local kind, v = c.kind, null
+      if kind == STRING then
+        v = ffi_string(c.ptr, c.len)
+      elseif kind == NUMBER then
+        v = c.number
+      elseif kind == BOOLEAN then
+        v = c.number ~= 0
+      end
+      row[names[j]] = v
+      k = k + 1
+    end
+    rows[i] = row
+  end
+  if affected >= 0 then rows.affected_rows = affected end
+  return rows, 1
+end
+
+return door
