@@ -750,6 +750,33 @@ function M.door_results()
   return out
 end
 
+-- A connection object kept alive, then its physical connection checked
+-- out again: the old object answers as a closed one and never reaches the
+-- session (whose object api.lua hands out again).
+function M.stale_object()
+  local c1, err = rds.connect(confs.pw)
+  if not c1 then return { err = err } end
+  assert(c1:query("select 1"))
+  local pid1 = c1:query("select pg_backend_pid() as p")[1].p
+  local kept = c1:keepalive()
+  local c2 = assert(rds.connect(confs.pw))
+  local out = { kept = kept, reused = c2:getreusedtimes(), same_backend = c2:query("select pg_backend_pid() as p")[1].p == pid1 }
+  local q, qerr = c1:query("select 1")
+  out.old_query = { q ~= nil, qerr }
+  out.old_reused = { c1:getreusedtimes() }
+  out.old_timeout = { c1:settimeout(100) }
+  out.old_keepalive = { c1:keepalive() }
+  out.old_close = { c1:close() }
+  out.old_str = tostring(c1)
+  out.old_cosocket = c1:_is_cosocket()
+  -- the new object still has its session, untouched
+  local r, rerr = c2:query("select 2 as two")
+  out.new_query = r and r[1].two or rerr
+  out.new_reused = c2:getreusedtimes()
+  out.new_kept = c2:keepalive()
+  return out
+end
+
 -- Programmer errors in conn methods.
 function M.errors()
   local c, err = rds.connect(confs.pw)
@@ -900,6 +927,7 @@ local SERVER = [[
     location = /busy { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy()) } }
     location = /busy_close { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy_close()) } }
     location = /errors { content_by_lua_block { local nb = require "nb"; nb.reply(nb.errors()) } }
+    location = /stale_object { content_by_lua_block { local nb = require "nb"; nb.reply(nb.stale_object()) } }
     location = /door_results { content_by_lua_block { local nb = require "nb"; nb.reply(nb.door_results()) } }
     location = /big_result { content_by_lua_block { local nb = require "nb"; nb.reply(nb.big_result()) } }
     location = /abandon { content_by_lua_block { require("nb").abandon(ngx.var.arg_tag) } }
@@ -1195,6 +1223,23 @@ describe("non-blocking calls in OpenResty", function()
       assert.matches('"affected_rows"=1', d[8], 1, true)
       assert.matches("division by zero", d[10], 1, true)
       assert.matches("WARNING: door", d[13], 1, true)
+    end)
+
+    it("an object kept alive answers as closed after its connection was checked out again, and never reaches it", function()
+      local r = get_json(n, "/stale_object")
+      assert.is_nil(r.err, cjson.encode(r))
+      assert.is_true(r.kept)
+      assert.is_true(r.reused > 0, cjson.encode(r))
+      assert.is_true(r.same_backend, cjson.encode(r)) -- the very physical connection
+      assert.same({ false, "closed" }, r.old_query)
+      for _, what in ipairs { "old_reused", "old_timeout", "old_keepalive", "old_close" } do
+        assert.same({ cjson.null, "closed" }, r[what], what)
+      end
+      assert.matches("(closed)", r.old_str, 1, true)
+      assert.is_false(r.old_cosocket)
+      assert.equal(2, r.new_query)
+      assert.equal(r.reused, r.new_reused)
+      assert.is_true(r.new_kept)
     end)
 
     it("programmer errors in connection methods raise Lua strings (content handler)", function()

@@ -164,6 +164,27 @@ impl Handle {
         }
     }
 
+    /// A handle with no connection, ever: what api.lua gives a connection
+    /// object that was kept alive, so that it answers as a closed one (its
+    /// escapes as without a connection).
+    pub fn stale() -> Handle {
+        Handle {
+            state: State::Closed,
+            owner: process::generation(),
+            timeout: Duration::from_secs(60),
+            label: "kept alive".into(),
+            lease: None,
+            reused: 0,
+            retire_at: None,
+            pool: PoolConf::default(),
+            not_reusable: None,
+            last_session: Default::default(),
+            pipe: None,
+            piped: None,
+            counted: false,
+        }
+    }
+
     fn reused(idle: Idle, lease: Lease, conf: &ConnectConf) -> Handle {
         let mut handle = Handle::with_label(idle.conn, conf, lease, idle.label);
         handle.reused = idle.reused + 1;

@@ -233,6 +233,23 @@ local SOCK, REQ = {}, {}
 -- Private key of its number at the FFI door (src/lua/door.rs), through
 -- which its hot calls go under LuaJIT.
 local DOOR = {}
+-- Private key of its pipe's number (src/pg/pipe.rs): its physical connection.
+local PIPE = {}
+
+-- The objects of connections over cosockets that keepalive put into the
+-- pool, by pipe number: the next checkout of that pipe gets its object
+-- again (piped_take) instead of a new one, which costs more than the rest
+-- of a pooled checkout. Only idle ones are here: one in use belongs to its
+-- connection table alone, so that one left to the collector closes. The
+-- table that kept it alive gets the stale stand-in, which answers as a
+-- closed connection. Entries whose sessions the pool dropped meanwhile
+-- are dropped wholesale now and then.
+local hosts, nhosts = {}, 0
+local STALE
+local function stale()
+  STALE = STALE or core.stale_connection()
+  return STALE
+end
 -- Without the door (no FFI, or the library not found by its path) queries
 -- do not go over cosockets: connections use the I/O thread's socket.
 local door = core.ffi_door
@@ -430,6 +447,12 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   local status = door.keepalive(self[DOOR], max_idle_ms, pool_size)
   if status == D.pooled then
     self[SOCK] = nil
+    local pipe = self[PIPE]
+    if pipe then
+      if nhosts >= 4096 then hosts, nhosts = {}, 0 end
+      hosts[pipe], nhosts = h, nhosts + 1
+      self[HANDLE] = stale()
+    end
     local kept, kerr = sock:setkeepalive(door.io.number, 1)
     if not kept then return nil, "cannot keep the cosocket alive: " .. tostring(kerr) end
     return true
@@ -513,12 +536,14 @@ local function collect_unclosed()
   end
 end
 
-local function connected(h, err, sqlstate, sock, id)
+local function connected(h, err, sqlstate, sock, id, pipe)
   print_warnings()
   if not h then return nil, err, sqlstate end
-  if sock and not id then id = h:door_id() end
-  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id }, Connection)
+  if sock and not id then id, pipe = h:door_id(), h:pipe_id() end
+  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id, [PIPE] = pipe },
+    Connection)
 end
+
 
 -- The cosocket pool name, ip and port of each pipe (physical connection)
 -- by its number, which is unique in the process: asked once per physical
@@ -653,20 +678,21 @@ local function parsed_conf(conf, mode)
   return parsed
 end
 
--- `h, sock, door_id?`, `nil, err, sqlstate`, or false when pg_cosocket is off.
+-- `h, sock, door_id?, pipe?`, `nil, err, sqlstate`, or false when pg_cosocket is off.
 local function piped_connect(conf, mode)
   if not door then return false end
   local parsed, perr = parsed_conf(conf, mode)
   if not parsed then return nil, perr end
   while true do
-    local h, id, pipe, timeout = core.piped_take(parsed)
+    local h, id, pipe, timeout, adopted = core.piped_take(parsed, hosts)
     if h == false then return false end
     if h == nil then
       if id ~= nil then return nil, id end
       return piped_open(parsed)
     end
+    if adopted then nhosts = nhosts - 1 end
     local sock = reclaim(h, pipe, timeout)
-    if sock then return h, sock, id end
+    if sock then return h, sock, id, pipe end
   end
 end
 
@@ -677,9 +703,9 @@ function M.connect(conf, mode)
   collect_unclosed()
   local h, err, sqlstate
   if yieldable() then
-    local sock
-    h, sock, sqlstate = piped_connect(conf, mode)
-    if h then return connected(h, nil, nil, sock, sqlstate) end
+    local sock, pipe
+    h, sock, sqlstate, pipe = piped_connect(conf, mode)
+    if h then return connected(h, nil, nil, sock, sqlstate, pipe) end
     if h == nil then return connected(nil, sock, sqlstate) end
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end

@@ -17,25 +17,38 @@ use postgres_protocol::message::backend::DataRowBody;
 /// methods do.
 pub struct LuaConnection {
     conn: std::ptr::NonNull<Conn>,
-    door: u64,
 }
 
 /// A connection's state: the handle, how its rows are typed, (over a
 /// cosocket) the row tables of the running query built so far, and what
-/// the FFI door keeps between its calls.
+/// the FFI door keeps between its calls (its number there included).
 pub struct Conn(pub Handle, pub Decoding, pub Vec<Building>, pub super::door::Kept);
 
 impl LuaConnection {
     /// A connection object for `handle`, typing rows this module's way.
     pub fn new(handle: Handle) -> LuaConnection {
         let conn = Box::new(Conn(handle, Decoding::default(), Vec::new(), Default::default()));
-        let conn = std::ptr::NonNull::from(Box::leak(conn));
-        LuaConnection { conn, door: super::door::register(conn) }
+        let this = LuaConnection { conn: std::ptr::NonNull::from(Box::leak(conn)) };
+        super::door::number(this.conn);
+        this
     }
 
     /// Its number at the FFI door (0: none).
     pub fn door_id(&self) -> u64 {
-        self.door
+        self.3.number()
+    }
+
+    /// The object again, for `handle` (api.lua keeps the objects of
+    /// connections it put into the pool, by their pipes, and hands one out
+    /// again with the next checkout of that pipe instead of making one). It
+    /// starts as new: a new number at the door, this module's row types.
+    pub fn adopt(&mut self, handle: Handle) {
+        let Conn(h, decoding, building, kept) = &mut **self;
+        *h = handle;
+        *decoding = Decoding::default();
+        building.clear();
+        super::door::forget(kept);
+        super::door::number(self.conn);
     }
 }
 
@@ -59,7 +72,7 @@ impl std::ops::DerefMut for LuaConnection {
 impl Drop for LuaConnection {
     fn drop(&mut self) {
         // The door forgets the number first, so no call can reach the box.
-        super::door::unregister(self.door);
+        super::door::forget(&mut self.3);
         // SAFETY: the box leaked in `new`, not referenced any more.
         drop(unsafe { Box::from_raw(self.conn.as_ptr()) });
     }
@@ -123,7 +136,8 @@ impl UserData for LuaConnection {
         // Over a cosocket (api.lua sends and receives; see src/pg/pipe.rs),
         // through the FFI door (src/lua/door.rs): this connection's number,
         // and what the door's calls leave to mlua.
-        methods.add_method("door_id", |_, this, ()| Ok(this.door as f64));
+        methods.add_method("door_id", |_, this, ()| Ok(this.door_id() as f64));
+        methods.add_method("pipe_id", |_, this, ()| Ok(this.0.pipe_id().map(|n| n as f64)));
         // After DOOR_ROWS: the rows received so far become tables.
         methods.add_method_mut("piped_rows", |lua, this, ()| {
             let Conn(handle, decoding, building, _) = &mut **this;

@@ -19,6 +19,7 @@ pub fn register(lua: &Lua, core: &Table) -> LuaResult<()> {
     core.set("piped_take", lua.create_function(piped_take)?)?;
     core.set("piped_prepare_start", lua.create_function(piped_prepare_start)?)?;
     core.set("piped_prepare_finish", lua.create_function(piped_prepare_finish)?)?;
+    core.set("stale_connection", lua.create_function(|lua, ()| lua.create_userdata(LuaConnection::new(Handle::stale())))?)?;
     Ok(())
 }
 
@@ -62,8 +63,11 @@ impl crate::conf::ConfSource for Recording {
 /// `conn, door, pipe, timeout_ms` (an idle pooled connection over a
 /// cosocket: its number at the FFI door, its pipe's number, which
 /// `conn:cosocket_pool()` tells the cosocket's pool and address of), nothing
-/// (none idle), `false` (`pg_cosocket` is off), or `nil, err`.
-fn piped_take(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<MultiValue> {
+/// (none idle), `false` (`pg_cosocket` is off), or `nil, err`. `hosts`:
+/// api.lua's objects of pooled connections by pipe; the one of the pipe
+/// taken is handed out again (and leaves `hosts`; a fifth value, `true`,
+/// says so) instead of a new one.
+fn piped_take(lua: &Lua, (parsed, hosts): (mlua::UserDataRef<ParsedConf>, Option<Table>)) -> LuaResult<MultiValue> {
     let conf = &parsed.0;
     let taken = guarded(|| {
         if !conf.pool.cosocket {
@@ -74,9 +78,40 @@ fn piped_take(lua: &Lua, parsed: mlua::UserDataRef<ParsedConf>) -> LuaResult<Mul
     match taken {
         Ok(Err(())) => Ok(MultiValue::from_iter([Value::Boolean(false)])),
         Ok(Ok(None)) => Ok(MultiValue::new()),
-        Ok(Ok(Some(handle))) => reuse_values(lua, handle, None),
+        Ok(Ok(Some(handle))) => match hosts.zip(handle.pipe_id()) {
+            Some((hosts, pipe)) => match hosts.raw_get::<Option<mlua::AnyUserData>>(pipe as f64)? {
+                Some(host) => {
+                    hosts.raw_set(pipe as f64, Value::Nil)?;
+                    adopt(lua, host, handle)
+                }
+                None => reuse_values(lua, handle, None),
+            },
+            None => reuse_values(lua, handle, None),
+        },
         Err(e) => failure(lua, &e),
     }
+}
+
+/// `conn, door, pipe, timeout_ms, true`: `host` (a kept object) taking
+/// `handle`; or the values of a new object when `host` is not a free one.
+fn adopt(lua: &Lua, host: mlua::AnyUserData, handle: Handle) -> LuaResult<MultiValue> {
+    let (Some(pipe), timeout) = (handle.pipe_id(), handle.timeout_ms()) else {
+        return failure(lua, &Error::closed());
+    };
+    let door = match host.borrow_mut::<LuaConnection>() {
+        Ok(mut conn) if !conn.0.is_open() => {
+            conn.adopt(handle);
+            conn.door_id()
+        }
+        _ => return reuse_values(lua, handle, None),
+    };
+    Ok(MultiValue::from_iter([
+        Value::UserData(host),
+        Value::Number(door as f64),
+        Value::Number(pipe as f64),
+        Value::Number(timeout as f64),
+        Value::Boolean(true),
+    ]))
 }
 
 /// `conn, door, pipe, timeout_ms`, after `prefix` values.

@@ -33,10 +33,17 @@ use crate::pg::{Messages, QueryFailure, QueryOutput};
 /// refused) query, for `piped_finish`.
 #[derive(Default)]
 pub struct Kept {
+    /// The connection's number (0: none).
+    number: u64,
     done: Option<(Result<QueryOutput, QueryFailure>, Messages)>,
 }
 
 impl Kept {
+    /// The connection's number at the door (0: none).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
     /// The finished query's outcome and messages (`piped_finish`).
     pub fn take_done(&mut self) -> Option<(Result<QueryOutput, QueryFailure>, Messages)> {
         self.done.take()
@@ -85,15 +92,19 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Registers a connection's state: its number (never 0; 0 when there is
-/// none to give, and then the door answers gone).
-pub fn register(conn: NonNull<Conn>) -> u64 {
-    REGISTRY.try_with(|r| r.borrow_mut().insert(conn)).unwrap_or(0)
+/// Gives a connection's state a new number (never 0; 0 when there is none
+/// to give, and then the door answers gone), in its [`Kept`].
+pub fn number(mut conn: NonNull<Conn>) {
+    let number = REGISTRY.try_with(|r| r.borrow_mut().insert(conn)).unwrap_or(0);
+    // SAFETY: the caller's live box; no reference to it is held across this.
+    unsafe { conn.as_mut() }.3.number = number;
 }
 
-/// Forgets a connection's number.
-pub fn unregister(id: u64) {
-    let _ = REGISTRY.try_with(|r| r.borrow_mut().remove(id));
+/// Forgets a connection's number: a call with it answers gone from now on.
+pub fn forget(kept: &mut Kept) {
+    let number = std::mem::take(&mut kept.number);
+    kept.done = None;
+    let _ = REGISTRY.try_with(|r| r.borrow_mut().remove(number));
 }
 
 /// The connection numbered `id`, if its object lives.
@@ -306,7 +317,7 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
     let size = (pool_size >= 1.0).then_some(pool_size as usize);
     // SAFETY: the caller's contract.
     unsafe {
-        with_conn(id, io, |Conn(handle, ..), scratch, io| {
+        with_conn(id, io, |Conn(handle, _, _, kept), scratch, io| {
             let idle_ms = handle.keepalive_ms(max_idle) as f64;
             let outcome = handle.keepalive(max_idle, size, false);
             if let Some(out) = handle.piped_output() {
@@ -315,6 +326,9 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
             match outcome {
                 Ok(()) if io.out_len == 0 => {
                     io.number = idle_ms;
+                    // The object may be handed out again with a new number:
+                    // whoever kept this one finds nothing with it.
+                    forget(kept);
                     DOOR_POOLED
                 }
                 Ok(()) => DOOR_CLOSED,
