@@ -107,7 +107,9 @@ impl AsyncRead for PipeIo {
             return if b.eof { Poll::Ready(Ok(())) } else { Poll::Pending };
         }
         let n = b.inbox.len().min(buf.remaining());
-        buf.put_slice(&b.inbox.split_to(n));
+        buf.put_slice(&b.inbox[..n]);
+        // Advancing keeps the inbox one buffer (split_to would share it).
+        bytes::Buf::advance(&mut b.inbox, n);
         Poll::Ready(Ok(()))
     }
 }
