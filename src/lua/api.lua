@@ -290,11 +290,15 @@ local function piped_finish(self, h, sock)
   return res, a, b, c, d, e
 end
 
+-- A door call answered gone: a bug (a panic in Rust, or a number api.lua
+-- lost), never a server's doing.
+local DOOR_CLOSED = "internal error: the connection door closed"
+
 local function door_query(self, h, sock, sql, id)
   local status = door.start(id, sql)
   if status ~= D.send then
     if status == D.done then return piped_finish(self, h, sock) end
-    return nil, "closed" -- not a live connection (never for one api.lua holds)
+    return piped_broken(self, h, sock, DOOR_CLOSED, 0)
   end
   local timeout = door.io.number
   sock:settimeout(timeout)
@@ -306,9 +310,7 @@ local function door_query(self, h, sock, sql, id)
     status = door.feed(id, data)
     if status == D.result then return door.result() end
     if status == D.done then return piped_finish(self, h, sock) end
-    if status ~= D.more and status ~= D.rows then
-      return piped_broken(self, h, sock, "internal error: the connection door closed", timeout)
-    end
+    if status ~= D.more and status ~= D.rows then return piped_broken(self, h, sock, DOOR_CLOSED, timeout) end
     local out = door.out()
     if out then
       ok, serr = sock:send(out)
@@ -544,7 +546,6 @@ local function connected(h, err, sqlstate, sock, id, pipe)
     Connection)
 end
 
-
 -- The cosocket pool name, ip and port of each pipe (physical connection)
 -- by its number, which is unique in the process: asked once per physical
 -- connection, not at every checkout. Entries of closed ones are dropped
@@ -646,7 +647,7 @@ function piped_open(parsed, job, bound, retried)
   if kind == "open" then return login(a, retried) end
   if kind == "reuse" then -- one came back while we waited (pg_backlog)
     local sock = reclaim(a, c, d)
-    if sock then return a, sock, b end
+    if sock then return a, sock, b, c end
     if parsed == nil then return nil, "connection lost while logging in again" end
     return piped_open(parsed)
   end
@@ -758,13 +759,13 @@ function M.stats()
   return core.stats()
 end
 
---- ok = rds._nop(): one no-op job through the wake mechanism (yields where
---- calls yield), for measuring its cost.
 --- rds._door(): whether connections over cosockets (and their FFI door) are there.
 function M._door()
   return door ~= nil
 end
 
+--- ok = rds._nop(): one no-op job through the wake mechanism (yields where
+--- calls yield), for measuring its cost.
 function M._nop()
   if not yieldable() then return true end
   local job = core.nop_start()

@@ -7,7 +7,8 @@
 //! protected calls and result pushing, which made the cycle slower than
 //! pgmoon's Lua. These functions take plain C data instead (the query text
 //! and the received bytes are pointers into the Lua strings, no copy) and
-//! hand back pointers into the connection's own buffers ([`FfiIo`]).
+//! hand back pointers into a per-thread scratch ([`FfiIo`]), valid until the
+//! next call.
 //!
 //! A connection is named by a number (`conn:door_id()`) registered while its
 //! Lua object lives; a number that is no connection (any more) answers
@@ -113,8 +114,8 @@ fn find(id: u64) -> Option<NonNull<Conn>> {
 }
 
 /// Runs `f` on connection `id` with a cleared `io`: its status, or
-/// [`DOOR_GONE`]. A panic (a bug) closes nothing and reads as gone, so api.lua
-/// falls back to the methods, which report it.
+/// [`DOOR_GONE`]. A panic (a bug) reads as gone too: api.lua then stops and
+/// closes the connection and answers with an error.
 ///
 /// # Safety
 ///
