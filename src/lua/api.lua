@@ -292,13 +292,13 @@ end
 
 -- A door call answered gone: a bug (a panic in Rust, or a number api.lua
 -- lost), never a server's doing.
-local DOOR_CLOSED = "internal error: the connection door closed"
+local DOOR_GONE_MSG = "internal error: the connection door closed"
 
 local function door_query(self, h, sock, sql, id)
   local status = door.start(id, sql)
   if status ~= D.send then
     if status == D.done then return piped_finish(self, h, sock) end
-    return piped_broken(self, h, sock, DOOR_CLOSED, 0)
+    return piped_broken(self, h, sock, DOOR_GONE_MSG, 0)
   end
   local timeout = door.io.number
   sock:settimeout(timeout)
@@ -310,7 +310,7 @@ local function door_query(self, h, sock, sql, id)
     status = door.feed(id, data)
     if status == D.result then return door.result() end
     if status == D.done then return piped_finish(self, h, sock) end
-    if status ~= D.more and status ~= D.rows then return piped_broken(self, h, sock, DOOR_CLOSED, timeout) end
+    if status ~= D.more and status ~= D.rows then return piped_broken(self, h, sock, DOOR_GONE_MSG, timeout) end
     local out = door.out()
     if out then
       ok, serr = sock:send(out)

@@ -12,8 +12,10 @@
 //!
 //! A connection is named by a number (`conn:door_id()`) registered while its
 //! Lua object lives; a number that is no connection (any more) answers
-//! [`DOOR_GONE`], never touches freed memory. The Lua C API is not called
-//! from here (an FFI call must not re-enter Lua): what needs Lua tables
+//! [`DOOR_GONE`], never touches freed memory. Nothing here runs Lua code or
+//! calls into the Lua VM (an FFI call must not re-enter Lua; the one mlua
+//! value that can be dropped here is a rows table left by a broken query,
+//! which `piped_stop` and `piped_finish` clear first): what needs Lua tables
 //! comes back as a status that tells api.lua which connection method to
 //! call (`piped_rows`, `piped_finish`), or, for one small result of plain
 //! values, as C cells api.lua turns into tables itself.

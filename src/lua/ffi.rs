@@ -82,7 +82,7 @@ pub mod contract {
     pub const RESULT_FETCHING: c_int = 2;
 
     /// The connection door (src/lua/door.rs): the number is no connection
-    /// (any more); use the connection's methods.
+    /// (any more), or the call panicked; api.lua closes the connection.
     pub const DOOR_GONE: c_int = 0;
     /// Send `io.out` (query start: `io.number` is the exchange timeout in
     /// ms), then receive and feed.
