@@ -119,6 +119,9 @@ describe("the cross-language contract of src/lua/ffi.rs", function()
       ffi.offsetof("kong_rds_iam_io_v1", "cells"),
       ffi.offsetof("kong_rds_iam_io_v1", "ncells"),
       ffi.offsetof("kong_rds_iam_io_v1", "ncols"),
+      ffi.offsetof("kong_rds_iam_io_v1", "conn"),
+      ffi.offsetof("kong_rds_iam_io_v1", "pipe"),
+      ffi.offsetof("kong_rds_iam_io_v1", "reused"),
     }, layout)
   end)
 
@@ -141,7 +144,8 @@ describe("the cross-language contract of src/lua/ffi.rs", function()
       results[contract.results[name]] = name
     end
     local door = {}
-    for _, name in ipairs { "gone", "send", "more", "rows", "done", "result", "pooled", "closed", "refused" } do
+    for _, name in ipairs { "gone", "send", "more", "rows", "done", "result", "pooled", "closed", "refused",
+                            "taken", "none", "off", "adopted" } do
       assert.is_number(contract.door[name], name)
       assert.is_nil(door[contract.door[name]], name)
       door[contract.door[name]] = name

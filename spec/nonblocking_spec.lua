@@ -753,14 +753,24 @@ end
 -- A connection object kept alive, then its physical connection checked
 -- out again: the old object answers as a closed one and never reaches the
 -- session (whose object api.lua hands out again).
+-- The Rust object in a connection table (its only userdata value).
+local function object_of(c)
+  for _, v in pairs(c) do
+    if type(v) == "userdata" then return v end
+  end
+end
+
 function M.stale_object()
   local c1, err = rds.connect(confs.pw)
   if not c1 then return { err = err } end
   assert(c1:query("select 1"))
   local pid1 = c1:query("select pg_backend_pid() as p")[1].p
+  local object1 = object_of(c1)
   local kept = c1:keepalive()
   local c2 = assert(rds.connect(confs.pw))
   local out = { kept = kept, reused = c2:getreusedtimes(), same_backend = c2:query("select pg_backend_pid() as p")[1].p == pid1 }
+  -- the checkout of that pipe got the kept object back (the door's adopt)
+  out.same_object = object1 ~= nil and rawequal(object_of(c2), object1)
   local q, qerr = c1:query("select 1")
   out.old_query = { q ~= nil, qerr }
   out.old_reused = { c1:getreusedtimes() }
@@ -774,6 +784,12 @@ function M.stale_object()
   out.new_query = r and r[1].two or rerr
   out.new_reused = c2:getreusedtimes()
   out.new_kept = c2:keepalive()
+  -- a checked out connection closed, or failed over its cosocket, answers
+  -- getreusedtimes() as closed, though its count is known in Lua
+  local c3 = assert(rds.connect(confs.pw))
+  out.third_reused = c3:getreusedtimes()
+  c3:close()
+  out.closed_reused = { c3:getreusedtimes() }
   return out
 end
 
@@ -1240,6 +1256,9 @@ describe("non-blocking calls in OpenResty", function()
       assert.equal(2, r.new_query)
       assert.equal(r.reused, r.new_reused)
       assert.is_true(r.new_kept)
+      assert.is_true(r.same_object, cjson.encode(r))
+      assert.equal(r.reused + 1, r.third_reused)
+      assert.same({ cjson.null, "closed" }, r.closed_reused)
     end)
 
     it("programmer errors in connection methods raise Lua strings (content handler)", function()

@@ -146,7 +146,7 @@ impl Handle {
 
     fn with_label(conn: pg::Connection, conf: &ConnectConf, lease: Lease, label: Arc<str>) -> Handle {
         let last_session = conn.escape_session().unwrap_or_default();
-        crate::stats::bump(&crate::stats::OPEN_HANDLES);
+        crate::stats::OPEN_HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Handle {
             pipe: conn.pipe(),
             piped: None,

@@ -4,7 +4,7 @@
 //! name start from zero in a forked child, the plain ones carry over.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::process;
@@ -18,8 +18,13 @@ pub static IAM_AUTH_OK: AtomicU64 = AtomicU64::new(0);
 /// SCRAM logins bound to the server's TLS certificate (SCRAM-SHA-256-PLUS).
 pub static SCRAM_CHANNEL_BOUND: AtomicU64 = AtomicU64::new(0);
 /// Connection handles holding a session: opened, and neither closed, kept
-/// alive nor collected by Lua's GC yet.
-pub static OPEN_HANDLES: AtomicU64 = AtomicU64::new(0);
+/// alive nor collected by Lua's GC yet. Read by api.lua through the LuaJIT
+/// FFI as the C symbol `kong_rds_iam_open_handles` (an `int32_t`; a process
+/// never holds 2^31 sessions), at every connect.
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static kong_rds_iam_open_handles: AtomicI32 = AtomicI32::new(0);
+pub use kong_rds_iam_open_handles as OPEN_HANDLES;
 /// Jobs handed to the I/O thread (a yielding call that could not be done
 /// on the nginx thread itself).
 pub static JOBS_SUBMITTED: AtomicU64 = AtomicU64::new(0);
@@ -96,7 +101,7 @@ pub fn snapshot() -> Snapshot {
         tokens_signed: load(&TOKENS_SIGNED),
         token_cache_hits: load(&TOKEN_CACHE_HITS),
         iam_auth_ok: load(&IAM_AUTH_OK),
-        open_handles: load(&OPEN_HANDLES),
+        open_handles: OPEN_HANDLES.load(Ordering::Relaxed).max(0) as u64,
         scram_channel_bound: load(&SCRAM_CHANNEL_BOUND),
         jobs_submitted: load(&JOBS_SUBMITTED),
         credential_fetches: n.fetches.clone(),

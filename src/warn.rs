@@ -6,7 +6,7 @@
 //! worker, after the fork) warns once of its own.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use crate::process;
@@ -20,9 +20,14 @@ struct Warnings {
 
 static WARNINGS: Mutex<Option<Warnings>> = Mutex::new(None);
 
-/// Whether a warning waits to be taken (so that [`take`] costs an atomic
-/// load when none does).
-static PENDING: AtomicBool = AtomicBool::new(false);
+/// Whether a warning waits to be taken (1) or not (0), so that [`take`]
+/// costs an atomic load when none does. api.lua reads it through the LuaJIT
+/// FFI as the C symbol `kong_rds_iam_warnings_pending` (an `int32_t`) and
+/// asks for the warnings only when it is set.
+#[allow(non_upper_case_globals)]
+#[no_mangle]
+pub static kong_rds_iam_warnings_pending: AtomicI32 = AtomicI32::new(0);
+use kong_rds_iam_warnings_pending as PENDING;
 
 fn with<T>(f: impl FnOnce(&mut Warnings) -> T) -> T {
     let mut guard = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
@@ -38,14 +43,14 @@ pub fn once(kind: &'static str, text: String) {
     with(|w| {
         if w.seen.insert(kind) {
             w.pending.push(text);
-            PENDING.store(true, Ordering::Release);
+            PENDING.store(1, Ordering::Release);
         }
     });
 }
 
 /// The warnings recorded since the last call, oldest first.
 pub fn take() -> Vec<String> {
-    if !PENDING.swap(false, Ordering::AcqRel) {
+    if PENDING.swap(0, Ordering::AcqRel) == 0 {
         return Vec::new();
     }
     with(|w| std::mem::take(&mut w.pending))

@@ -56,8 +56,11 @@ end
 -- never a secret): to nginx's error log at WARN inside nginx, else stderr.
 -- Only opening a connection records any, so connect() prints them.
 local take_warnings = core.take_warnings
+local warnings_pending = core.ffi_door and core.ffi_door.warnings_pending
 local ngx_log, NGX_WARN = ngx and ngx.log, ngx and ngx.WARN
 local function print_warnings()
+  -- through the FFI a flag says whether there are any (most calls: none)
+  if warnings_pending and not warnings_pending() then return end
   local pending = take_warnings()
   if not pending then return end
   for i = 1, #pending do
@@ -230,6 +233,9 @@ local HANDLE = {} -- private key of the Rust handle in a connection table
 -- carrying the bytes (src/pg/pipe.rs). Like every cosocket, it belongs to
 -- the request (or timer) that opened it.
 local SOCK, REQ = {}, {}
+-- Private key of how many times its physical connection was handed out
+-- before (getreusedtimes()), known at checkout, while over its cosocket.
+local REUSED = {}
 -- Private key of its number at the FFI door (src/lua/door.rs), through
 -- which its hot calls go under LuaJIT.
 local DOOR = {}
@@ -238,13 +244,15 @@ local PIPE = {}
 
 -- The objects of connections over cosockets that keepalive put into the
 -- pool, by pipe number: the next checkout of that pipe gets its object
--- again (piped_take) instead of a new one, which costs more than the rest
--- of a pooled checkout. Only idle ones are here: one in use belongs to its
--- connection table alone, so that one left to the collector closes. The
--- table that kept it alive gets the stale stand-in, which answers as a
--- closed connection. Entries whose sessions the pool dropped meanwhile
--- are dropped wholesale now and then.
-local hosts, nhosts = {}, 0
+-- again (the door's take, then adopt) instead of a new one, which costs
+-- more than the rest of a pooled checkout. Only idle ones are here: one in
+-- use belongs to its connection table alone, so that one left to the
+-- collector closes. The table that kept it alive gets the stale stand-in,
+-- which answers as a closed connection. Entries whose sessions the pool
+-- dropped meanwhile are dropped wholesale now and then. `host_ids`: each
+-- kept object's number at the door while it waits (the door's adopt takes
+-- it), known to this table alone.
+local hosts, host_ids, nhosts = {}, {}, 0
 local STALE
 local function stale()
   STALE = STALE or core.stale_connection()
@@ -270,7 +278,7 @@ local NOT_HERE = "this connection runs over an nginx cosocket, which cannot be u
 local function piped_broken(self, h, sock, err, timeout)
   h:piped_stop(false)
   sock:close()
-  self[SOCK] = nil
+  self[SOCK], self[REUSED] = nil, nil
   if err == "timeout" then return nil, format("timeout: no result within %d ms", timeout) end
   return nil, "connection failed: " .. tostring(err)
 end
@@ -448,11 +456,12 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   -- name (one per physical connection), with the same idle timeout.
   local status = door.keepalive(self[DOOR], max_idle_ms, pool_size)
   if status == D.pooled then
-    self[SOCK] = nil
+    self[SOCK], self[REUSED] = nil, nil
     local pipe = self[PIPE]
     if pipe then
-      if nhosts >= 4096 then hosts, nhosts = {}, 0 end
-      hosts[pipe], nhosts = h, nhosts + 1
+      if nhosts >= 4096 then hosts, host_ids, nhosts = {}, {}, 0 end
+      if not hosts[pipe] then nhosts = nhosts + 1 end
+      hosts[pipe], host_ids[pipe] = h, door.io.conn
       self[HANDLE] = stale()
     end
     local kept, kerr = sock:setkeepalive(door.io.number, 1)
@@ -473,7 +482,10 @@ Connection.setkeepalive = Connection.keepalive
 
 --- n = conn:getreusedtimes(): 0 for a new physical connection.
 function Connection.getreusedtimes(self)
-  return handle_of("getreusedtimes", self):getreusedtimes()
+  local h = handle_of("getreusedtimes", self)
+  local n = self[REUSED]
+  if n and self[SOCK] then return n end -- over its cosocket: still open
+  return h:getreusedtimes()
 end
 
 --- conn:settimeout(ms)
@@ -530,20 +542,21 @@ end
 M._gc_floor = 256
 local gc_mark
 
+local open_handles = door and door.open_handles or core.open_handles
 local function collect_unclosed()
-  local open = core.open_handles()
+  local open = open_handles()
   if open >= (gc_mark or M._gc_floor) then
     collectgarbage("collect")
-    gc_mark = math.max(M._gc_floor, 2 * core.open_handles())
+    gc_mark = math.max(M._gc_floor, 2 * open_handles())
   end
 end
 
-local function connected(h, err, sqlstate, sock, id, pipe)
+local function connected(h, err, sqlstate, sock, id, pipe, reused)
   print_warnings()
   if not h then return nil, err, sqlstate end
   if sock and not id then id, pipe = h:door_id(), h:pipe_id() end
-  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id, [PIPE] = pipe },
-    Connection)
+  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id, [PIPE] = pipe,
+    [REUSED] = reused }, Connection)
 end
 
 -- The cosocket pool name, ip and port of each pipe (physical connection)
@@ -663,37 +676,52 @@ local conf_memo = setmetatable({}, { __mode = "k" })
 local function parsed_conf(conf, mode)
   local entry = conf_memo[conf]
   local proxy = getmetatable(conf) ~= nil
-  if entry and entry.mode == mode and still_same(conf, proxy, entry) then return entry.parsed end
-  local parsed, keys = core.parse_conf(conf, mode)
+  if entry and entry.mode == mode and still_same(conf, proxy, entry) then return entry.parsed, nil, entry.id end
+  local parsed, keys, id = core.parse_conf(conf, mode)
   if not parsed then
     conf_memo[conf] = nil
     return nil, keys
   end
   local values = {}
   if proxy then
-    if not pcall(read, conf, keys, values) then return parsed end
+    if not pcall(read, conf, keys, values) then return parsed, nil, id end
   else
     read(conf, keys, values)
   end
-  conf_memo[conf] = { mode = mode, keys = keys, values = values, parsed = parsed }
-  return parsed
+  conf_memo[conf] = { mode = mode, keys = keys, values = values, parsed = parsed, id = id }
+  return parsed, nil, id
 end
 
--- `h, sock, door_id?, pipe?`, `nil, err, sqlstate`, or false when pg_cosocket is off.
+-- An idle pooled connection the door's checkout took (its pipe numbered
+-- `pipe`) in an object: the one kept for that pipe when there is one, else
+-- a new one. `h, door_id` or `nil, err`.
+local function taken(pipe)
+  local h = hosts[pipe]
+  if h then
+    local kept = host_ids[pipe]
+    hosts[pipe], host_ids[pipe], nhosts = nil, nil, nhosts - 1
+    if door.adopt(kept) == D.adopted then return h, door.io.conn end
+  end
+  return core.piped_taken()
+end
+
+-- `h, sock, door_id?, pipe?, reused?`, `nil, err, sqlstate`, or false when
+-- pg_cosocket is off.
 local function piped_connect(conf, mode)
   if not door then return false end
-  local parsed, perr = parsed_conf(conf, mode)
+  local parsed, perr, conf_id = parsed_conf(conf, mode)
   if not parsed then return nil, perr end
+  local io = door.io
   while true do
-    local h, id, pipe, timeout, adopted = core.piped_take(parsed, hosts)
-    if h == false then return false end
-    if h == nil then
-      if id ~= nil then return nil, id end
-      return piped_open(parsed)
-    end
-    if adopted then nhosts = nhosts - 1 end
+    local status = door.take(conf_id)
+    if status == D.none then return piped_open(parsed) end
+    if status == D.off then return false end
+    if status ~= D.taken then return nil, DOOR_GONE_MSG end
+    local pipe, timeout, reused = io.pipe, io.number, io.reused
+    local h, id = taken(pipe)
+    if not h then return nil, id end
     local sock = reclaim(h, pipe, timeout)
-    if sock then return h, sock, id, pipe end
+    if sock then return h, sock, id, pipe, reused end
   end
 end
 
@@ -704,9 +732,9 @@ function M.connect(conf, mode)
   collect_unclosed()
   local h, err, sqlstate
   if yieldable() then
-    local sock, pipe
-    h, sock, sqlstate, pipe = piped_connect(conf, mode)
-    if h then return connected(h, nil, nil, sock, sqlstate, pipe) end
+    local sock, pipe, reused
+    h, sock, sqlstate, pipe, reused = piped_connect(conf, mode)
+    if h then return connected(h, nil, nil, sock, sqlstate, pipe, reused) end
     if h == nil then return connected(nil, sock, sqlstate) end
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end

@@ -37,18 +37,18 @@ impl LuaConnection {
     pub fn door_id(&self) -> u64 {
         self.3.number()
     }
+}
 
-    /// The object again, for `handle` (api.lua keeps the objects of
+impl Conn {
+    /// The state again, for `handle` (api.lua keeps the objects of
     /// connections it put into the pool, by their pipes, and hands one out
-    /// again with the next checkout of that pipe instead of making one). It
-    /// starts as new: a new number at the door, this module's row types.
+    /// again with the next checkout of that pipe instead of making one,
+    /// through the door's `kong_rds_iam_adopt`, which also numbers it anew).
+    /// It starts as new: this module's row types, nothing built.
     pub fn adopt(&mut self, handle: Handle) {
-        let Conn(h, decoding, building, kept) = &mut **self;
-        *h = handle;
-        *decoding = Decoding::default();
-        building.clear();
-        super::door::forget(kept);
-        super::door::number(self.conn);
+        self.0 = handle;
+        self.1 = Decoding::default();
+        self.2.clear();
     }
 }
 

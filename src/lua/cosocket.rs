@@ -16,7 +16,7 @@ use crate::pool::Lease;
 
 pub fn register(lua: &Lua, core: &Table) -> LuaResult<()> {
     core.set("parse_conf", lua.create_function(parse_conf)?)?;
-    core.set("piped_take", lua.create_function(piped_take)?)?;
+    core.set("piped_taken", lua.create_function(piped_taken)?)?;
     core.set("piped_prepare_start", lua.create_function(piped_prepare_start)?)?;
     core.set("piped_prepare_finish", lua.create_function(piped_prepare_finish)?)?;
     core.set("stale_connection", lua.create_function(|lua, ()| lua.create_userdata(LuaConnection::new(Handle::stale())))?)?;
@@ -24,21 +24,55 @@ pub fn register(lua: &Lua, core: &Table) -> LuaResult<()> {
 }
 
 /// A conf parsed once, for api.lua's memo (see [`parse_conf`]), with its
-/// cosocket pool key.
-pub struct ParsedConf(ConnectConf, std::sync::Arc<crate::pool::Key>);
+/// cosocket pool key: boxed at a fixed address and numbered, so that the
+/// FFI door's checkout (`kong_rds_iam_take`, src/lua/door.rs) names it.
+pub struct ParsedConf {
+    parsed: std::ptr::NonNull<Parsed>,
+    number: u64,
+}
+
+/// The settings and their cosocket pool key.
+pub struct Parsed(pub ConnectConf, pub std::sync::Arc<crate::pool::Key>);
+
+impl ParsedConf {
+    fn new(parsed: Parsed) -> ParsedConf {
+        let parsed = std::ptr::NonNull::from(Box::leak(Box::new(parsed)));
+        ParsedConf { parsed, number: super::door::number_conf(parsed) }
+    }
+}
+
+impl std::ops::Deref for ParsedConf {
+    type Target = Parsed;
+    fn deref(&self) -> &Parsed {
+        // SAFETY: the box leaked in `new`, freed only in `drop`; only ever read.
+        unsafe { self.parsed.as_ref() }
+    }
+}
+
+impl Drop for ParsedConf {
+    fn drop(&mut self) {
+        // The door forgets the number first, so no checkout reaches the box.
+        super::door::forget_conf(self.number);
+        // SAFETY: the box leaked in `new`, not referenced any more.
+        drop(unsafe { Box::from_raw(self.parsed.as_ptr()) });
+    }
+}
 
 impl UserData for ParsedConf {}
 
-/// `parsed, names = core.parse_conf(conf, mode)`: the settings, and every
-/// key the parse read (in order; api.lua compares exactly these before it
-/// reuses `parsed` for the same table), or `nil, err`.
+/// `parsed, names, number = core.parse_conf(conf, mode)`: the settings,
+/// every key the parse read (in order; api.lua compares exactly these before
+/// it reuses `parsed` for the same table) and its number at the door (0:
+/// none), or `nil, err`.
 fn parse_conf(lua: &Lua, (conf, mode): (Table, Option<LuaString>)) -> LuaResult<MultiValue> {
     let source = Recording { conf: LuaConf(conf), names: std::cell::RefCell::new(Vec::new()) };
     match guarded(|| ConnectConf::parse(&source, side(mode)?)) {
         Ok(parsed) => {
             let names = lua.create_sequence_from(source.names.into_inner())?;
             let key = std::sync::Arc::new(crate::pool::Key::piped(&parsed));
-            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(ParsedConf(parsed, key))?), Value::Table(names)]))
+            let parsed = ParsedConf::new(Parsed(parsed, key));
+            let number = parsed.number as f64;
+            Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(parsed)?), Value::Table(names), Value::Number(number)]))
         }
         Err(e) => failure(lua, &e),
     }
@@ -60,58 +94,16 @@ impl crate::conf::ConfSource for Recording {
     }
 }
 
-/// `conn, door, pipe, timeout_ms` (an idle pooled connection over a
-/// cosocket: its number at the FFI door, its pipe's number, which
-/// `conn:cosocket_pool()` tells the cosocket's pool and address of), nothing
-/// (none idle), `false` (`pg_cosocket` is off), or `nil, err`. `hosts`:
-/// api.lua's objects of pooled connections by pipe; the one of the pipe
-/// taken is handed out again (and leaves `hosts`; a fifth value, `true`,
-/// says so) instead of a new one.
-fn piped_take(lua: &Lua, (parsed, hosts): (mlua::UserDataRef<ParsedConf>, Option<Table>)) -> LuaResult<MultiValue> {
-    let conf = &parsed.0;
-    let taken = guarded(|| {
-        if !conf.pool.cosocket {
-            return Ok(Err(()));
-        }
-        Ok(Ok(Handle::piped_from_pool(conf, &parsed.1)))
-    });
-    match taken {
-        Ok(Err(())) => Ok(MultiValue::from_iter([Value::Boolean(false)])),
-        Ok(Ok(None)) => Ok(MultiValue::new()),
-        Ok(Ok(Some(handle))) => match hosts.zip(handle.pipe_id()) {
-            Some((hosts, pipe)) => match hosts.raw_get::<Option<mlua::AnyUserData>>(pipe as f64)? {
-                Some(host) => {
-                    hosts.raw_set(pipe as f64, Value::Nil)?;
-                    adopt(lua, host, handle)
-                }
-                None => reuse_values(lua, handle, None),
-            },
-            None => reuse_values(lua, handle, None),
-        },
-        Err(e) => failure(lua, &e),
-    }
-}
-
-/// `conn, door, pipe, timeout_ms, true`: `host` (a kept object) taking
-/// `handle`; or the values of a new object when `host` is not a free one.
-fn adopt(lua: &Lua, host: mlua::AnyUserData, handle: Handle) -> LuaResult<MultiValue> {
-    let (Some(pipe), timeout) = (handle.pipe_id(), handle.timeout_ms()) else {
+/// `conn, door` (a new object and its number at the door) for the idle
+/// connection the door's checkout took (`kong_rds_iam_take`) when api.lua
+/// has no free object of its pipe; `nil, err` when there is none.
+fn piped_taken(lua: &Lua, (): ()) -> LuaResult<MultiValue> {
+    let Some(handle) = super::door::take_taken() else {
         return failure(lua, &Error::closed());
     };
-    let door = match host.borrow_mut::<LuaConnection>() {
-        Ok(mut conn) if !conn.0.is_open() => {
-            conn.adopt(handle);
-            conn.door_id()
-        }
-        _ => return reuse_values(lua, handle, None),
-    };
-    Ok(MultiValue::from_iter([
-        Value::UserData(host),
-        Value::Number(door as f64),
-        Value::Number(pipe as f64),
-        Value::Number(timeout as f64),
-        Value::Boolean(true),
-    ]))
+    let conn = LuaConnection::new(handle);
+    let door = conn.door_id() as f64;
+    Ok(MultiValue::from_iter([Value::UserData(lua.create_userdata(conn)?), Value::Number(door)]))
 }
 
 /// `conn, door, pipe, timeout_ms`, after `prefix` values.

@@ -26,6 +26,8 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use super::connection::Conn;
+use super::cosocket::Parsed;
+use crate::connection::Handle;
 use crate::error::guarded;
 use crate::ffi::contract::*;
 use crate::ffi::{FfiIo, FfiValue, Numbers};
@@ -93,6 +95,10 @@ thread_local! {
     // connection object is made and collected there.
     static REGISTRY: RefCell<Numbers<NonNull<Conn>>> = RefCell::new(Numbers::default());
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    // Parsed confs (api.lua's memo holds their objects), for checkouts.
+    static CONFS: RefCell<Numbers<NonNull<Parsed>>> = RefCell::new(Numbers::default());
+    // The connection the last checkout took, until an object takes it.
+    static TAKEN: RefCell<Option<Handle>> = const { RefCell::new(None) };
 }
 
 /// Gives a connection's state a new number (never 0; 0 when there is none
@@ -108,6 +114,33 @@ pub fn forget(kept: &mut Kept) {
     let number = std::mem::take(&mut kept.number);
     kept.done = None;
     let _ = REGISTRY.try_with(|r| r.borrow_mut().remove(number));
+}
+
+/// Gives `conn` a new number (forgetting its old one), for an object that
+/// is handed out again: whoever kept the old number finds nothing with it.
+fn renumber(conn: &mut Conn) -> u64 {
+    forget(&mut conn.3);
+    let at = NonNull::from(&mut *conn);
+    let number = REGISTRY.try_with(|r| r.borrow_mut().insert(at)).unwrap_or(0);
+    conn.3.number = number;
+    number
+}
+
+/// Numbers a parsed conf's box for checkouts (0 when there is none to give:
+/// then its checkouts answer gone, and api.lua takes the mlua way).
+pub fn number_conf(parsed: NonNull<Parsed>) -> u64 {
+    CONFS.try_with(|c| c.borrow_mut().insert(parsed)).unwrap_or(0)
+}
+
+/// Forgets a parsed conf's number, before its box is freed.
+pub fn forget_conf(number: u64) {
+    let _ = CONFS.try_with(|c| c.borrow_mut().remove(number));
+}
+
+/// The connection the last checkout took, for a new object
+/// (`core.piped_taken`).
+pub fn take_taken() -> Option<Handle> {
+    TAKEN.try_with(|t| t.borrow_mut().take()).ok().flatten()
 }
 
 /// The connection numbered `id`, if its object lives.
@@ -128,16 +161,7 @@ unsafe fn with_conn(id: u64, io: *mut FfiIo, f: impl FnOnce(&mut Conn, &mut Scra
     }
     // SAFETY: the caller's contract.
     let io = unsafe { &mut *io };
-    *io = FfiIo {
-        out: std::ptr::null(),
-        out_len: 0,
-        msg: std::ptr::null(),
-        msg_len: 0,
-        number: 0.0,
-        cells: std::ptr::null(),
-        ncells: 0,
-        ncols: 0,
-    };
+    *io = FfiIo::EMPTY;
     let Some(mut conn) = find(id) else { return DOOR_GONE };
     // SAFETY: a registered pointer is the live box of a connection object
     // (unregistered before it is freed). Lua runs on this one thread and
@@ -308,7 +332,8 @@ fn owned_string(owned: &mut Vec<u8>, fixups: &mut Vec<(usize, usize)>, cell: usi
 }
 
 /// Puts the connection into the pool (`max_idle_ms`, `pool_size`: negative
-/// for the conf's): [`DOOR_POOLED`], [`DOOR_CLOSED`] or [`DOOR_REFUSED`].
+/// for the conf's): [`DOOR_POOLED`] (the object's new number in `io.conn`),
+/// [`DOOR_CLOSED`] or [`DOOR_REFUSED`].
 ///
 /// # Safety
 ///
@@ -320,27 +345,91 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
     let size = (pool_size >= 1.0).then_some(pool_size as usize);
     // SAFETY: the caller's contract.
     unsafe {
-        with_conn(id, io, |Conn(handle, _, _, kept), scratch, io| {
+        with_conn(id, io, |conn, scratch, io| {
+            let handle = &mut conn.0;
             let idle_ms = handle.keepalive_ms(max_idle) as f64;
             let outcome = handle.keepalive(max_idle, size, false);
             if let Some(out) = handle.piped_output() {
                 hand_out(scratch, io, out);
             }
+            let busy = handle.is_open();
             match outcome {
                 Ok(()) if io.out_len == 0 => {
                     io.number = idle_ms;
-                    // The object may be handed out again with a new number:
-                    // whoever kept this one finds nothing with it.
-                    forget(kept);
+                    // The object waits for the next checkout of its pipe
+                    // under a number only api.lua's table of kept objects
+                    // knows (kong_rds_iam_adopt).
+                    io.conn = renumber(conn) as f64;
                     DOOR_POOLED
                 }
                 Ok(()) => DOOR_CLOSED,
                 Err(e) => {
                     hand_msg(scratch, io, e.message());
-                    io.number = if handle.is_open() { 1.0 } else { 0.0 };
+                    io.number = if busy { 1.0 } else { 0.0 };
                     DOOR_REFUSED
                 }
             }
+        })
+    }
+}
+
+/// Checkout for the parsed conf numbered `conf`: [`DOOR_TAKEN`] (an idle
+/// pooled connection over a cosocket, which waits for its object:
+/// [`kong_rds_iam_adopt`], else `core.piped_taken`), [`DOOR_NONE`] (none is
+/// idle), [`DOOR_OFF`] (`pg_cosocket` is off) or [`DOOR_GONE`] (no such
+/// conf, or a panic).
+///
+/// # Safety
+///
+/// `io` must point to a writable [`FfiIo`].
+#[no_mangle]
+pub unsafe extern "C" fn kong_rds_iam_take(conf: u64, io: *mut FfiIo) -> c_int {
+    // SAFETY: the caller's contract.
+    let Some(io) = (unsafe { io.as_mut() }) else { return DOOR_GONE };
+    *io = FfiIo::EMPTY;
+    let Some(parsed) = CONFS.try_with(|c| c.borrow().get(conf)).ok().flatten() else { return DOOR_GONE };
+    // SAFETY: a registered pointer is the live box of a parsed conf object
+    // (unregistered before it is freed), only ever read.
+    let Parsed(conf, key) = unsafe { parsed.as_ref() };
+    if !conf.pool.cosocket {
+        return DOOR_OFF;
+    }
+    let taken = guarded(|| {
+        let Some(handle) = Handle::piped_from_pool(conf, key) else { return Ok(DOOR_NONE) };
+        let Some(pipe) = handle.pipe_id() else { return Ok(DOOR_NONE) };
+        io.pipe = pipe as f64;
+        io.number = handle.timeout_ms() as f64;
+        io.reused = f64::from(handle.reused_times());
+        let left = TAKEN.try_with(|t| t.borrow_mut().replace(handle));
+        // One left by a checkout whose object never came closes here.
+        drop(left);
+        Ok(DOOR_TAKEN)
+    });
+    taken.unwrap_or(DOOR_GONE)
+}
+
+/// Puts the connection the last checkout took into the kept object numbered
+/// `conn` (api.lua's, for that pipe): [`DOOR_ADOPTED`] with the object's new
+/// number in `io.conn`, or [`DOOR_GONE`] when `conn` is no free object (the
+/// connection then stays for `core.piped_taken`).
+///
+/// # Safety
+///
+/// `io` must point to a writable [`FfiIo`].
+#[no_mangle]
+pub unsafe extern "C" fn kong_rds_iam_adopt(conn: u64, io: *mut FfiIo) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_conn(conn, io, |conn, _, io| {
+            // Only an object the pool's keepalive left (a closed handle,
+            // no rows tables: dropping one here would call into Lua).
+            if conn.0.is_open() || !conn.2.is_empty() {
+                return DOOR_GONE;
+            }
+            let Some(handle) = take_taken() else { return DOOR_GONE };
+            conn.adopt(handle);
+            io.conn = renumber(conn) as f64;
+            DOOR_ADOPTED
         })
     }
 }

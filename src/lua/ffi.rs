@@ -104,6 +104,17 @@ pub mod contract {
     /// Refused with `io.msg`: send `io.out`, close the cosocket; or, when
     /// `io.number` is 1, the connection is busy and nothing changed.
     pub const DOOR_REFUSED: c_int = 8;
+    /// Checkout: an idle pooled connection was taken for the conf and
+    /// waits for its object (`kong_rds_iam_adopt`, else `piped_taken`):
+    /// `io.pipe` is its pipe, `io.reused` how often it was handed out
+    /// before, `io.number` the exchange timeout in ms.
+    pub const DOOR_TAKEN: c_int = 9;
+    /// Checkout: none is idle; open one.
+    pub const DOOR_NONE: c_int = 10;
+    /// Checkout: `pg_cosocket` is off for the conf.
+    pub const DOOR_OFF: c_int = 11;
+    /// The kept object has the taken connection: `io.conn` is its new number.
+    pub const DOOR_ADOPTED: c_int = 12;
 
     /// The door's statuses by name, for `core.contract.door`.
     pub const DOOR: &[(&str, c_int)] = &[
@@ -116,6 +127,10 @@ pub mod contract {
         ("pooled", DOOR_POOLED),
         ("closed", DOOR_CLOSED),
         ("refused", DOOR_REFUSED),
+        ("taken", DOOR_TAKEN),
+        ("none", DOOR_NONE),
+        ("off", DOOR_OFF),
+        ("adopted", DOOR_ADOPTED),
     ];
 
     /// The C declarations of this ABI, for `ffi.cdef`.
@@ -125,8 +140,13 @@ typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_i
 int kong_rds_iam_token(int side, const kong_rds_iam_value_v1 *values, size_t n,
                        char *out, size_t cap, kong_rds_iam_result_v1 *result);
 extern const int32_t kong_rds_iam_token_epoch;
+extern const int32_t kong_rds_iam_open_handles;
+extern const int32_t kong_rds_iam_warnings_pending;
 typedef struct { const char *out; size_t out_len; const char *msg; size_t msg_len; double number;
-                 const kong_rds_iam_value_v1 *cells; size_t ncells; size_t ncols; } kong_rds_iam_io_v1;
+                 const kong_rds_iam_value_v1 *cells; size_t ncells; size_t ncols;
+                 double conn; double pipe; double reused; } kong_rds_iam_io_v1;
+int kong_rds_iam_take(uint64_t conf, kong_rds_iam_io_v1 *io);
+int kong_rds_iam_adopt(uint64_t conn, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_query_start(uint64_t conn, const char *sql, size_t len, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_query_feed(uint64_t conn, const char *data, size_t len, int closed, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_keepalive(uint64_t conn, double max_idle_ms, double pool_size, kong_rds_iam_io_v1 *io);
@@ -182,10 +202,11 @@ impl ConfSource for ByPosition<'_> {
 }
 
 /// `[sizeof value, offsetof kind, number, ptr, len, sizeof result, sizeof
-/// io, offsetof out, out_len, msg, msg_len, number, cells, ncells, ncols]`,
+/// io, offsetof out, out_len, msg, msg_len, number, cells, ncells, ncols,
+/// conn, pipe, reused]`,
 /// as Rust lays the structs out: `core.contract.layout`, compared with
 /// LuaJIT's `ffi.sizeof`/`ffi.offsetof` of [`contract::CDEF`] by a spec.
-pub fn layout() -> [usize; 15] {
+pub fn layout() -> [usize; 18] {
     use std::mem::{offset_of, size_of};
     [
         size_of::<FfiValue>(),
@@ -203,6 +224,9 @@ pub fn layout() -> [usize; 15] {
         offset_of!(FfiIo, cells),
         offset_of!(FfiIo, ncells),
         offset_of!(FfiIo, ncols),
+        offset_of!(FfiIo, conn),
+        offset_of!(FfiIo, pipe),
+        offset_of!(FfiIo, reused),
     ]
 }
 
@@ -281,6 +305,29 @@ pub struct FfiIo {
     pub ncells: usize,
     /// How many of them are column names (and so cells per row).
     pub ncols: usize,
+    /// A connection's new number at the door (adopt, pooled keepalive).
+    pub conn: f64,
+    /// The pipe (physical connection) a checkout took.
+    pub pipe: f64,
+    /// How many times that connection was handed out before.
+    pub reused: f64,
+}
+
+impl FfiIo {
+    /// An io with nothing in it.
+    pub const EMPTY: FfiIo = FfiIo {
+        out: std::ptr::null(),
+        out_len: 0,
+        msg: std::ptr::null(),
+        msg_len: 0,
+        number: 0.0,
+        cells: std::ptr::null(),
+        ncells: 0,
+        ncols: 0,
+        conn: 0.0,
+        pipe: 0.0,
+        reused: 0.0,
+    };
 }
 
 /// One conf value (the `kong_rds_iam_value_v1` C struct of [`contract::CDEF`]).
@@ -482,6 +529,6 @@ mod tests {
         assert!(CDEF.contains("typedef struct { size_t len; double expires_at; double valid_until; } kong_rds_iam_result_v1;"));
         assert_eq!((offset_of!(FfiResult, len), offset_of!(FfiResult, expires_at), offset_of!(FfiResult, valid_until)), (0, 8, 16));
         assert_eq!(size_of::<FfiResult>(), 24);
-        assert_eq!(layout(), [32, 0, 8, 16, 24, 24, 64, 0, 8, 16, 24, 32, 40, 48, 56]);
+        assert_eq!(layout(), [32, 0, 8, 16, 24, 24, 88, 0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
     }
 }

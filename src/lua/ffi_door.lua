@@ -14,9 +14,11 @@ pcall(ffi.cdef, contract.cdef) -- declared once per Lua state; again is fine
 local lib
 ok, lib = pcall(ffi.load, core.library_path)
 if not ok then return nil end
-local start, feed, keepalive
+local start, feed, keepalive, take, adopt
 ok = pcall(function()
   start, feed, keepalive = lib.kong_rds_iam_query_start, lib.kong_rds_iam_query_feed, lib.kong_rds_iam_keepalive
+  take, adopt = lib.kong_rds_iam_take, lib.kong_rds_iam_adopt
+  return lib.kong_rds_iam_open_handles + lib.kong_rds_iam_warnings_pending
 end)
 if not ok then return nil end
 
@@ -54,6 +56,27 @@ end
 --- status = door.keepalive(id, max_idle_ms?, pool_size?)
 function door.keepalive(id, max_idle_ms, pool_size)
   return keepalive(id, max_idle_ms or -1, pool_size or -1, io)
+end
+
+--- status = door.take(conf_id): checkout of an idle pooled connection for
+--- a parsed conf; on D.taken io.pipe, io.reused and io.number (timeout ms).
+function door.take(conf_id)
+  return take(conf_id, io)
+end
+
+--- status = door.adopt(id): the taken connection into the kept object
+--- numbered `id`; on D.adopted io.conn is the object's new number.
+function door.adopt(id)
+  return adopt(id, io)
+end
+
+--- Connection handles holding a session in this process, and whether
+--- warnings wait (src/stats.rs, src/warn.rs): read in place.
+function door.open_handles()
+  return lib.kong_rds_iam_open_handles
+end
+function door.warnings_pending()
+  return lib.kong_rds_iam_warnings_pending ~= 0
 end
 
 --- The bytes to send (io.out), or nil.
