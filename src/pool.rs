@@ -143,7 +143,37 @@ pub struct Figures {
 }
 
 /// The pool of the process of generation `.0`.
-struct Pool(u64, HashMap<Arc<Key>, Slot>);
+struct Pool(u64, HashMap<Arc<Key>, Slot, KeyHash>);
+
+/// Hashes a [`Key`] as the hash it computed once (a checkout and a
+/// keepalive each look their key up: rehashing it would be wasted work).
+#[derive(Default, Clone, Copy)]
+struct KeyHash;
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// Takes the `u64` that [`Key`]'s `Hash` writes (mixing in anything else
+/// written, should a key ever hash more).
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(32) ^ n;
+    }
+}
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 
@@ -160,14 +190,17 @@ fn pool() -> MutexGuard<'static, Option<Pool>> {
                 }
             }
         }
-        *guard = Some(Pool(generation, HashMap::new()));
+        *guard = Some(Pool(generation, HashMap::default()));
     }
     guard
 }
 
 fn with_slot<T>(key: &Arc<Key>, f: impl FnOnce(&mut Slot) -> T) -> T {
     let mut guard = pool();
-    let p = guard.get_or_insert_with(|| Pool(process::generation(), HashMap::new()));
+    let p = guard.get_or_insert_with(|| Pool(process::generation(), HashMap::default()));
+    if let Some(slot) = p.1.get_mut(key) {
+        return f(slot); // the usual case: no clone of the key
+    }
     f(p.1.entry(key.clone()).or_default())
 }
 
@@ -180,10 +213,7 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.generation == process::generation() {
-            with_slot(&self.key, |slot| {
-                slot.busy = slot.busy.saturating_sub(1);
-                slot.returned.notify_one();
-            });
+            with_slot(&self.key, count_back);
         }
     }
 }
@@ -194,6 +224,17 @@ impl Lease {
         &self.key
     }
 }
+
+/// One connection of `slot`'s key is no longer busy: a waiter may now
+/// take one.
+fn count_back(slot: &mut Slot) {
+    slot.busy = slot.busy.saturating_sub(1);
+    slot.returned.notify_one();
+}
+
+/// The generation of a lease already counted back: no process has it
+/// (the generation counts forks from 0).
+const RELEASED: u64 = u64::MAX;
 
 /// What [`checkout`] found (moved once: the idle connection stays inline).
 #[allow(clippy::large_enum_variant)]
@@ -349,14 +390,20 @@ pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
         count_closed(&lease, 1);
         return (Ok(()), vec![idle]);
     }
-    let evicted = with_slot(lease.key(), |slot| {
+    let mut lease = lease;
+    let generation = process::generation();
+    let evicted = with_slot(&lease.key, |slot| {
         slot.idle.push(idle);
         let excess = slot.idle.len().saturating_sub(size.max(1));
-        let evicted: Vec<Idle> = slot.idle.drain(..excess).collect();
+        let evicted: Vec<Idle> = if excess == 0 { Vec::new() } else { slot.idle.drain(..excess).collect() };
         slot.closed += evicted.len() as u64;
+        // The connection is no longer busy (counted back under the same lock).
+        if lease.generation == generation {
+            count_back(slot);
+            lease.generation = RELEASED;
+        }
         evicted
     });
-    // The lease drops here: the connection is no longer busy.
     drop(lease);
     reap_in_background();
     (Ok(()), evicted)

@@ -117,6 +117,10 @@ impl AsyncWrite for Transport {
     }
 }
 
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
+}
+
 /// A transport with framing: writes whole frontend buffers, reads whole
 /// backend messages.
 pub struct MessageStream {
@@ -153,7 +157,7 @@ impl MessageStream {
                 self.read_buf.reserve(64 * 1024);
             }
             if self.transport.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+                return Err(closed());
             }
         }
     }
@@ -161,6 +165,11 @@ impl MessageStream {
     /// Over a pipe: sends `buf` (and empties it) at once, since a pipe
     /// takes every write.
     pub fn send_now(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        if let Transport::Piped(p) = &self.transport {
+            p.write_now(buf);
+            buf.clear();
+            return Ok(());
+        }
         let mut sent = std::pin::pin!(self.send(buf));
         match pipe::poll_now(sent.as_mut()) {
             Poll::Ready(outcome) => outcome,
@@ -171,6 +180,17 @@ impl MessageStream {
     /// Over a pipe: the next backend message among the bytes received so
     /// far, or `None` until more arrive.
     pub fn recv_now(&mut self) -> io::Result<Option<Message>> {
+        // Without TLS the pipe's bytes are the messages: no future needed.
+        while let Transport::Piped(p) = &self.transport {
+            if let Some(message) = Message::parse(&mut self.read_buf)? {
+                return Ok(Some(message));
+            }
+            match p.read_into(&mut self.read_buf) {
+                pipe::Input::Bytes => {}
+                pipe::Input::Empty => return Ok(None),
+                pipe::Input::Eof => return Err(closed()),
+            }
+        }
         let mut next = std::pin::pin!(self.recv());
         match pipe::poll_now(next.as_mut()) {
             Poll::Ready(outcome) => outcome.map(Some),
