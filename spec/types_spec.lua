@@ -76,6 +76,18 @@ describe("conn:query()", function()
       assert.same({ true, { affected_rows = 2 }, { { x = 1 }, { x = 2 } }, { { status = "done" } } }, res)
     end)
 
+    it("types each statement by its own columns, also right after one with the same names", function()
+      -- The connection reuses the last column description when the next
+      -- is the same: a name, type or count that differs must not be.
+      local res = conn:query("select 1 as v, 2 as w; select '1'::text as v, 2 as w; select 1 as v; select 1 as v, 2 as z")
+      assert.same({ { { v = 1, w = 2 } }, { { v = "1", w = 2 } }, { { v = 1 } }, { { v = 1, z = 2 } } }, res)
+      for _, case in ipairs { { "select 1 as v", 1 }, { "select '1'::text as v", "1" }, { "select 1 as v", 1 },
+        { "select true as v", true }, { "select 1.5::float8 as v", 1.5 } } do
+        local r = assert(conn:query(case[1]))
+        assert.same({ { v = case[2] } }, r, case[1])
+      end
+    end)
+
     it("returns 10,000 rows", function()
       local res = conn:query("select x from generate_series(1, 10000) x")
       assert.equal(10000, #res)

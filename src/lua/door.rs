@@ -277,7 +277,7 @@ fn show(scratch: &mut Scratch, io: &mut FfiIo, output: QueryOutput, decoding: va
     let Scratch { cells, owned, fixups, .. } = scratch;
     let string = |bytes: &[u8]| FfiValue { kind: KIND_STRING, number: 0.0, ptr: bytes.as_ptr(), len: bytes.len() };
     let plain = |kind, number| FfiValue { kind, number, ptr: std::ptr::null(), len: 0 };
-    for c in columns {
+    for c in columns.iter() {
         cells.push(string(c.name.as_bytes()));
     }
     use fallible_iterator::FallibleIterator;

@@ -45,6 +45,8 @@ pub struct Connection {
     encoding: Option<escape::Encoding>,
     /// `standard_conforming_strings`, as the server last reported it.
     standard_conforming_strings: bool,
+    /// The columns of the last row description (see `columns_of`).
+    last_columns: Option<std::sync::Arc<[query::Column]>>,
 }
 
 /// What the server said besides results: `NOTIFY` payloads and notices.

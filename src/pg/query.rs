@@ -1,9 +1,11 @@
 //! The simple query protocol: one round trip, any number of statements,
 //! typed columns (from `RowDescription`), rows in text format.
 
+use std::sync::Arc;
+
 use bytes::BufMut;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
 
 use super::{server_error, Connection};
@@ -21,8 +23,9 @@ pub struct Column {
 /// The result of one statement.
 #[derive(Debug, Default)]
 pub struct Statement {
-    /// Columns, when the statement returns rows.
-    pub columns: Option<Vec<Column>>,
+    /// Columns, when the statement returns rows (shared with the
+    /// statements before it that had the very same columns).
+    pub columns: Option<Arc<[Column]>>,
     /// Rows as the server sent them (text format).
     pub rows: Vec<DataRowBody>,
     /// The command tag, e.g. `INSERT 0 3`, `SELECT 2`, `CREATE TABLE`.
@@ -44,7 +47,7 @@ impl Statement {
     pub fn row_fields(&self, i: usize) -> Vec<Option<&[u8]>> {
         let Some(row) = self.rows.get(i) else { return Vec::new() };
         let buffer = row.buffer();
-        let mut out = Vec::with_capacity(self.columns.as_ref().map_or(0, Vec::len));
+        let mut out = Vec::with_capacity(self.columns.as_ref().map_or(0, |c| c.len()));
         let mut ranges = row.ranges();
         while let Ok(Some(range)) = ranges.next() {
             out.push(range.and_then(|r| buffer.get(r)));
@@ -200,12 +203,7 @@ impl Connection {
     fn on_query_message(&mut self, run: &mut QueryRun, message: Message) -> Result<Step, Error> {
         match message {
             Message::RowDescription(body) => {
-                let mut columns = Vec::new();
-                let mut fields = body.fields();
-                while let Ok(Some(f)) = fields.next() {
-                    columns.push(Column { name: f.name().to_owned(), type_oid: f.type_oid() });
-                }
-                run.current = Some(Statement { columns: Some(columns), ..Statement::default() });
+                run.current = Some(Statement { columns: Some(self.columns_of(&body)), ..Statement::default() });
             }
             Message::DataRow(body) => match run.current.as_mut() {
                 Some(statement) => statement.rows.push(body),
@@ -231,6 +229,25 @@ impl Connection {
         Ok(Step::Read)
     }
 
+    /// The columns a RowDescription describes: the last ones this
+    /// connection saw when they are the same (a pooled connection mostly
+    /// runs the same few queries), so no names are copied again.
+    fn columns_of(&mut self, body: &RowDescriptionBody) -> Arc<[Column]> {
+        if let Some(last) = &self.last_columns {
+            if same_columns(last, body) {
+                return last.clone();
+            }
+        }
+        let mut fields = body.fields();
+        let mut columns = Vec::with_capacity(fields.size_hint().0);
+        while let Ok(Some(f)) = fields.next() {
+            columns.push(Column { name: f.name().to_owned(), type_oid: f.type_oid() });
+        }
+        let columns: Arc<[Column]> = columns.into();
+        self.last_columns = Some(columns.clone());
+        columns
+    }
+
     /// Messages the server may send at any time: parameter changes, notices,
     /// notifications (and copy-out data, ignored).
     fn on_session_message(&mut self, message: Message) {
@@ -242,6 +259,19 @@ impl Connection {
             Message::NoticeResponse(body) => self.messages.notices.push(server_error::notice_text(&body)),
             Message::NotificationResponse(body) => self.messages.notifications.push(notification(&body)),
             _ => {}
+        }
+    }
+}
+
+/// Whether `body` describes exactly `columns` (names and types, in order).
+fn same_columns(columns: &[Column], body: &RowDescriptionBody) -> bool {
+    let mut fields = body.fields();
+    let mut known = columns.iter();
+    loop {
+        match (fields.next(), known.next()) {
+            (Ok(Some(f)), Some(c)) if f.name() == c.name && f.type_oid() == c.type_oid => {}
+            (Ok(None), None) => return true,
+            _ => return false,
         }
     }
 }
@@ -331,5 +361,41 @@ mod tests {
         assert_eq!(statement("SELECT 0").affected_rows(), Some(0));
         assert_eq!(statement("CREATE TABLE").affected_rows(), None);
         assert_eq!(statement("").affected_rows(), None);
+    }
+
+    /// A RowDescription of `(name, type oid)` columns, parsed.
+    fn description(columns: &[(&str, u32)]) -> RowDescriptionBody {
+        let mut body = bytes::BytesMut::new();
+        body.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            body.put_slice(name.as_bytes());
+            body.put_u8(0);
+            body.put_i32(0); // table
+            body.put_i16(0); // attribute number
+            body.put_u32(*oid);
+            body.put_i16(-1); // type size
+            body.put_i32(-1); // type modifier
+            body.put_i16(0); // text format
+        }
+        let mut message = bytes::BytesMut::new();
+        message.put_u8(b'T');
+        message.put_i32(body.len() as i32 + 4);
+        message.put_slice(&body);
+        match Message::parse(&mut message) {
+            Ok(Some(Message::RowDescription(d))) => d,
+            _ => panic!("not a row description"),
+        }
+    }
+
+    #[test]
+    fn same_columns_compares_names_types_and_count() {
+        let known = [Column { name: "x".into(), type_oid: 23 }, Column { name: "y".into(), type_oid: 25 }];
+        assert!(same_columns(&known, &description(&[("x", 23), ("y", 25)])));
+        assert!(!same_columns(&known, &description(&[("x", 23), ("z", 25)])), "another name");
+        assert!(!same_columns(&known, &description(&[("x", 23), ("y", 20)])), "another type");
+        assert!(!same_columns(&known, &description(&[("x", 23)])), "fewer columns");
+        assert!(!same_columns(&known, &description(&[("x", 23), ("y", 25), ("w", 16)])), "more columns");
+        assert!(!same_columns(&known, &description(&[("y", 25), ("x", 23)])), "another order");
+        assert!(same_columns(&[], &description(&[])));
     }
 }

@@ -100,6 +100,7 @@ async fn establish<S: Socket>(socket: S, addr: SocketAddr, conf: &ConnectConf, p
         client_encoding: "UTF8".into(),
         encoding: super::escape::Encoding::from_name("UTF8"),
         standard_conforming_strings: true,
+        last_columns: None,
     };
     for (name, value) in &parameters {
         conn.parameter(name, value);
