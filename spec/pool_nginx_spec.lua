@@ -4,7 +4,8 @@
 -- of one worker, one IAM login for two requests), backlog waits that yield
 -- and a backlog that overflows at once, nothing pooled in the nginx master
 -- (init_by_lua), idle connections reaped by the I/O thread without another
--- pool access, a connection in a transaction not pooled, and a soak of
+-- pool access, a connection in a transaction not pooled, one the server
+-- closed while idle replaced at checkout (reused 0), and a soak of
 -- 10,000 requests over 2 workers (connections opened, fds, threads, RSS,
 -- no backend left in a transaction). The blocking path is in pool_spec.
 --
@@ -543,6 +544,7 @@ local function pnconf_lua(e)
     master = merge(pw, { pg_schema = "pn_master" }),
     reap = merge(pw, { pg_schema = "pn_reap" }),
     txn = merge(pw, { pg_schema = "pn_txn" }),
+    dead = merge(pw, { pg_schema = "pn_dead" }),
     jobs = merge(pw, { pg_schema = "pn_jobs" }),
     jobs_thread = merge(pw, { pg_schema = "pn_jobs", pg_cosocket = false }),
     soak = merge(pw, { pg_pool_size = SOAK_POOL_SIZE, pg_backlog = SOAK_BACKLOG }),
@@ -822,6 +824,33 @@ describe("the keep-alive pool in nginx", function()
       assert.is_true(wait_for(function() return not backend_exists(e, r.first_bp) end, 2, 0.1),
         ("the backend left in a transaction still exists: %s"):format(backend_state(e, r.first_bp)))
       assert.equal("0", assert(e:psql("select count(*) from pg_stat_activity where state like 'idle in transaction%'")))
+    end)
+
+    it("a pooled connection the server closed while idle is discarded at checkout: the next connect is new (reused 0)", function()
+      local r1 = get_json(n, "/cycle?key=dead&s=0")
+      assert.is_true(r1.ok and r1.keepalive, cjson.encode(r1))
+      local r2 = get_json(n, "/cycle?key=dead&s=0")
+      assert.is_true(r2.ok and r2.keepalive, cjson.encode(r2))
+      assert.is_true(r2.reused > 0, cjson.encode(r2))
+      assert.equal(r1.bp, r2.bp, "not pooled: " .. cjson.encode(r2))
+      -- the server ends the idle session (as a failover or an idle timeout does)
+      assert.equal("t", e:psql("select pg_terminate_backend(" .. r1.bp .. ")"))
+      assert.is_true(wait_for(function() return not backend_exists(e, r1.bp) end, 2, 0.05), "backend still there")
+      local r3 = get_json(n, "/cycle?key=dead&s=0")
+      local what = cjson.encode(r3)
+      assert.is_nil(r3.err, what)
+      assert.is_nil(r3.query_err, what)
+      assert.is_true(r3.ok, what)
+      assert.equal(0, r3.reused, what)
+      assert.not_equal(r1.bp, r3.bp, what)
+      assert.is_true(r3.keepalive, what)
+      local f = figures(n, "dead")
+      assert.equal(2, f.opened, cjson.encode(f))
+      assert.equal(1, f.idle, cjson.encode(f))
+      -- and the new one is pooled as usual
+      local r4 = get_json(n, "/cycle?key=dead&s=0")
+      assert.is_true(r4.ok and r4.reused > 0, cjson.encode(r4))
+      assert.equal(r3.bp, r4.bp, cjson.encode(r4))
     end)
 
     it("leaves a clean error log", function()
