@@ -370,7 +370,7 @@ pub async fn put_back(returning: Returning) -> Result<()> {
 /// [`put_back`] without the goodbyes: the connections to close come back
 /// (the caller closes them; over a cosocket that needs no waiting).
 pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
-    let Returning { lease, conn, reused, retire_at, label, max_idle, size } = returning;
+    let Returning { mut lease, conn, reused, retire_at, label, max_idle, size } = returning;
     let now = Instant::now();
     if !conn.is_idle() {
         count_closed(&lease, 1);
@@ -390,7 +390,6 @@ pub fn put_back_now(returning: Returning) -> (Result<()>, Vec<Idle>) {
         count_closed(&lease, 1);
         return (Ok(()), vec![idle]);
     }
-    let mut lease = lease;
     let generation = process::generation();
     let evicted = with_slot(&lease.key, |slot| {
         slot.idle.push(idle);

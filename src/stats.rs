@@ -25,6 +25,11 @@ pub static SCRAM_CHANNEL_BOUND: AtomicU64 = AtomicU64::new(0);
 #[no_mangle]
 pub static kong_rds_iam_open_handles: AtomicI32 = AtomicI32::new(0);
 pub use kong_rds_iam_open_handles as OPEN_HANDLES;
+
+/// [`OPEN_HANDLES`] as a count (never below zero).
+pub fn open_handles() -> u64 {
+    OPEN_HANDLES.load(Ordering::Relaxed).max(0) as u64
+}
 /// Jobs handed to the I/O thread (a yielding call that could not be done
 /// on the nginx thread itself).
 pub static JOBS_SUBMITTED: AtomicU64 = AtomicU64::new(0);
@@ -101,7 +106,7 @@ pub fn snapshot() -> Snapshot {
         tokens_signed: load(&TOKENS_SIGNED),
         token_cache_hits: load(&TOKEN_CACHE_HITS),
         iam_auth_ok: load(&IAM_AUTH_OK),
-        open_handles: OPEN_HANDLES.load(Ordering::Relaxed).max(0) as u64,
+        open_handles: open_handles(),
         scram_channel_bound: load(&SCRAM_CHANNEL_BOUND),
         jobs_submitted: load(&JOBS_SUBMITTED),
         credential_fetches: n.fetches.clone(),

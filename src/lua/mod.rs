@@ -69,10 +69,7 @@ fn kong_rds_iam(lua: &Lua) -> LuaResult<Table> {
     core.set("stats", lua.create_function(lua_stats)?)?;
     core.set("take_warnings", lua.create_function(lua_take_warnings)?)?;
     core.set("token_epoch", lua.create_function(|_, ()| Ok(token::epoch()))?)?;
-    core.set(
-        "open_handles",
-        lua.create_function(|_, ()| Ok(crate::stats::OPEN_HANDLES.load(std::sync::atomic::Ordering::Relaxed).max(0)))?,
-    )?;
+    core.set("open_handles", lua.create_function(|_, ()| Ok(crate::stats::open_handles()))?)?;
     if let Some(isyieldable) = isyieldable_function(lua)? {
         core.set("isyieldable", isyieldable)?;
     }
