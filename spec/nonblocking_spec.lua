@@ -793,6 +793,55 @@ function M.stale_object()
   return out
 end
 
+-- The pooled cycle (connect from the pool, query, keepalive) under
+-- LuaJIT's trace compiler: the traces of our chunks that aborted with a
+-- code-shape error LuaJIT keeps hitting (it blacklists the function, which
+-- then runs in the interpreter for good), found through jit.attach.
+-- Counted: a root trace that started at one of our functions' entry and
+-- aborted with "leaving loop in root trace" (a tail call to a fast function
+-- that returns into the caller's frame, such as `return setmetatable(...)`),
+-- and "NYI: return to lower frame" anywhere in our chunks. Loop traces of
+-- loops that ran once abort too; they are not counted (LuaJIT compiles the
+-- function around them).
+local OUR_CHUNKS = { ["=kong_rds_iam"] = true, ["=kong_rds_iam.ffi_door"] = true, ["=kong_rds_iam.ffi_token"] = true }
+function M.jit_aborts(cycles)
+  if not jit then return { err = "not LuaJIT" } end
+  local jutil, vmdef = require "jit.util", require "jit.vmdef"
+  local function ours(func)
+    local info = jutil.funcinfo(func)
+    return info and OUR_CHUNKS[info.source] and info or nil
+  end
+  local starts, aborts, traces = {}, {}, 0
+  local function on_trace(what, tr, func, pc, otr, oex)
+    if what == "start" then
+      local info = ours(func)
+      starts[tr] = info and jutil.funcinfo(func, pc).currentline == info.linedefined and info or nil
+      traces = traces + 1
+    elseif what == "abort" then
+      local msg = vmdef.traceerr[otr]
+      if type(msg) == "string" and oex then msg = msg:format(oex) end
+      local at = ours(func)
+      if (starts[tr] and msg == "leaving loop in root trace") or (at and msg:find("return to lower frame", 1, true)) then
+        local f = starts[tr] or at
+        aborts[#aborts + 1] = ("%s:%d: %s"):format(f.source, f.linedefined, msg)
+      end
+      starts[tr] = nil
+    end
+  end
+  jit.flush() -- record everything anew, with the callback attached
+  jit.attach(on_trace, "trace")
+  local ok, err = pcall(function()
+    for _ = 1, cycles do
+      local c = assert(rds.connect(confs.pw))
+      local r = assert(c:query("select 1 as x"))
+      assert(r[1].x == 1)
+      assert(c:keepalive())
+    end
+  end)
+  jit.attach(on_trace)
+  return { err = (not ok) and tostring(err) or nil, aborts = aborts, traces = traces, cycles = cycles }
+end
+
 -- Programmer errors in conn methods.
 function M.errors()
   local c, err = rds.connect(confs.pw)
@@ -944,6 +993,7 @@ local SERVER = [[
     location = /busy_close { content_by_lua_block { local nb = require "nb"; nb.reply(nb.busy_close()) } }
     location = /errors { content_by_lua_block { local nb = require "nb"; nb.reply(nb.errors()) } }
     location = /stale_object { content_by_lua_block { local nb = require "nb"; nb.reply(nb.stale_object()) } }
+    location = /jit_aborts { content_by_lua_block { local nb = require "nb"; nb.reply(nb.jit_aborts(2000)) } }
     location = /door_results { content_by_lua_block { local nb = require "nb"; nb.reply(nb.door_results()) } }
     location = /big_result { content_by_lua_block { local nb = require "nb"; nb.reply(nb.big_result()) } }
     location = /abandon { content_by_lua_block { require("nb").abandon(ngx.var.arg_tag) } }
@@ -1239,6 +1289,13 @@ describe("non-blocking calls in OpenResty", function()
       assert.matches('"affected_rows"=1', d[8], 1, true)
       assert.matches("division by zero", d[10], 1, true)
       assert.matches("WARNING: door", d[13], 1, true)
+    end)
+
+    it("the pooled cycle's Lua stays compiled under LuaJIT: no function of ours is left to the interpreter", function()
+      local r = get_json(n, "/jit_aborts")
+      assert.is_nil(r.err, cjson.encode(r))
+      assert.is_true(r.traces > 0, cjson.encode(r)) -- the callback saw the compiler at work
+      assert.same({}, r.aborts)
     end)
 
     it("an object kept alive answers as closed after its connection was checked out again, and never reaches it", function()

@@ -555,8 +555,12 @@ local function connected(h, err, sqlstate, sock, id, pipe, reused)
   print_warnings()
   if not h then return nil, err, sqlstate end
   if sock and not id then id, pipe = h:door_id(), h:pipe_id() end
-  return setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id, [PIPE] = pipe,
-    [REUSED] = reused }, Connection)
+  -- Not `return setmetatable(...)`: LuaJIT cannot compile a tail call
+  -- to it that returns into a lower frame, and the function falls back to
+  -- the interpreter for good (jit.v: "leaving loop in root trace").
+  local conn = setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id,
+    [PIPE] = pipe, [REUSED] = reused }, Connection)
+  return conn
 end
 
 -- The cosocket pool name, ip and port of each pipe (physical connection)

@@ -42,32 +42,46 @@ local io = io_array[0]
 
 local door = { D = D, io = io, io_array = io_array }
 
+-- The functions below keep a C call's result in a local before returning
+-- it: LuaJIT cannot compile a tail call to a C function (or to ffi.string)
+-- that returns into the caller's frame, and aborts a trace that starts
+-- there ("leaving loop in root trace"); these are on the hot path.
+
 --- status = door.start(id, sql): io.out, io.number (timeout ms) on D.send.
 function door.start(id, sql)
-  return start(id, sql, #sql, io)
+  local status = start(id, sql, #sql, io)
+  return status
 end
 
 --- status = door.feed(id, data): data nil when the server closed the cosocket.
 function door.feed(id, data)
-  if data == nil then return feed(id, nil, 0, 1, io) end
-  return feed(id, data, #data, 0, io)
+  local status
+  if data == nil then
+    status = feed(id, nil, 0, 1, io)
+  else
+    status = feed(id, data, #data, 0, io)
+  end
+  return status
 end
 
 --- status = door.keepalive(id, max_idle_ms?, pool_size?)
 function door.keepalive(id, max_idle_ms, pool_size)
-  return keepalive(id, max_idle_ms or -1, pool_size or -1, io)
+  local status = keepalive(id, max_idle_ms or -1, pool_size or -1, io)
+  return status
 end
 
 --- status = door.take(conf_id): checkout of an idle pooled connection for
 --- a parsed conf; on D.taken io.pipe, io.reused and io.number (timeout ms).
 function door.take(conf_id)
-  return take(conf_id, io)
+  local status = take(conf_id, io)
+  return status
 end
 
 --- status = door.adopt(id): the taken connection into the kept object
 --- numbered `id`; on D.adopted io.conn is the object's new number.
 function door.adopt(id)
-  return adopt(id, io)
+  local status = adopt(id, io)
+  return status
 end
 
 --- Connection handles holding a session in this process, and whether
@@ -83,12 +97,14 @@ end
 function door.out()
   local n = tonumber(io.out_len)
   if n == 0 then return nil end
-  return ffi_string(io.out, n)
+  local out = ffi_string(io.out, n)
+  return out
 end
 
 --- The message of a refusal.
 function door.msg()
-  return ffi_string(io.msg, tonumber(io.msg_len))
+  local msg = ffi_string(io.msg, tonumber(io.msg_len))
+  return msg
 end
 
 --- res, 1: the small result of D.result as tables, shaped as the

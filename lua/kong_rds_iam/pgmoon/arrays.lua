@@ -53,7 +53,8 @@ local base = {}
 base.__index = base
 local PostgresArray = setmetatable({ __base = base, __name = "PostgresArray" }, {
   __call = function(_, tbl)
-    return setmetatable(tbl or {}, base)
+    local marked = setmetatable(tbl or {}, base) -- a local: see decode_array's end
+    return marked
   end,
 })
 base.__class = PostgresArray
@@ -359,7 +360,10 @@ function M.decode_array(str, convert_fn, pg)
     null = pg.NULL
   end
   convert(out, convert_fn, null)
-  return setmetatable(out, base)
+  -- Not a tail call: LuaJIT cannot compile one to setmetatable that
+  -- returns into the caller's frame.
+  setmetatable(out, base)
+  return out
 end
 
 return M
