@@ -264,12 +264,18 @@ local door = core.ffi_door
 local D = door and door.D
 local RECV_MAX = 65536
 -- The request (or timer) a cosocket belongs to: nginx raises if another
--- one touches it, so the connection checks first. Its ngx.ctx table tells
--- requests apart (a request structure's address is reused by the next
--- request on the same client connection; ngx.ctx is new for each).
-local function get_request()
-  return ngx.ctx
-end
+-- one touches it, so the connection checks first. The request's address
+-- (resty.core's get_request: a pointer read, no allocation) tells live
+-- requests apart. The next request on the same client connection may get
+-- the address of one that ended, but nginx closed that one's cosockets when
+-- it ended, which `usable_here` checks. Without resty.core, ngx.ctx (a new
+-- table per request, made at its first use, which costs more).
+local get_request = (function()
+  local has, base = false, nil
+  if socket_tcp then has, base = pcall(require, "resty.core.base") end
+  if has and type(base) == "table" and type(base.get_request) == "function" then return base.get_request end
+  return function() return ngx.ctx end
+end)()
 local NOT_HERE = "this connection runs over an nginx cosocket, which cannot be used here "
   .. "(use it in the request or timer that opened it, outside metamethods and iterators)"
 
@@ -283,9 +289,12 @@ local function piped_broken(self, h, sock, err, timeout)
   return nil, "connection failed: " .. tostring(err)
 end
 
--- Whether the cosocket of `self` may be used here.
-local function usable_here(self)
-  return yieldable() and self[REQ] == get_request()
+-- Whether the cosocket of `self`, `sock`, may be used here: in a phase
+-- that yields, in its request, and still open (a later request with the
+-- address of the one that opened it finds it closed: getreusedtimes() is
+-- then nil, "closed", where the other calls would log an error).
+local function usable_here(self, sock)
+  return yieldable() and self[REQ] == get_request() and sock:getreusedtimes() ~= nil
 end
 
 -- The query's values once the door said it is over.
@@ -329,7 +338,7 @@ local function door_query(self, h, sock, sql, id)
 end
 
 local function piped_query(self, h, sock, sql)
-  if not usable_here(self) then return nil, NOT_HERE end
+  if not usable_here(self, sock) then return nil, NOT_HERE end
   return door_query(self, h, sock, sql, self[DOOR])
 end
 
@@ -365,7 +374,7 @@ function Connection.wait_for_notification(self)
   local h = handle_of("wait_for_notification", self)
   local sock = self[SOCK]
   if sock then
-    if not usable_here(self) then return nil, NOT_HERE end
+    if not usable_here(self, sock) then return nil, NOT_HERE end
     local ok, err = h:piped_wait_start()
     if not ok then return nil, err end
     local timeout = h:timeout_ms()
@@ -409,7 +418,7 @@ local function close(fname, self)
   if ok and sock then
     self[SOCK] = nil
     -- elsewhere nginx closes the cosocket when its request ends
-    if usable_here(self) then
+    if usable_here(self, sock) then
       local out = h:piped_output()
       if out then sock:send(out) end
       sock:close()
@@ -446,7 +455,7 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   if pool_size == 0 then pool_size = nil end
   local sock = self[SOCK]
   if not sock then return h:keepalive(max_idle_ms, pool_size, get_phase ~= nil and get_phase() == "init") end
-  if not usable_here(self) then
+  if not usable_here(self, sock) then
     -- its cosocket cannot go to nginx's pool from here: close instead
     h:close()
     self[SOCK] = nil
