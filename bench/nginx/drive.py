@@ -11,7 +11,9 @@ Environment: the emulator's RDS_EMU_* (host, port, db, the md5 user),
 BENCH_SO_DIR (where kong_rds_iam.so is), NGINX_BIN, NGINX_MODULES_DIR.
 
 Per round and per N (concurrent clients), cells run back to back in this
-order: yield_tls, block_tls, yield_plain, block_plain, pgmoon. A cell: a
+order: yield_tls, block_tls, yield_plain, block_plain, pgmoon, and in the
+reverse order in even rounds, so that no path always runs first or last
+(where a drift within a round would favour it). A cell: a
 warm-up with N clients (fills the worker's pool with N open connections),
 /reset, S seconds of load (each client: GET /q?v=...&k=K in a loop on its
 own keep-alive connection), /stats (per-query times measured inside the
@@ -22,9 +24,10 @@ Two more families, in the same rounds (so their ratios come from the same
 conditions):
 - cycle (`ngx_cyc_*`): per N of --cyc-ns, cells --cyc-cells (yield_tls,
   yield_plain, pgmoon; block_plain on request) run right after that N's
-  query cells: each request is connect (pooled after the warm-up) + one
-  `select 1 as x` + keepalive (GET /cycle?v=...), for --cyc-secs; then
-  /pooldrain (ours) or /drain (pgmoon).
+  query cells (reversed in even rounds, as those): each request is connect
+  (pooled after the warm-up) + one `select 1 as x` + keepalive
+  (GET /cycle?v=...), for --cyc-secs; then /pooldrain (ours) or /drain
+  (pgmoon).
 - decode (`ngx_dec_*`): after the N loop, --dec-k sequential requests per
   cell of --dec-cells (yield_tls, yield_plain, block_plain, pgmoon), one
   10,000-row query each (GET /decode?v=...), interleaved request by request
@@ -711,8 +714,10 @@ def main():
         emit("meta_ngx_nop_calls", a.nop_calls)
 
         for r in range(1, a.rounds + 1):
+            # Odd rounds in the listed order, even rounds reversed.
+            in_order = (lambda xs: xs) if r % 2 else (lambda xs: xs[::-1])
             for n in sorted(set(ns) | set(cyc_ns)):
-                for cell, iname, variant in (cells if n in ns else []):
+                for cell, iname, variant in (in_order(cells) if n in ns else []):
                     if time.monotonic() - t_begin > HARD_LIMIT_S:
                         raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                     inst = insts[iname]
@@ -776,7 +781,7 @@ def main():
                             "n/a" if cpu_q is None else "%.1f" % cpu_q, "n/a" if cs_q is None else "%.2f" % cs_q,
                             dr.get("closed")))
                 if n in cyc_ns:
-                    for cell, iname, variant in cyc_cells:
+                    for cell, iname, variant in in_order(cyc_cells):
                         if time.monotonic() - t_begin > HARD_LIMIT_S:
                             raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                         cycle_cell(insts[iname], r, n, cell, variant, cyc_secs, cyc_warm, a.attach)

@@ -212,7 +212,7 @@ def cycle_part(samples, meta):
               meta.get("meta_ngx_cyc_rounds", "?")), "",
           md_table(TH, targets), "", md_table(RH, rows), "",
           "Ratios: the median of round-by-round requests/s ratios (the cells of one N run back to back in each "
-          "round, right after that N's query cells) and the ratio of the medians; the last column compares cycle "
+          "round, right after that N's query cells, in reverse order in even rounds) and the ratio of the medians; the last column compares cycle "
           "p50 times (below 1 favours the first path).", "", md_table(QH, ratio_rows), ""]
     return text, md, targets
 
@@ -492,7 +492,7 @@ def section(samples, meta):
     ]))
     md += ["", "### Targets", "", md_table(TH, targets), "", "### Round trip per path", "", md_table(RH, rows), "",
            "### Ratios", "", "q/s ratios: the median of round-by-round ratios (cells of one N run back to back in each "
-           "round) and the ratio of the medians; the last column compares per-query p50 times (below 1 favours the "
+           "round, in reverse order in even rounds) and the ratio of the medians; the last column compares per-query p50 times (below 1 favours the "
            "first path).", "", md_table(QH, ratio_rows), ""]
     md += cyc_md + dec_md
     md += ["### Wake-up cost of a no-op job", ""]
