@@ -714,10 +714,9 @@ def main():
         emit("meta_ngx_nop_calls", a.nop_calls)
 
         for r in range(1, a.rounds + 1):
-            # Odd rounds in the listed order, even rounds reversed.
-            in_order = (lambda xs: xs) if r % 2 else (lambda xs: xs[::-1])
+            step = 1 if r % 2 else -1  # odd rounds in the listed order, even rounds reversed
             for n in sorted(set(ns) | set(cyc_ns)):
-                for cell, iname, variant in (in_order(cells) if n in ns else []):
+                for cell, iname, variant in (cells[::step] if n in ns else []):
                     if time.monotonic() - t_begin > HARD_LIMIT_S:
                         raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                     inst = insts[iname]
@@ -781,7 +780,7 @@ def main():
                             "n/a" if cpu_q is None else "%.1f" % cpu_q, "n/a" if cs_q is None else "%.2f" % cs_q,
                             dr.get("closed")))
                 if n in cyc_ns:
-                    for cell, iname, variant in in_order(cyc_cells):
+                    for cell, iname, variant in cyc_cells[::step]:
                         if time.monotonic() - t_begin > HARD_LIMIT_S:
                             raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                         cycle_cell(insts[iname], r, n, cell, variant, cyc_secs, cyc_warm, a.attach)
