@@ -5,7 +5,8 @@
 -- and a backlog that overflows at once, nothing pooled in the nginx master
 -- (init_by_lua), idle connections reaped by the I/O thread without another
 -- pool access, a connection in a transaction not pooled, one the server
--- closed while idle replaced at checkout (reused 0), and a soak of
+-- closed while idle replaced at checkout (reused 0, and no stray dial to the
+-- server), and a soak of
 -- 10,000 requests over 2 workers (connections opened, fds, threads, RSS,
 -- no backend left in a transaction). The blocking path is in pool_spec.
 --
@@ -16,6 +17,7 @@ local nginx = require "spec.support.nginx"
 local emu = require "spec.support.emulator"
 local util = require "spec.support.util"
 local test_env = require "spec.support.test_env"
+local tcp_forward = require "spec.support.tcp_forward"
 local cjson = require "cjson"
 
 local quote, read_file, write_file = util.shell_quote, util.read_file, util.write_file
@@ -528,7 +530,7 @@ end
 return M
 ]==]
 
-local function pnconf_lua(e)
+local function pnconf_lua(e, fwd)
   local pw = { pg_host = "127.0.0.1", pg_port = e.port, pg_user = "pw_scram", pg_password = e.users.pw_scram,
                pg_database = e.db, pg_timeout = 5000, pg_ssl = true, pg_ssl_required = true,
                pg_ssl_verify = true, pg_ssl_cafile = e.ca }
@@ -544,7 +546,8 @@ local function pnconf_lua(e)
     master = merge(pw, { pg_schema = "pn_master" }),
     reap = merge(pw, { pg_schema = "pn_reap" }),
     txn = merge(pw, { pg_schema = "pn_txn" }),
-    dead = merge(pw, { pg_schema = "pn_dead" }),
+    -- through a forwarder that counts the connections dialled
+    dead = merge(pw, { pg_schema = "pn_dead", pg_port = fwd.port }),
     jobs = merge(pw, { pg_schema = "pn_jobs" }),
     jobs_thread = merge(pw, { pg_schema = "pn_jobs", pg_cosocket = false }),
     soak = merge(pw, { pg_pool_size = SOAK_POOL_SIZE, pg_backlog = SOAK_BACKLOG }),
@@ -581,16 +584,18 @@ local SERVER = [[
 ------------------------------------------------------------------ specs --
 
 describe("the keep-alive pool in nginx", function()
-  local e, confs
+  local e, fwd, confs
 
   setup(function()
     tmp_dir = (sh("mktemp -d /tmp/pn-spec.XXXXXXXX"):gsub("%s+$", ""))
     client_path = write_file(tmp_dir .. "/client.py", CLIENT_PY)
     e = assert(emu.start { region = REGION })
     assert(e:add_key(AKID, SECRET, SESSION, os.time() + 3600))
+    fwd = tcp_forward.start("127.0.0.1", e.port)
   end)
 
   teardown(function()
+    if fwd then fwd:stop() end
     if e then e:stop() end
     if tmp_dir and tmp_dir:match("^/tmp/pn%-spec%.") then sh("rm -rf " .. quote(tmp_dir)) end
     local parts = {}
@@ -603,7 +608,7 @@ describe("the keep-alive pool in nginx", function()
 
   local function start(o)
     local text
-    text, confs = pnconf_lua(e)
+    text, confs = pnconf_lua(e, fwd)
     local n, err = nginx.start(merge({
       workers = 1, env = MASTER_ENV, http = HTTP, server = SERVER,
       files = { ["lua/pn.lua"] = PN_LUA, ["lua/pnconf.lua"] = text },
@@ -833,6 +838,7 @@ describe("the keep-alive pool in nginx", function()
       assert.is_true(r2.ok and r2.keepalive, cjson.encode(r2))
       assert.is_true(r2.reused > 0, cjson.encode(r2))
       assert.equal(r1.bp, r2.bp, "not pooled: " .. cjson.encode(r2))
+      assert.equal(1, fwd:connections())
       -- the server ends the idle session (as a failover or an idle timeout does)
       assert.equal("t", e:psql("select pg_terminate_backend(" .. r1.bp .. ")"))
       assert.is_true(wait_for(function() return not backend_exists(e, r1.bp) end, 2, 0.05), "backend still there")
@@ -847,6 +853,9 @@ describe("the keep-alive pool in nginx", function()
       local f = figures(n, "dead")
       assert.equal(2, f.opened, cjson.encode(f))
       assert.equal(1, f.idle, cjson.encode(f))
+      -- finding the idle cosocket gone dialled nothing: the server saw the
+      -- first connection and the new one only
+      assert.equal(2, fwd:connections())
       -- and the new one is pooled as usual
       local r4 = get_json(n, "/cycle?key=dead&s=0")
       assert.is_true(r4.ok and r4.reused > 0, cjson.encode(r4))

@@ -551,11 +551,10 @@ impl Handle {
     }
 
     /// The nginx keep-alive pool that holds this connection's cosocket while
-    /// it is idle, and the server address to give cosocket connect.
-    pub fn cosocket_pool(&self) -> Option<(String, std::net::SocketAddr)> {
+    /// it is idle.
+    pub fn cosocket_pool(&self) -> Option<String> {
         let pipe = self.pipe.as_ref()?;
-        let State::Open(conn) = &self.state else { return None };
-        Some((pool_name(pipe), conn.cancel_token().addr()))
+        matches!(self.state, State::Open(_)).then(|| pool_name(pipe))
     }
 
     /// The number of this connection's pipe (unique in the process), while

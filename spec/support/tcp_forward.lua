@@ -2,6 +2,7 @@
 -- a load balancer in front of the database.
 --
 --   local fwd = tcp_forward.start("127.0.0.1", e.port)  -- fwd.port: where to dial
+--   fwd:connections()  -- how many connections it accepted so far
 --   fwd:stop()
 local socket = require "socket"
 local util = require "spec.support.util"
@@ -10,10 +11,10 @@ local M = {}
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/support"
 
 function M.start(host, port)
-  local port_file = os.tmpname()
+  local port_file, count_file = os.tmpname(), os.tmpname()
   os.remove(port_file)
-  local cmd = ("exec python3 %s %s %s %d"):format(util.shell_quote(here .. "/tcp_forward.py"),
-    util.shell_quote(port_file), util.shell_quote(host), port)
+  local cmd = ("exec python3 %s %s %s %d %s"):format(util.shell_quote(here .. "/tcp_forward.py"),
+    util.shell_quote(port_file), util.shell_quote(host), port, util.shell_quote(count_file))
   local proc = assert(io.popen(cmd, "w"))
   local deadline = socket.gettime() + 10
   while socket.gettime() < deadline do
@@ -22,11 +23,24 @@ function M.start(host, port)
       local listening = tonumber(f:read("*a"))
       f:close()
       os.remove(port_file)
-      return { port = listening, stop = function() proc:close() end }
+      return {
+        port = listening,
+        connections = function()
+          local c = io.open(count_file)
+          local text = c and c:read("*a") or ""
+          if c then c:close() end
+          return select(2, text:gsub("\n", ""))
+        end,
+        stop = function()
+          proc:close()
+          os.remove(count_file)
+        end,
+      }
     end
     socket.sleep(0.02)
   end
   proc:close()
+  os.remove(count_file)
   error("tcp_forward.py did not start")
 end
 

@@ -2,11 +2,13 @@
 """A TCP forwarder on 127.0.0.1, standing in for a tunnel (SSH, SSM port
 forwarding) or a load balancer in front of the database.
 
-    python3 tcp_forward.py PORT_FILE TARGET_HOST TARGET_PORT
+    python3 tcp_forward.py PORT_FILE TARGET_HOST TARGET_PORT [COUNT_FILE]
 
 Listens on a free port of 127.0.0.1, writes it to PORT_FILE, and forwards
 every connection to TARGET_HOST:TARGET_PORT until its stdin is closed
-(spec/support/tcp_forward.lua opens it with io.popen(cmd, "w")).
+(spec/support/tcp_forward.lua opens it with io.popen(cmd, "w")). With
+COUNT_FILE, each connection it accepts appends a line there first, so a
+spec can count the connections a client dialled.
 """
 import os
 import socket
@@ -31,12 +33,15 @@ def pipe(src, dst):
                 pass
 
 
-def serve(listener, target):
+def serve(listener, target, count_file):
     while True:
         try:
             client, _ = listener.accept()
         except OSError:
             return
+        if count_file:
+            with open(count_file, "a") as f:
+                f.write("accepted\n")
         try:
             upstream = socket.create_connection(target, timeout=5)
             upstream.settimeout(None)
@@ -49,6 +54,7 @@ def serve(listener, target):
 
 def main():
     port_file, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    count_file = sys.argv[4] if len(sys.argv) > 4 else None
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -56,7 +62,7 @@ def main():
     with open(tmp, "w") as f:
         f.write(str(listener.getsockname()[1]))
     os.rename(tmp, port_file)
-    threading.Thread(target=serve, args=(listener, (host, port)), daemon=True).start()
+    threading.Thread(target=serve, args=(listener, (host, port), count_file), daemon=True).start()
     sys.stdin.read()  # until the spec closes our stdin
     listener.close()
 

@@ -437,6 +437,49 @@ function Connection.disconnect(self)
   return close("disconnect", self)
 end
 
+-- The idle cosocket waiting in nginx's keep-alive pool named in `options`
+-- (`{ pool = name }`), or nil when nginx closed it meanwhile (the server
+-- closed it while idle). The connect names this process's wake socket as
+-- its address: nginx takes a pooled socket without dialling anything, and
+-- with the pool empty it reaches the I/O thread, never the database (which
+-- would see a stray connection).
+local function pooled_cosocket(address, options, timeout)
+  local sock = socket_tcp()
+  sock:settimeout(timeout)
+  local ok = sock:connect(address, options)
+  if ok and sock:getreusedtimes() > 0 then return sock end
+  if ok then sock:close() end
+  return nil
+end
+
+-- The cosocket pool options and the wake socket of each pipe (physical
+-- connection) by its number, which is unique in the process: made once
+-- per physical connection, not at every checkout. Entries of closed ones
+-- are dropped wholesale now and then.
+local pool_of, pools = {}, 0
+local function cosocket_pool(h, pipe)
+  local p = pool_of[pipe]
+  if p then return p[1], p[2] end
+  local name = h:cosocket_pool()
+  local address = name and core.wake_address(prefix)
+  if not address then return nil end
+  if pools >= 4096 then pool_of, pools = {}, 0 end
+  p = { { pool = name }, address }
+  pool_of[pipe], pools = p, pools + 1
+  return p[1], p[2]
+end
+
+-- A pooled session's cosocket back from nginx's pool (named after that
+-- physical connection), or nil when it is gone: then the session is
+-- forgotten.
+local function reclaim(h, pipe, timeout)
+  local options, address = cosocket_pool(h, pipe)
+  local sock = options and pooled_cosocket(address, options, timeout)
+  if sock then return sock end
+  h:piped_stop(false)
+  return nil
+end
+
 local function optional_count(fname, n, value, max)
   if rawequal(value, nil) then return nil end
   if type(value) ~= "number" or value < 0 or value > max or value ~= value then
@@ -570,39 +613,6 @@ local function connected(h, err, sqlstate, sock, id, pipe, reused)
   local conn = setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id,
     [PIPE] = pipe, [REUSED] = reused }, Connection)
   return conn
-end
-
--- The cosocket pool name, ip and port of each pipe (physical connection)
--- by its number, which is unique in the process: asked once per physical
--- connection, not at every checkout. Entries of closed ones are dropped
--- wholesale now and then.
-local pool_of, pools = {}, 0
-local function cosocket_pool(h, pipe)
-  local p = pool_of[pipe]
-  if p then return p[1], p[2], p[3] end
-  local name, ip, port = h:cosocket_pool()
-  if not name then return nil end
-  if pools >= 4096 then pool_of, pools = {}, 0 end
-  pool_of[pipe], pools = { name, ip, port }, pools + 1
-  return name, ip, port
-end
-
--- A pooled session's cosocket back from nginx's pool (named after that
--- physical connection), or nil when nginx closed it meanwhile (the server
--- closed it while idle): then the session is forgotten.
-local function reclaim(h, pipe, timeout)
-  local name, ip, port = cosocket_pool(h, pipe)
-  if not name then
-    h:piped_stop(false)
-    return nil
-  end
-  local sock = socket_tcp()
-  sock:settimeout(timeout)
-  local ok = sock:connect(ip, port, { pool = name })
-  if ok and sock:getreusedtimes() > 0 then return sock end
-  if ok then sock:close() end
-  h:piped_stop(false)
-  return nil
 end
 
 local piped_open

@@ -187,15 +187,8 @@ impl UserData for LuaConnection {
             Some(out) => Ok(Value::String(lua.create_string(&out)?)),
             None => Ok(Value::Nil),
         });
-        // `pool_name, ip, port`: where the idle cosocket waits in nginx's pool.
-        methods.add_method("cosocket_pool", |lua, this, ()| match this.0.cosocket_pool() {
-            Some((name, addr)) => Ok(MultiValue::from_iter([
-                Value::String(lua.create_string(&name)?),
-                Value::String(lua.create_string(addr.ip().to_string())?),
-                Value::Integer(addr.port().into()),
-            ])),
-            None => Ok(MultiValue::new()),
-        });
+        // `pool_name` or nil: where the idle cosocket waits in nginx's pool.
+        methods.add_method("cosocket_pool", |_, this, ()| Ok(this.0.cosocket_pool()));
         methods.add_method("is_open", |_, this, ()| Ok(this.0.is_open()));
         methods.add_method("timeout_ms", |_, this, ()| Ok(this.0.timeout_ms() as f64));
         // kong_rds_iam.pgmoon: type rows exactly as pgmoon does from now on.
