@@ -6,7 +6,7 @@
 -- (init_by_lua), idle connections reaped by the I/O thread without another
 -- pool access, a connection in a transaction not pooled, one the server
 -- closed while idle replaced at checkout (reused 0, and no stray dial to the
--- server), and a soak of
+-- server), idle connections past pg_pool_size closed at once, and a soak of
 -- 10,000 requests over 2 workers (connections opened, fds, threads, RSS,
 -- no backend left in a transaction). The blocking path is in pool_spec.
 --
@@ -374,6 +374,31 @@ function M.cycle(key, sleep)
   return out
 end
 
+-- `n` connections of the evict conf (pg_pool_size = 2) open at once, each
+-- with its backend pid, then given back one after another.
+function M.evict(n)
+  local out, conns = { bps = {}, keepalive = {} }, {}
+  for i = 1, tonumber(n) do
+    local c, err = rds.connect(confs.evict)
+    if not c then
+      out.err = "connect: " .. tostring(err)
+      return out
+    end
+    local res, qerr = c:query("select pg_backend_pid() as bp")
+    if not res then
+      out.err = "query: " .. tostring(qerr)
+      return out
+    end
+    conns[i], out.bps[i] = c, res[1].bp
+  end
+  for i = 1, #conns do
+    local ok, kerr = conns[i]:keepalive()
+    out.keepalive[i] = ok or tostring(kerr)
+  end
+  out.figures = M.figures(confs.evict)
+  return out
+end
+
 -- `n` pooled cycles (connect, query, keepalive) of conf `key`, and how many
 -- jobs went to the I/O thread meanwhile.
 function M.job_cycles(key, n)
@@ -548,6 +573,7 @@ local function pnconf_lua(e, fwd)
     txn = merge(pw, { pg_schema = "pn_txn" }),
     -- through a forwarder that counts the connections dialled
     dead = merge(pw, { pg_schema = "pn_dead", pg_port = fwd.port }),
+    evict = merge(pw, { pg_schema = "pn_evict", pg_pool_size = 2 }),
     jobs = merge(pw, { pg_schema = "pn_jobs" }),
     jobs_thread = merge(pw, { pg_schema = "pn_jobs", pg_cosocket = false }),
     soak = merge(pw, { pg_pool_size = SOAK_POOL_SIZE, pg_backlog = SOAK_BACKLOG }),
@@ -572,6 +598,7 @@ local SERVER = [[
       pn.reply(pn.job_cycles(ngx.var.arg_key, ngx.var.arg_n)) } }
     location = /cycle { content_by_lua_block { local pn = require "pn"
       pn.reply(pn.cycle(ngx.var.arg_key, ngx.var.arg_s)) } }
+    location = /evict { content_by_lua_block { local pn = require "pn"; pn.reply(pn.evict(ngx.var.arg_n)) } }
     location = /init_result { content_by_lua_block { local pn = require "pn"
       pn.reply({ init = require("cjson").decode(ngx.shared.pn:get("init") or "null") }) } }
     location = /in_worker { content_by_lua_block { local pn = require "pn"; pn.reply(pn.in_worker()) } }
@@ -860,6 +887,30 @@ describe("the keep-alive pool in nginx", function()
       local r4 = get_json(n, "/cycle?key=dead&s=0")
       assert.is_true(r4.ok and r4.reused > 0, cjson.encode(r4))
       assert.equal(r3.bp, r4.bp, cjson.encode(r4))
+    end)
+
+    it("idle connections past pg_pool_size are closed at once, their server sessions ended (the two newest kept)", function()
+      local r = get_json(n, "/evict?n=5")
+      local what = cjson.encode(r)
+      assert.is_nil(r.err, what)
+      assert.equal(5, #r.bps, what)
+      for i = 1, 5 do assert.is_true(r.keepalive[i], what) end
+      assert.equal(2, r.figures.idle, what)
+      assert.equal(5, r.figures.opened, what)
+      assert.equal(3, r.figures.closed, what)
+      -- the first three given back made room for the later ones
+      for i = 1, 3 do
+        assert.is_true(wait_for(function() return not backend_exists(e, r.bps[i]) end, 2, 0.05),
+          ("evicted backend %d still there: %s"):format(r.bps[i], backend_state(e, r.bps[i])))
+      end
+      for i = 4, 5 do assert.equal("idle", backend_state(e, r.bps[i]):match("^[^|]*"), what) end
+      -- and the two kept are the ones the next requests get
+      local kept = { [r.bps[4]] = true, [r.bps[5]] = true }
+      for _ = 1, 2 do
+        local c = get_json(n, "/cycle?key=evict&s=0")
+        assert.is_true(c.ok and c.keepalive and c.reused > 0, cjson.encode(c))
+        assert.is_true(kept[c.bp], cjson.encode(c))
+      end
     end)
 
     it("leaves a clean error log", function()

@@ -205,7 +205,11 @@ impl Handle {
     /// forks), or the connection is past `pg_max_lifetime`, it is closed
     /// instead, which is not an error; one in a transaction, or one that saw
     /// a shutdown or failover error, is closed and the error says why.
-    pub fn keepalive(&mut self, max_idle: Option<Duration>, size: Option<usize>, in_master: bool) -> Result<()> {
+    ///
+    /// Over a cosocket, the idle connections of the key that had to make
+    /// room (past `size`) come back as [`Evicted`]: their cosockets wait in
+    /// nginx's pool, so only Lua can say goodbye on them and close them.
+    pub fn keepalive(&mut self, max_idle: Option<Duration>, size: Option<usize>, in_master: bool) -> Result<Vec<Evicted>> {
         if self.piped.is_some() {
             return Err(Error::busy());
         }
@@ -213,7 +217,7 @@ impl Handle {
         let lease = self.lease.take();
         if self.owner != process::generation() {
             conn.abandon();
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (Some(lease), None, false) = (lease, &self.not_reusable, in_master) else {
             if conn.pipe().is_some() {
@@ -223,7 +227,7 @@ impl Handle {
             }
             return match self.not_reusable.take() {
                 Some(why) => Err(Error::new(ErrorKind::Closed, format!("connection closed instead of kept alive: {why}"))),
-                None => Ok(()),
+                None => Ok(Vec::new()),
             };
         };
         let max_idle = max_idle.unwrap_or(self.pool.keepalive_timeout);
@@ -232,22 +236,22 @@ impl Handle {
         let returning =
             pool::Returning { lease, conn, reused: self.reused, retire_at: self.retire_at, label: self.label.clone(), max_idle, size };
         if piped {
-            // Nothing to wait for: goodbyes to evicted ones wait in their pipes
-            // (their cosockets close with nginx's keep-alive timeout).
+            // Nothing to wait for: each goodbye waits in its pipe, this
+            // connection's (dubious or expired) for this handle's caller,
+            // the evicted ones' for the caller of `keepalive`.
             let (outcome, to_close) = pool::put_back_now(returning);
-            let mine = to_close.iter().position(|idle| idle.conn.pipe().map(|p| p.id()) == self.pipe.as_ref().map(|p| p.id()));
-            for (i, idle) in to_close.into_iter().enumerate() {
-                if Some(i) == mine {
-                    // This very connection (dubious or expired): its Terminate
-                    // goes out through this handle's pipe.
-                    idle.conn.close_piped();
-                } else {
-                    drop(idle);
+            let mine = self.pipe.as_ref().map(PipeEnd::id);
+            let mut evicted = Vec::new();
+            for Idle { conn, .. } in to_close {
+                let Some(pipe) = conn.pipe() else { continue };
+                conn.close_piped();
+                if Some(pipe.id()) != mine {
+                    evicted.push(Evicted { pipe: pipe.id(), pool: pool_name(&pipe), goodbye: pipe.take_output() });
                 }
             }
-            return outcome;
+            return outcome.map(|()| evicted);
         }
-        process::block_on(pool::put_back(returning))?
+        process::block_on(pool::put_back(returning))?.map(|()| Vec::new())
     }
 
     /// The open connection, taken out (the handle is closed after this).
@@ -751,6 +755,18 @@ impl Handle {
     pub fn timeout_ms(&self) -> u64 {
         self.timeout.as_millis() as u64
     }
+}
+
+/// An idle connection over a cosocket that a keepalive pushed out of the
+/// pool (its key had `pool_size` idle ones): its session is over on our
+/// side, and its cosocket waits in nginx's keep-alive pool `pool`.
+pub struct Evicted {
+    /// Its pipe's number (see [`Handle::pipe_id`]).
+    pub pipe: u64,
+    /// The nginx keep-alive pool its cosocket waits in.
+    pub pool: String,
+    /// What to send on that cosocket before closing it (a Terminate).
+    pub goodbye: bytes::BytesMut,
 }
 
 /// The nginx keep-alive pool of a pipe's cosocket: one per physical

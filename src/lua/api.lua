@@ -480,6 +480,24 @@ local function reclaim(h, pipe, timeout)
   return nil
 end
 
+-- The idle connections a keepalive pushed out of the pool (past its
+-- pool_size) close now, as nginx closes the oldest of a full cosocket
+-- pool: each cosocket is taken back from nginx's pool, says goodbye and
+-- closes, so its server session ends with it. `list`: door.evicted()'s.
+local function close_evicted(list, timeout)
+  local address = core.wake_address(prefix)
+  for i = 1, #list do
+    local pipe, name, goodbye = list[i][1], list[i][2], list[i][3]
+    if hosts[pipe] then hosts[pipe], host_ids[pipe], nhosts = nil, nil, nhosts - 1 end
+    if pool_of[pipe] then pool_of[pipe], pools = nil, pools - 1 end
+    local sock = address and pooled_cosocket(address, { pool = name }, timeout)
+    if sock then
+      sock:send(goodbye)
+      sock:close()
+    end
+  end
+end
+
 local function optional_count(fname, n, value, max)
   if rawequal(value, nil) then return nil end
   if type(value) ~= "number" or value < 0 or value > max or value ~= value then
@@ -508,6 +526,7 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
   -- name (one per physical connection), with the same idle timeout.
   local status = door.keepalive(self[DOOR], max_idle_ms, pool_size)
   if status == D.pooled then
+    local evicted = door.evicted()
     self[SOCK], self[REUSED] = nil, nil
     local pipe = self[PIPE]
     if pipe then
@@ -516,7 +535,9 @@ function Connection.keepalive(self, max_idle_ms, pool_size)
       hosts[pipe], host_ids[pipe] = h, door.io.conn
       self[HANDLE] = stale()
     end
-    local kept, kerr = sock:setkeepalive(door.io.number, 1)
+    local idle_ms = door.io.number
+    if evicted then close_evicted(evicted, h:timeout_ms()) end
+    local kept, kerr = sock:setkeepalive(idle_ms, 1)
     if not kept then return nil, "cannot keep the cosocket alive: " .. tostring(kerr) end
     return true
   end

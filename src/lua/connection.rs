@@ -243,8 +243,9 @@ impl UserData for LuaConnection {
         methods.add_method_mut("keepalive", |lua, this, (max_idle, size, in_master): (Option<f64>, Option<f64>, bool)| {
             let max_idle = max_idle.map(|ms| Duration::from_millis(ms as u64));
             let size = size.map(|n| n as usize);
+            // Only a connection over a cosocket (the door's) can evict any.
             match this.0.keepalive(max_idle, size, in_master) {
-                Ok(()) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
+                Ok(_) => Ok(MultiValue::from_iter([Value::Boolean(true)])),
                 Err(e) => super::failure(lua, &e),
             }
         });

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use super::connection::Conn;
 use super::cosocket::Parsed;
-use crate::connection::Handle;
+use crate::connection::{Evicted, Handle};
 use crate::error::guarded;
 use crate::ffi::contract::*;
 use crate::ffi::{FfiIo, FfiValue, Numbers};
@@ -325,6 +325,29 @@ fn show(scratch: &mut Scratch, io: &mut FfiIo, output: QueryOutput, decoding: va
     Ok(())
 }
 
+/// The idle connections a pooling keepalive evicted, as cells in pairs
+/// (`io.ncols` 2): the nginx pool of its cosocket (the cell's number is the
+/// pipe's), and what to send on it before closing it.
+fn show_evicted(scratch: &mut Scratch, io: &mut FfiIo, evicted: &[Evicted]) {
+    if evicted.is_empty() {
+        return;
+    }
+    let Scratch { cells, owned, fixups, .. } = scratch;
+    for e in evicted {
+        let mut pool = owned_string(owned, fixups, cells.len(), e.pool.as_bytes());
+        pool.number = e.pipe as f64;
+        cells.push(pool);
+        let goodbye = owned_string(owned, fixups, cells.len(), &e.goodbye);
+        cells.push(goodbye);
+    }
+    for &(i, start) in fixups.iter() {
+        cells[i].ptr = owned[start..].as_ptr();
+    }
+    io.cells = cells.as_ptr();
+    io.ncells = cells.len();
+    io.ncols = 2;
+}
+
 fn owned_string(owned: &mut Vec<u8>, fixups: &mut Vec<(usize, usize)>, cell: usize, bytes: &[u8]) -> FfiValue {
     fixups.push((cell, owned.len()));
     owned.extend_from_slice(bytes);
@@ -354,7 +377,8 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
             }
             let busy = handle.is_open();
             match outcome {
-                Ok(()) if io.out_len == 0 => {
+                Ok(evicted) if io.out_len == 0 => {
+                    show_evicted(scratch, io, &evicted);
                     io.number = idle_ms;
                     // The object waits for the next checkout of its pipe
                     // under a number only api.lua's table of kept objects
@@ -362,7 +386,8 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
                     io.conn = renumber(conn) as f64;
                     DOOR_POOLED
                 }
-                Ok(()) => DOOR_CLOSED,
+                // Closed instead of pooled: it evicted nothing.
+                Ok(_) => DOOR_CLOSED,
                 Err(e) => {
                     hand_msg(scratch, io, e.message());
                     io.number = if busy { 1.0 } else { 0.0 };

@@ -98,6 +98,9 @@ pub mod contract {
     /// `io.number` is the affected row count, or -1.
     pub const DOOR_RESULT: c_int = 5;
     /// Kept alive: its cosocket goes to nginx's pool for `io.number` ms.
+    /// `io.ncells` cells in pairs: the idle connections it pushed out of the
+    /// pool, each the nginx pool of its cosocket (number: its pipe) and the
+    /// bytes to send there before closing that cosocket.
     pub const DOOR_POOLED: c_int = 6;
     /// Closed instead (not an error): send `io.out`, close the cosocket.
     pub const DOOR_CLOSED: c_int = 7;

@@ -107,6 +107,19 @@ function door.msg()
   return msg
 end
 
+--- The idle connections a pooling keepalive (D.pooled) pushed out of the
+--- pool, or nil: a list of { pipe, nginx pool name, bytes to send }.
+function door.evicted()
+  local n = tonumber(io.ncells)
+  if n == 0 then return nil end
+  local cells, list = io.cells, {}
+  for i = 0, n - 2, 2 do
+    local pool, bye = cells[i], cells[i + 1]
+    list[#list + 1] = { tonumber(pool.number), ffi_string(pool.ptr, pool.len), ffi_string(bye.ptr, bye.len) }
+  end
+  return list
+end
+
 --- res, 1: the small result of D.result as tables, shaped as the
 --- connection's query returns it (rows keyed by column name, NULL as rds.null).
 function door.result()
