@@ -253,6 +253,12 @@ local PIPE = {}
 -- kept object's number at the door while it waits (the door's adopt takes
 -- it), known to this table alone.
 local hosts, host_ids, nhosts = {}, {}, 0
+-- The object kept for `pipe` and its number, taken out of the table.
+local function unkeep(pipe)
+  local h, id = hosts[pipe], host_ids[pipe]
+  if h then hosts[pipe], host_ids[pipe], nhosts = nil, nil, nhosts - 1 end
+  return h, id
+end
 local STALE
 local function stale()
   STALE = STALE or core.stale_connection()
@@ -488,7 +494,7 @@ local function close_evicted(list, timeout)
   local address = core.wake_address(prefix)
   for i = 1, #list do
     local pipe, name, goodbye = list[i][1], list[i][2], list[i][3]
-    if hosts[pipe] then hosts[pipe], host_ids[pipe], nhosts = nil, nil, nhosts - 1 end
+    unkeep(pipe)
     if pool_of[pipe] then pool_of[pipe], pools = nil, pools - 1 end
     local sock = address and pooled_cosocket(address, { pool = name }, timeout)
     if sock then
@@ -740,12 +746,8 @@ end
 -- `pipe`) in an object: the one kept for that pipe when there is one, else
 -- a new one. `h, door_id` or `nil, err`.
 local function taken(pipe)
-  local h = hosts[pipe]
-  if h then
-    local kept = host_ids[pipe]
-    hosts[pipe], host_ids[pipe], nhosts = nil, nil, nhosts - 1
-    if door.adopt(kept) == D.adopted then return h, door.io.conn end
-  end
+  local h, kept = unkeep(pipe)
+  if h and door.adopt(kept) == D.adopted then return h, door.io.conn end
   return core.piped_taken()
 end
 

@@ -312,14 +312,9 @@ fn show(scratch: &mut Scratch, io: &mut FfiIo, output: QueryOutput, decoding: va
             cells.push(plain(KIND_NIL, 0.0));
         }
     }
-    for &(i, start) in fixups.iter() {
-        cells[i].ptr = owned[start..].as_ptr();
-    }
     let affected = if statement.command() != "SELECT" { statement.affected_rows() } else { None };
     io.number = affected.map_or(-1.0, |n| n as f64);
-    io.cells = cells.as_ptr();
-    io.ncells = cells.len();
-    io.ncols = ncols;
+    hand_cells(cells, owned, fixups, io, ncols);
     // The rows the cells point into stay until the next call.
     scratch.shown = Some(output);
     Ok(())
@@ -340,12 +335,18 @@ fn show_evicted(scratch: &mut Scratch, io: &mut FfiIo, evicted: &[Evicted]) {
         let goodbye = owned_string(owned, fixups, cells.len(), &e.goodbye);
         cells.push(goodbye);
     }
-    for &(i, start) in fixups.iter() {
+    hand_cells(cells, owned, fixups, io, 2);
+}
+
+/// Points the owned strings' cells into `owned` (which has stopped growing)
+/// and hands the cells out, `ncols` to a row.
+fn hand_cells(cells: &mut [FfiValue], owned: &[u8], fixups: &[(usize, usize)], io: &mut FfiIo, ncols: usize) {
+    for &(i, start) in fixups {
         cells[i].ptr = owned[start..].as_ptr();
     }
     io.cells = cells.as_ptr();
     io.ncells = cells.len();
-    io.ncols = 2;
+    io.ncols = ncols;
 }
 
 fn owned_string(owned: &mut Vec<u8>, fixups: &mut Vec<(usize, usize)>, cell: usize, bytes: &[u8]) -> FfiValue {
