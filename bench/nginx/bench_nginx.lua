@@ -74,7 +74,10 @@ local pg_cfg = {
 -- pgmoon over TLS (md5 user: its SCRAM over TLS would need lua-resty-openssl),
 -- certificate not verified as ours (pg_ssl_verify = false); its own pool
 -- name, since pgmoon's default (host:port:database:user) would mix the two.
-local pg_cfg_tls = { ssl = true, ssl_verify = false, pool = "bench_pgmoon_tls" }
+-- pgmoon's option is `pool_name` (`pool` is ignored): a reused socket skips
+-- the TLS handshake, so in the shared pool this path would take the plain
+-- path's sockets and run without TLS.
+local pg_cfg_tls = { ssl = true, ssl_verify = false, pool_name = "bench_pgmoon_tls" }
 for k, v in pairs(pg_cfg) do if pg_cfg_tls[k] == nil then pg_cfg_tls[k] = v end end
 local PG_CFGS = { pgmoon_plain = pg_cfg, pgmoon_tls = pg_cfg_tls }
 
