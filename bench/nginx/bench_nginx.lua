@@ -8,16 +8,18 @@
 --                      yielding or blocking depends on the instance's
 --                      KONG_RDS_IAM_YIELD), pgmoon_plain (pgmoon, cosockets)
 --   /reset             forget the recorded per-query times
---   /stats             JSON: queries, p50/p99/p999 (us) since /reset, and
+--   /stats[?v=VARIANT] JSON: queries, p50/p99/p999 (us) since /reset (of
+--                      the /q requests, or of VARIANT's /cycle requests), and
 --                      rds.stats() (jobs: the job table's size, 0 when idle;
 --                      io_thread)
 --   /drain?v=VARIANT   close this worker's idle connections of VARIANT
 --   /nop?n=N           N calls of rds._nop(), each timed: median/p99/mean (us)
 --   /info              JSON: what the module offers (_nop, stats), versions
 --   /cycle?v=VARIANT   (also pgmoon_tls) one connect (from the pool after the first) + one
---                      `select 1 as x` + keepalive, timed as a whole (the
---                      per-query buffer of /stats holds these cycle times;
---                      /stats also counts the new physical connections)
+--                      `select 1 as x` + keepalive, timed as a whole, in a
+--                      buffer of its own per variant (/stats?v=VARIANT; the
+--                      paths of an interleaved window stay apart), which also
+--                      counts the new physical connections
 --   /decode?v=VARIANT  connect (pooled) + the 10,000-row query of
 --                      bench/sql/rows_mixed.sql, timed, + keepalive: JSON
 --                      with us (the query() call), rows, types checked
@@ -83,18 +85,30 @@ local PG_CFGS = { pgmoon_plain = pg_cfg, pgmoon_tls = pg_cfg_tls }
 
 local M = {}
 
--- Per-query times (seconds) since the last /reset; a fixed buffer, the
--- count goes on past it (the percentiles then cover the first CAP).
-local CAP = 1000000
-local lat = ffi.new("double[?]", CAP)
-local n_lat = 0
-local n_queries = 0
-
-local function record(dt)
-  if n_lat < CAP then
-    lat[n_lat] = dt
-    n_lat = n_lat + 1
+-- Times (seconds) since the last /reset: per query of the /q requests in
+-- `QUERIES`, per cycle in one buffer per /cycle variant (made at its first
+-- use). Fixed buffers; the count goes on past them (the percentiles then
+-- cover the first `cap`).
+local function new_times(cap)
+  return { buf = ffi.new("double[?]", cap), cap = cap, n = 0, count = 0, new_conns = 0 }
+end
+local QUERIES = new_times(1000000)
+local cycles = {}
+local function cycle_times(v)
+  local t = cycles[v]
+  if not t then
+    t = new_times(300000)
+    cycles[v] = t
   end
+  return t
+end
+
+local function record(t, dt)
+  if t.n < t.cap then
+    t.buf[t.n] = dt
+    t.n = t.n + 1
+  end
+  t.count = t.count + 1
 end
 
 local function stats_now()
@@ -139,8 +153,7 @@ local function q_rds(v, k)
       pcall(conn.close, conn)
       return fail("query " .. v .. ": " .. tostring(err))
     end
-    record(dt)
-    n_queries = n_queries + 1
+    record(QUERIES, dt)
   end
   if per_request then
     local ok, kerr = conn:keepalive()
@@ -164,8 +177,7 @@ local function q_pgmoon(k)
       pcall(pg.disconnect, pg)
       return fail("pgmoon query: " .. tostring(qerr))
     end
-    record(dt)
-    n_queries = n_queries + 1
+    record(QUERIES, dt)
   end
   local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
   if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
@@ -183,7 +195,6 @@ end
 -- connect + one query + keepalive, as Kong's Postgres strategy does per
 -- request. Ours: rds.connect takes an idle connection from the module's
 -- per-worker pool; pgmoon: the cosocket keepalive pool.
-local n_new = 0
 
 local function cycle_rds(v)
   local t0 = clock()
@@ -197,13 +208,13 @@ local function cycle_rds(v)
   local reused = conn:getreusedtimes()
   local ok, kerr = conn:keepalive()
   if not ok then return fail("keepalive " .. v .. ": " .. tostring(kerr)) end
-  record(clock() - t0)
-  n_queries = n_queries + 1
-  if reused == 0 then n_new = n_new + 1 end
+  local t = cycle_times(v)
+  record(t, clock() - t0)
+  if reused == 0 then t.new_conns = t.new_conns + 1 end
   ngx.print("ok")
 end
 
-local function cycle_pgmoon(cfg)
+local function cycle_pgmoon(v, cfg)
   if not pgmoon then return fail("pgmoon not present") end
   local t0 = clock()
   local pg = pgmoon.new(cfg)
@@ -217,15 +228,15 @@ local function cycle_pgmoon(cfg)
   local reused = pg.sock:getreusedtimes()
   local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
   if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
-  record(clock() - t0)
-  n_queries = n_queries + 1
-  if reused == 0 then n_new = n_new + 1 end
+  local t = cycle_times(v)
+  record(t, clock() - t0)
+  if reused == 0 then t.new_conns = t.new_conns + 1 end
   ngx.print("ok")
 end
 
 function M.cycle()
   local v = ngx.req.get_uri_args().v
-  if PG_CFGS[v] then return cycle_pgmoon(PG_CFGS[v]) end
+  if PG_CFGS[v] then return cycle_pgmoon(v, PG_CFGS[v]) end
   if not CONFS[v] then return fail("unknown variant " .. tostring(v)) end
   return cycle_rds(v)
 end
@@ -311,7 +322,10 @@ function M.pooldrain()
 end
 
 function M.reset()
-  n_lat, n_queries, n_new = 0, 0, 0
+  QUERIES.n, QUERIES.count = 0, 0
+  for _, t in pairs(cycles) do
+    t.n, t.count, t.new_conns = 0, 0, 0
+  end
   reply(200, { ok = true })
 end
 
@@ -339,9 +353,11 @@ local function summary(buf, n)
 end
 
 function M.stats()
-  local out = summary(lat, n_lat)
-  out.queries = n_queries
-  out.new_conns = n_new
+  local v = ngx.req.get_uri_args().v
+  local t = v and (cycles[v] or new_times(1)) or QUERIES
+  local out = summary(t.buf, t.n)
+  out.queries = t.count
+  out.new_conns = t.new_conns
   local s1 = stats_now()
   if s1 then
     out.io_thread = s1.io_thread

@@ -17,17 +17,20 @@ reverse order in even rounds, so that no path always runs first or last
 warm-up with N clients (fills the worker's pool with N open connections),
 /reset, S seconds of load (each client: GET /q?v=...&k=K in a loop on its
 own keep-alive connection), /stats (per-query times measured inside the
-handler), /drain (closes the cell's connections: the emulator allows 100).
+handler), /drain (closes the cell's connections).
 Then rds._nop() timed in one handler of each instance.
 
 Two more families, in the same rounds (so their ratios come from the same
 conditions):
-- cycle (`ngx_cyc_*`): per N of --cyc-ns, cells --cyc-cells (yield_tls,
-  yield_plain, pgmoon; block_plain on request) run right after that N's
-  query cells (reversed in even rounds, as those): each request is connect
-  (pooled after the warm-up) + one `select 1 as x` + keepalive
-  (GET /cycle?v=...), for --cyc-secs; then /pooldrain (ours) or /drain
-  (pgmoon).
+- cycle (`ngx_cyc_*`): per N of --cyc-ns, right after that N's query
+  cells, the cells --cyc-cells of the yielding instance (yield_tls,
+  yield_plain, pgmoon, pgmoon_tls) in one interleaved window
+  (cycle_round/load_slices: the paths take turns in slices of --cyc-slice
+  seconds, --cyc-secs each in all; their pools stay open through it, which
+  is why the bench's emulator allows 300 connections); block_plain (on
+  request) and any cell under --attach alone, as the query cells. Each
+  request is connect (pooled after the warm-up) + one `select 1 as x` +
+  keepalive (GET /cycle?v=...); then /pooldrain (ours) or /drain (pgmoon).
 - decode (`ngx_dec_*`): after the N loop, --dec-k sequential requests per
   cell of --dec-cells (yield_tls, yield_plain, block_plain, pgmoon), one
   10,000-row query each (GET /decode?v=...), interleaved request by request
@@ -153,17 +156,6 @@ def proc_sample(pid):
         except (OSError, ValueError, IndexError):
             pass
     return cpu, vol, invol, n
-
-
-def user_sys_s(pid):
-    """User and system CPU time (s) of process pid, all threads (/proc/PID/stat, clock ticks)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        tck = os.sysconf("SC_CLK_TCK")
-        return int(v[11]) / tck, int(v[12]) / tck
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def machine_busy_ns():
@@ -482,8 +474,9 @@ def drain(inst, variant):
 
 
 def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
-    """One cell of the connect + `select 1` + keepalive cycle: warm-up (fills
-    the pool with n connections), /reset, secs of load, /stats, drain."""
+    """One cell of the cycle run alone (a blocking cell, or any under
+    --attach): warm-up (fills the pool with n connections), /reset, secs of
+    load, /stats, drain."""
     path = "/cycle?v=%s" % variant
     tag = "%s_n%d" % (cell, n)
     _, werr, _, _, wfirst, _ = load_fast(inst, path, n, warm, min_each=2)
@@ -492,7 +485,6 @@ def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
     inst.get("/reset")
     wpid = inst.worker_pid()
     p0 = proc_sample(wpid) if wpid else None
-    u0 = user_sys_s(wpid) if wpid else None
     m0 = machine_busy_ns()
     att = None
     if attach and wpid:
@@ -500,7 +492,6 @@ def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
         att = subprocess.Popen(["/bin/sh", "-c", "sleep 0.2; exec " + cmd], stdout=sys.stderr, stderr=sys.stderr)
     reqs, errs, elapsed, lat, first, ccpu = load_fast(inst, path, n, secs)
     p1 = proc_sample(wpid) if wpid else None
-    u1 = user_sys_s(wpid) if wpid else None
     m1 = machine_busy_ns()
     if att:
         try:
@@ -508,16 +499,28 @@ def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
         except subprocess.TimeoutExpired:
             att.kill()
             att.wait()
-    _, st = inst.get_json("/stats")
-    closed = drain(inst, variant)
-    if errs:
-        say("round %d cycle %s: %d errors, first: %s" % (r, tag, errs, first))
-        emit("ngx_cyc_err_" + tag, errs)
-    if not reqs or elapsed <= 0:
+    _, st = inst.get_json("/stats?v=%s" % variant)
+    drain(inst, variant)
+    both = bool(p0 and p1)
+    report_cycle(r, tag, {
+        "reqs": reqs, "secs": elapsed, "lat": lat, "errs": errs, "first_err": first, "client_s": ccpu,
+        "mach_ns": m1 - m0, "ok": both, "cpu_ns": p1[0] - p0[0] if both else 0,
+        "cs": (p1[1] - p0[1]) + (p1[2] - p0[2]) if both else 0}, st, wpid)
+
+
+def report_cycle(r, tag, o, st, wpid):
+    """The result lines of one cycle cell in one round: `o` is a path's
+    load_slices() entry (or the same from a cell run alone), `st` the
+    handler's /stats of that variant."""
+    if o["errs"]:
+        say("round %d cycle %s: %d errors, first: %s" % (r, tag, o["errs"], o["first_err"]))
+        emit("ngx_cyc_err_" + tag, o["errs"])
+    reqs = o["reqs"]
+    if not reqs or o["secs"] <= 0:
         return
-    lat.sort()
+    lat = sorted(o["lat"])
     emit("ngx_cyc_round_" + tag, r)
-    emit("ngx_cyc_rps_" + tag, reqs / elapsed)
+    emit("ngx_cyc_rps_" + tag, reqs / o["secs"])
     emit("ngx_cyc_p50_" + tag, st.get("p50_us", 0))
     emit("ngx_cyc_p99_" + tag, st.get("p99_us", 0))
     emit("ngx_cyc_req_p50_" + tag, pct(lat, 0.5) * 1e3)
@@ -528,24 +531,138 @@ def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
     if st.get("jobs") is not None:
         emit("ngx_cyc_jobs_left_" + tag, st["jobs"])
     cpu = cs = None
-    if p0 and p1:
-        cpu = (p1[0] - p0[0]) / 1e3 / reqs
-        cs = ((p1[1] - p0[1]) + (p1[2] - p0[2])) / reqs
+    if o["ok"]:
+        cpu, cs = o["cpu_ns"] / 1e3 / reqs, o["cs"] / reqs
         emit("ngx_cyc_cpu_us_" + tag, cpu)
         emit("ngx_cyc_cs_" + tag, cs)
-        emit("ngx_cyc_mcpu_us_" + tag, (m1 - m0) / 1e3 / reqs)
-    emit("ngx_cyc_client_cpu_us_" + tag, ccpu * 1e6 / reqs)
-    if u0 and u1:
-        emit("ngx_cyc_usr_us_" + tag, (u1[0] - u0[0]) * 1e6 / reqs)
-        emit("ngx_cyc_sys_us_" + tag, (u1[1] - u0[1]) * 1e6 / reqs)
+    emit("ngx_cyc_mcpu_us_" + tag, o["mach_ns"] / 1e3 / reqs)
+    emit("ngx_cyc_client_cpu_us_" + tag, o["client_s"] * 1e6 / reqs)
     say("round %d cycle %-16s %8.0f req/s  p50 %7.1f us  p99 %8.1f us  req p99 %7.2f ms  new conns %s  io thread %s  "
-        "jobs left %s  worker CPU/req %s us (user %s, sys %s)  ctx sw/req %s  client CPU/req %.1f us  (drained %s)" % (
-            r, tag, reqs / elapsed, st.get("p50_us", 0), st.get("p99_us", 0), pct(lat, 0.99) * 1e3,
+        "jobs left %s  worker CPU/req %s us  ctx sw/req %s  machine CPU/req %.1f us  client CPU/req %.1f us" % (
+            r, tag, reqs / o["secs"], st.get("p50_us", 0), st.get("p99_us", 0), pct(lat, 0.99) * 1e3,
             st.get("new_conns"), "yes" if iot else "no", st.get("jobs", "n/a"),
-            "n/a" if cpu is None else "%.1f" % cpu,
-            "%.0f" % ((u1[0] - u0[0]) * 1e6 / reqs) if u0 and u1 else "n/a",
-            "%.0f" % ((u1[1] - u0[1]) * 1e6 / reqs) if u0 and u1 else "n/a",
-            "n/a" if cs is None else "%.2f" % cs, ccpu * 1e6 / reqs, closed))
+            "n/a" if cpu is None else "%.1f" % cpu, "n/a" if cs is None else "%.2f" % cs,
+            o["mach_ns"] / 1e3 / reqs, o["client_s"] * 1e6 / reqs))
+
+
+def load_slices(inst, paths, n, slice_s, slices, reverse):
+    """Interleaved load for the cycle family: n keep-alive connections (one
+    thread, epoll) run one path at a time for slice_s seconds, the paths
+    taking turns, `slices` turns each (ABCD DCBA ABCD ...; starting with the
+    reversed order when `reverse`), so that a drift of the machine's state
+    (seen here to move a path's rate by 2x between two cells seconds apart)
+    reaches every path alike. A slice ends at a barrier: no request of the
+    next path is sent before the last answer of this one, so each answer
+    belongs to its slice's path and so does the time. Per path: requests,
+    seconds, request latencies (s), the worker's CPU time and context
+    switches, machine busy time (ns) and this process's CPU time (s) over
+    its slices, and errors with the first one."""
+    reqs = [("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % p).encode() for p in paths]
+    out = [{"reqs": 0, "secs": 0.0, "lat": [], "cpu_ns": 0, "cs": 0, "mach_ns": 0.0, "client_s": 0.0,
+            "errs": 0, "first_err": None, "ok": True} for _ in paths]
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", inst.port), timeout=10)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setblocking(False)
+        conns.append(c)
+    sel = selectors.DefaultSelector()
+    for c in conns:
+        sel.register(c, selectors.EVENT_READ)
+    bufs = {c: bytearray() for c in conns}
+    wpid = inst.worker_pid()
+    order = list(range(len(paths)))
+    try:
+        for turn in range(slices):
+            seq = order if (turn % 2 == 0) != bool(reverse) else order[::-1]
+            for i in seq:
+                o = out[i]
+                p0 = proc_sample(wpid) if wpid else None
+                m0, c0 = machine_busy_ns(), time.process_time()
+                start = time.monotonic()
+                deadline, hard = start + slice_s, start + slice_s + 60
+                sent_at = {}
+                for c in conns:
+                    sent_at[c] = time.monotonic()
+                    c.send(reqs[i])
+                end = start
+                while sent_at:
+                    if time.monotonic() > hard:
+                        raise RuntimeError("interleaved load: no answer within 60 s")
+                    for key, _ in sel.select(timeout=1.0):
+                        c = key.fileobj
+                        try:
+                            data = c.recv(65536)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        if not data:
+                            raise RuntimeError("interleaved load: nginx closed a connection")
+                        buf = bufs[c]
+                        buf += data
+                        h = buf.find(b"\r\n\r\n")
+                        if h < 0:
+                            continue
+                        head = bytes(buf[:h]).lower()
+                        m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+                        if m:
+                            total = h + 4 + int(m.group(1))
+                            if len(buf) < total:
+                                continue
+                        else:
+                            t = buf.find(b"0\r\n\r\n", h + 4)
+                            if t < 0:
+                                continue
+                            total = t + 5
+                        t1 = time.monotonic()
+                        if head.startswith(b"http/1.1 200"):
+                            o["lat"].append(t1 - sent_at[c])
+                            o["reqs"] += 1
+                        else:
+                            o["errs"] += 1
+                            o["first_err"] = o["first_err"] or bytes(buf[h + 4:total])[:300].decode("utf-8", "replace")
+                        del buf[:total]
+                        end = t1
+                        if t1 < deadline and o["errs"] <= 20 * n:
+                            sent_at[c] = time.monotonic()
+                            c.send(reqs[i])
+                        else:
+                            del sent_at[c]
+                p1 = proc_sample(wpid) if wpid else None
+                m1, c1 = machine_busy_ns(), time.process_time()
+                o["secs"] += end - start
+                o["mach_ns"] += m1 - m0
+                o["client_s"] += c1 - c0
+                if p0 and p1:
+                    o["cpu_ns"] += p1[0] - p0[0]
+                    o["cs"] += (p1[1] - p0[1]) + (p1[2] - p0[2])
+                else:
+                    o["ok"] = False
+    finally:
+        sel.close()
+        for c in conns:
+            c.close()
+    return out
+
+
+def cycle_round(inst, r, n, cells, secs, warm, slice_s):
+    """The cycle cells of one instance in one round, interleaved (see
+    load_slices): warm-up of each (fills its pool with n connections),
+    /reset, secs of load per cell in slices of slice_s, /stats per cell,
+    then every cell's pool drained. Emits the same lines per cell as a
+    cell run alone would."""
+    for cell, variant in cells:
+        _, werr, _, _, wfirst, _ = load_fast(inst, "/cycle?v=%s" % variant, n, warm, min_each=2)
+        if werr:
+            say("round %d cycle %s_n%d warm-up: %d errors, first: %s" % (r, cell, n, werr, wfirst))
+    inst.get("/reset")
+    slices = max(1, int(round(secs / slice_s)))
+    res = load_slices(inst, ["/cycle?v=%s" % v for _, v in cells], n, secs / slices, slices, reverse=(r % 2 == 0))
+    wpid = inst.worker_pid()
+    for (cell, variant), o in zip(cells, res):
+        _, st = inst.get_json("/stats?v=%s" % variant)
+        report_cycle(r, "%s_n%d" % (cell, n), o, st, wpid)
+    for cell, variant in cells:
+        drain(inst, variant)
 
 
 DECODE_SQL = "select id, big, name, flag, score, created from bench_rows_mixed order by id"
@@ -661,6 +778,8 @@ def main():
     ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon,pgmoon_tls")
     ap.add_argument("--cyc-secs", type=float, default=None, help="default: --secs")
     ap.add_argument("--cyc-warm", type=float, default=None, help="default: --warm")
+    ap.add_argument("--cyc-slice", type=float, default=0.25,
+                    help="seconds of one path's turn in the interleaved cycle window")
     ap.add_argument("--dec-k", type=int, default=5, help="10,000-row requests per cell and round (0: none)")
     ap.add_argument("--dec-cells", default="yield_tls,yield_plain,block_plain,pgmoon")
     ap.add_argument("--attach", default="",
@@ -780,9 +899,18 @@ def main():
                             "n/a" if cpu_q is None else "%.1f" % cpu_q, "n/a" if cs_q is None else "%.2f" % cs_q,
                             dr.get("closed")))
                 if n in cyc_ns:
+                    if time.monotonic() - t_begin > HARD_LIMIT_S:
+                        raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
+                    # The yielding instance's cells interleaved in one window
+                    # (their differences are a few percent, below the drift
+                    # between cells run one after another); a blocking cell
+                    # (other instance) alone, as the query cells.
+                    together = [(cell, variant) for cell, iname, variant in cyc_cells if iname == "yield"]
+                    if together and not a.attach:
+                        cycle_round(insts["yield"], r, n, together, cyc_secs, cyc_warm, a.cyc_slice)
                     for cell, iname, variant in cyc_cells[::step]:
-                        if time.monotonic() - t_begin > HARD_LIMIT_S:
-                            raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
+                        if iname == "yield" and together and not a.attach:
+                            continue
                         cycle_cell(insts[iname], r, n, cell, variant, cyc_secs, cyc_warm, a.attach)
             if dec_cells:
                 decode_round(insts, r, dec_cells, a.dec_k, last=(r == a.rounds))

@@ -16,6 +16,7 @@ ngx_dec_{rows_per_s,ms,min_ms,req_ms,cpu_ms,cs,mcpu_ms}_CELL with ngx_dec_round_
 round's median over its requests).
 Standard library only.
 """
+import math
 import re
 import statistics
 
@@ -143,7 +144,6 @@ def cycle_part(samples, meta):
             errs = sum(samples.get("ngx_cyc_err_" + tag) or [])
             cpu, cs, mcpu = med("ngx_cyc_cpu_us_" + tag), med("ngx_cyc_cs_" + tag), med("ngx_cyc_mcpu_us_" + tag)
             ccpu = med("ngx_cyc_client_cpu_us_" + tag)
-            usr, sys_ = med("ngx_cyc_usr_us_" + tag), med("ngx_cyc_sys_us_" + tag)
             vals = samples["ngx_cyc_rps_" + tag]
             rows.append((n, CYC_LABEL[c], fmt_num(med("ngx_cyc_rps_" + tag)),
                          "%s us" % fmt_num(med("ngx_cyc_p50_" + tag)), "%s us" % fmt_num(med("ngx_cyc_p99_" + tag)),
@@ -152,7 +152,6 @@ def cycle_part(samples, meta):
                          ("yes" if min(io) >= 1 else ("no" if max(io) < 1 else "mixed")) if io else "n/a",
                          "%d" % max(left) if left else "n/a",
                          "n/a" if cpu is None else "%s us" % fmt_num(cpu),
-                         "n/a" if usr is None else "%s / %s us" % (fmt_num(usr), fmt_num(sys_)),
                          "n/a" if cs is None else "%.2f" % cs,
                          "n/a" if mcpu is None else "%s us" % fmt_num(mcpu),
                          "n/a" if ccpu is None else "%s us" % fmt_num(ccpu),
@@ -160,7 +159,7 @@ def cycle_part(samples, meta):
                                              (", %d errors" % errs) if errs else "")))
     RH = ("N", "path", "requests/s", "cycle p50 (handler)", "cycle p99 (handler)", "request p50 (client)",
           "request p99 (client)", "new connections in window", "I/O thread", "jobs left", "worker CPU/request",
-          "worker user / kernel CPU/request", "ctx switches/request", "machine CPU/request", "load generator CPU/request", "requests/s min-max (rounds)")
+          "ctx switches/request", "machine CPU/request", "load generator CPU/request", "requests/s min-max (rounds)")
 
     ratio_rows = []
     for n in ns:
@@ -172,9 +171,13 @@ def cycle_part(samples, meta):
             if pr is None and rm is None:
                 continue
             pa, pb = med("ngx_cyc_p50_%s_n%d" % (a, n)), med("ngx_cyc_p50_%s_n%d" % (b, n))
-            ratio_rows.append((n, label, "%s (n=%d)" % (fmt_ratio(pr), cnt), fmt_ratio(rm),
+            lo, hi, above = _interval(samples, "ngx_cyc_round_", "ngx_cyc_rps_", "%s_n%d" % (a, n), "%s_n%d" % (b, n))
+            ratio_rows.append((n, label, "%s (n=%d)" % (fmt_ratio(pr), cnt),
+                               "%s-%s" % (fmt_ratio(lo), fmt_ratio(hi)) if lo else "n/a",
+                               "%d of %d" % above if above else "n/a", fmt_ratio(rm),
                                fmt_ratio(pa / pb if pa and pb else None)))
-    QH = ("N", "requests/s ratio", "paired rounds", "ratio of medians", "cycle p50 time ratio")
+    QH = ("N", "requests/s ratio", "paired rounds", "95% interval", "rounds at or above 1.0x", "ratio of medians",
+          "cycle p50 time ratio")
 
     targets = []
     for n in ns:
@@ -190,9 +193,11 @@ def cycle_part(samples, meta):
                 continue
             pr, cnt = paired(a, peer, n)
             rm = rmed(a, peer, n)
-            detail = "paired rounds %s (n=%d); medians %s vs %s requests/s = %s" % (
-                fmt_ratio(pr), cnt, fmt_num(med("ngx_cyc_rps_%s_n%d" % (a, n))),
-                fmt_num(med("ngx_cyc_rps_%s_n%d" % (peer, n))), fmt_ratio(rm))
+            lo, hi, _ = _interval(samples, "ngx_cyc_round_", "ngx_cyc_rps_", "%s_n%d" % (a, n), "%s_n%d" % (peer, n))
+            detail = "paired rounds %s (n=%d, 95%% interval %s); medians %s vs %s requests/s = %s" % (
+                fmt_ratio(pr), cnt, "%s-%s" % (fmt_ratio(lo), fmt_ratio(hi)) if lo else "n/a",
+                fmt_num(med("ngx_cyc_rps_%s_n%d" % (a, n))), fmt_num(med("ngx_cyc_rps_%s_n%d" % (peer, n))),
+                fmt_ratio(rm))
             targets.append(judge(label, pr, cnt, rm, 1.0, detail, why_not))
     TH = ("target", "measured", "status")
 
@@ -202,19 +207,41 @@ def cycle_part(samples, meta):
           "Each request: `rds.connect(conf)` (an idle connection from the module's per-worker pool after the "
           "warm-up), one `select 1 as x`, `conn:keepalive()`; pgmoon: `pgmoon.new` + `connect` (a socket from the "
           "cosocket keepalive pool), `query`, `keepalive(60000, 128)`: what Kong's Postgres strategy does per "
-          "request. %s. Load: one Python thread driving N keep-alive connections through epoll (`load_fast` in "
-          "`drive.py`; the K-query cells' `http.client` threads cost several times more CPU per request, and on 2 "
-          "cores that would cap these short requests). The cycle is timed in the handler from before connect to after keepalive (at N = 50 this "
-          "includes waiting for the worker while the other requests run); request times at the client. \"new "
+          "request. %s. The paths of one N take turns within one window, each for a slice of "
+          "`--cyc-slice` (0.25 s) at a time, in the order ABCD DCBA ABCD ... (reversed in even rounds), until each "
+          "has had its seconds; a slice ends at a barrier (the next path starts when the last answer of this one "
+          "is in), and each path's requests, time and CPU are summed over its slices. The differences here are a "
+          "few percent, and the machine's state was seen to move a path's rate by up to 2x between cells run a few "
+          "seconds apart: slices a fraction of a second long let every path meet the same states (`drive.py` "
+          "`load_slices`). All the paths' pools stay open through the window (the emulator runs with "
+          "max_connections 300 for that). Load: one Python thread driving N keep-alive connections through epoll "
+          "(the K-query cells' `http.client` threads cost several times more CPU per request, and on 2 cores that "
+          "would cap these short requests). The cycle is timed in the handler from before connect to after keepalive (at N = 50 this "
+          "includes waiting for the worker while the other requests run), per path; request times at the client. \"new "
           "connections in window\": cycles that got a new physical connection (`getreusedtimes() == 0`) during "
-          "the measured window (the largest over rounds; 0: every cycle reused a pooled one). Worker user / kernel "
-          "CPU: `/proc/PID/stat` utime / stime (10 ms ticks) over the window." % (
+          "the measured window (the largest over rounds; 0: every cycle reused a pooled one). Worker and machine "
+          "CPU per request: over the path's slices (`/proc/PID/task/*/schedstat`, `/proc/stat`)." % (
               meta.get("meta_ngx_cyc_rounds", "?")), "",
           md_table(TH, targets), "", md_table(RH, rows), "",
-          "Ratios: the median of round-by-round requests/s ratios (the cells of one N run back to back in each "
-          "round, right after that N's query cells, in reverse order in even rounds) and the ratio of the medians; the last column compares cycle "
-          "p50 times (below 1 favours the first path).", "", md_table(QH, ratio_rows), ""]
+          "Ratios: the median of round-by-round requests/s ratios (one interleaved window per N and round, right "
+          "after that N's query cells), the 95% interval of their geometric mean (exp(mean +- 2 standard errors) "
+          "of the log ratios), how many rounds came out at or above 1.0x, and the ratio of the medians; the last "
+          "column compares cycle p50 times (below 1 favours the first path).", "", md_table(QH, ratio_rows), ""]
     return text, md, targets
+
+
+def _interval(samples, round_prefix, val_prefix, ta, tb):
+    """The 95% interval of the geometric mean of the paired round ratios
+    (exp(mean +- 2 SE) of their logs) and (rounds at or above 1.0, rounds);
+    None, None, None with fewer than 3 rounds."""
+    ra = dict(zip(samples.get(round_prefix + ta) or [], samples.get(val_prefix + ta) or []))
+    rb = dict(zip(samples.get(round_prefix + tb) or [], samples.get(val_prefix + tb) or []))
+    rs = [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r] and ra[r]]
+    if len(rs) < 3:
+        return None, None, None
+    logs = [math.log(x) for x in rs]
+    m, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(m - 2 * se), math.exp(m + 2 * se), (sum(1 for x in rs if x >= 1.0), len(rs))
 
 
 def _paired(samples, round_prefix, val_prefix, ta, tb):
@@ -516,7 +543,7 @@ def section(samples, meta):
   pgmoon with `ssl = true` (nginx's OpenSSL; certificates verified by neither; md5, since pgmoon's SCRAM over
   TLS needs lua-resty-openssl, absent here).
 - A cell: warm-up with N clients (each at least 2 requests, fills the pool), `/reset`, S seconds of load, `/stats`,
-  `/drain` (closes the cell's connections; the emulator allows 100). q/s = completed requests x K / time until the
+  `/drain` (closes the cell's connections). q/s = completed requests x K / time until the
   last client's last response. Per-query p50/p99: each `query()` timed inside the handler (for the yielding path
   and pgmoon this includes waiting for the worker while the other N-1 requests run). Request p99: at the client.
   With the blocking path the worker serves one request at a time, so at N > 1 requests queue (request p99 grows
@@ -530,10 +557,12 @@ def section(samples, meta):
   involuntary context switches of those threads, the same way. PostgreSQL's and the client's CPU are not in it;
   machine CPU/query is the busy time of all CPUs (`/proc/stat`) over the window per query: worker, PostgreSQL,
   the load generator, the kernel's loopback, and whatever else runs on the machine.
-- The cycle and decode families run inside the same rounds as the K-query cells (cycle cells right after the
-  query cells of their N, the decode requests after the N loop), against the same two instances; their
+- The cycle and decode families run inside the same rounds as the K-query cells (the cycle window right after
+  the query cells of its N, the decode requests after the N loop), against the same two instances; their
   connections come from the module's own keep-alive pool (`rds.connect` + `keepalive`), which `/pooldrain`
-  empties after each cycle cell (and pgmoon's cosocket pool `/drain`).
+  empties after each cycle window (and pgmoon's cosocket pools `/drain`). pgmoon over TLS keeps its sockets
+  in a pool of its own (`pool_name`): in one shared with the plain sockets it would take those and never
+  run TLS.
 - Before measuring, `bench/nginx/run` waits (up to `NGX_LOAD_WAIT`, default 1200 s, checking every 30 s) for the
   1-minute load average to fall below `NGX_LOAD_MAX` (1.5); the workers load a copy of `kong_rds_iam.so` taken
   at start.
