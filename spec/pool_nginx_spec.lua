@@ -474,6 +474,35 @@ function M.reap_start()
 end
 
 -- begin; keepalive; connect again.
+-- conn:settimeout on a pooled checkout over a cosocket bounds its next
+-- query (the cosocket came from nginx's pool with pg_timeout's 5000 ms);
+-- a pooled checkout and query without one keep pg_timeout.
+function M.timeout()
+  local conf = confs.tmo
+  local out = {}
+  local function query(c, sql)
+    local t0 = now()
+    local res, err = c:query(sql)
+    return res ~= nil, err, (now() - t0) * 1000
+  end
+  local c = assert(rds.connect(conf))
+  assert(c:query("select 1"))
+  assert(c:keepalive())
+  c = assert(rds.connect(conf))
+  out.reused = c:getreusedtimes()
+  out.plain_ok, out.plain_err, out.plain_ms = query(c, "select pg_sleep(0.3)")
+  assert(c:keepalive())
+  c = assert(rds.connect(conf))
+  out.reused2 = c:getreusedtimes()
+  c:settimeout(150)
+  out.short_ok, out.short_err, out.short_ms = query(c, "select pg_sleep(2)")
+  c = assert(rds.connect(conf))
+  out.after_reused = c:getreusedtimes()
+  out.after_ok, out.after_err = query(c, "select 1")
+  assert(c:keepalive())
+  return out
+end
+
 function M.txn()
   local conf = confs.txn
   local out = {}
@@ -571,6 +600,7 @@ local function pnconf_lua(e, fwd)
     master = merge(pw, { pg_schema = "pn_master" }),
     reap = merge(pw, { pg_schema = "pn_reap" }),
     txn = merge(pw, { pg_schema = "pn_txn" }),
+    tmo = merge(pw, { pg_schema = "pn_tmo" }),
     -- through a forwarder that counts the connections dialled
     dead = merge(pw, { pg_schema = "pn_dead", pg_port = fwd.port }),
     evict = merge(pw, { pg_schema = "pn_evict", pg_pool_size = 2 }),
@@ -604,6 +634,7 @@ local SERVER = [[
     location = /in_worker { content_by_lua_block { local pn = require "pn"; pn.reply(pn.in_worker()) } }
     location = /reap_start { content_by_lua_block { local pn = require "pn"; pn.reply(pn.reap_start()) } }
     location = /txn { content_by_lua_block { local pn = require "pn"; pn.reply(pn.txn()) } }
+    location = /timeout { content_by_lua_block { local pn = require "pn"; pn.reply(pn.timeout()) } }
     location = /soak { content_by_lua_block { require("pn").soak() } }
     location = /warm { content_by_lua_block { local pn = require "pn"; pn.reply(pn.warm(tonumber(ngx.var.arg_n))) } }
 ]]
@@ -856,6 +887,20 @@ describe("the keep-alive pool in nginx", function()
       assert.is_true(wait_for(function() return not backend_exists(e, r.first_bp) end, 2, 0.1),
         ("the backend left in a transaction still exists: %s"):format(backend_state(e, r.first_bp)))
       assert.equal("0", assert(e:psql("select count(*) from pg_stat_activity where state like 'idle in transaction%'")))
+    end)
+
+    it("conn:settimeout on a pooled checkout bounds its next query; one without keeps pg_timeout", function()
+      local r = get_json(n, "/timeout")
+      local what = cjson.encode(r)
+      assert.is_true(r.reused > 0 and r.reused2 > r.reused, what)
+      assert.is_true(r.plain_ok, what)
+      assert.is_true(r.plain_ms >= 250, what)
+      assert.is_false(r.short_ok, what)
+      assert.equal("timeout", r.short_err:match("^timeout"), what)
+      assert.is_true(r.short_ms < 1500, what)
+      -- the timed-out session was closed, not pooled
+      assert.equal(0, r.after_reused, what)
+      assert.is_true(r.after_ok, what)
     end)
 
     it("a pooled connection the server closed while idle is discarded at checkout: the next connect is new (reused 0)", function()

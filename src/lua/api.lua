@@ -241,6 +241,10 @@ local REUSED = {}
 local DOOR = {}
 -- Private key of its pipe's number (src/pg/pipe.rs): its physical connection.
 local PIPE = {}
+-- Private key of the timeout (ms) its cosocket has, when known: a query
+-- sets the cosocket's only when the connection's differs (a C call less
+-- per query of a pooled checkout).
+local TIMEOUT = {}
 
 -- The objects of connections over cosockets that keepalive put into the
 -- pool, by pipe number: the next checkout of that pipe gets its object
@@ -324,7 +328,10 @@ local function door_query(self, h, sock, sql, id)
     return piped_broken(self, h, sock, DOOR_GONE_MSG, 0)
   end
   local timeout = door.io.number
-  sock:settimeout(timeout)
+  if timeout ~= self[TIMEOUT] then
+    sock:settimeout(timeout)
+    self[TIMEOUT] = timeout
+  end
   local ok, serr = sock:send(door.out())
   if not ok then return piped_broken(self, h, sock, serr, timeout) end
   while true do
@@ -385,6 +392,7 @@ function Connection.wait_for_notification(self)
     if not ok then return nil, err end
     local timeout = h:timeout_ms()
     sock:settimeout(timeout)
+    self[TIMEOUT] = timeout
     local n, nerr = h:piped_wait_feed("")
     while n == false do
       local data, rerr = sock:receiveany(RECV_MAX)
@@ -630,7 +638,7 @@ local function collect_unclosed()
   end
 end
 
-local function connected(h, err, sqlstate, sock, id, pipe, reused)
+local function connected(h, err, sqlstate, sock, id, pipe, reused, timeout)
   print_warnings()
   if not h then return nil, err, sqlstate end
   if sock and not id then id, pipe = h:door_id(), h:pipe_id() end
@@ -638,7 +646,7 @@ local function connected(h, err, sqlstate, sock, id, pipe, reused)
   -- to it that returns into a lower frame, and the function falls back to
   -- the interpreter for good (jit.v: "leaving loop in root trace").
   local conn = setmetatable({ [HANDLE] = h, [SOCK] = sock, [REQ] = sock and get_request(), [DOOR] = id,
-    [PIPE] = pipe, [REUSED] = reused }, Connection)
+    [PIPE] = pipe, [REUSED] = reused, [TIMEOUT] = timeout }, Connection)
   return conn
 end
 
@@ -751,8 +759,8 @@ local function taken(pipe)
   return core.piped_taken()
 end
 
--- `h, sock, door_id?, pipe?, reused?`, `nil, err, sqlstate`, or false when
--- pg_cosocket is off.
+-- `h, sock, door_id?, pipe?, reused?, timeout?` (the one the cosocket
+-- has), `nil, err, sqlstate`, or false when pg_cosocket is off.
 local function piped_connect(conf, mode)
   if not door then return false end
   local parsed, perr, conf_id = parsed_conf(conf, mode)
@@ -767,7 +775,7 @@ local function piped_connect(conf, mode)
     local h, id = taken(pipe)
     if not h then return nil, id end
     local sock = reclaim(h, pipe, timeout)
-    if sock then return h, sock, id, pipe, reused end
+    if sock then return h, sock, id, pipe, reused, timeout end
   end
 end
 
@@ -778,9 +786,9 @@ function M.connect(conf, mode)
   collect_unclosed()
   local h, err, sqlstate
   if yieldable() then
-    local sock, pipe, reused
-    h, sock, sqlstate, pipe, reused = piped_connect(conf, mode)
-    if h then return connected(h, nil, nil, sock, sqlstate, pipe, reused) end
+    local sock, pipe, reused, timeout
+    h, sock, sqlstate, pipe, reused, timeout = piped_connect(conf, mode)
+    if h then return connected(h, nil, nil, sock, sqlstate, pipe, reused, timeout) end
     if h == nil then return connected(nil, sock, sqlstate) end
     local job, bound_ms = core.connect_start(conf, mode)
     if not job then return nil, bound_ms end
