@@ -37,6 +37,7 @@ conditions):
   (the cell order rotates); per round the median per cell.
 """
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -171,7 +172,7 @@ load_module {modules}/ndk_http_module.so;
 load_module {modules}/ngx_http_lua_module.so;
 {user}
 daemon off;
-master_process on;
+master_process {master};
 worker_processes 1;
 pid logs/nginx.pid;
 error_log logs/error.log warn;
@@ -206,6 +207,7 @@ http {{
     location = /cycle {{ content_by_lua_block {{ require("bench_nginx").cycle() }} }}
     location = /decode {{ content_by_lua_block {{ require("bench_nginx").decode() }} }}
     location = /pooldrain {{ content_by_lua_block {{ require("bench_nginx").pooldrain() }} }}
+    location = /empty {{ content_by_lua_block {{ ngx.print("ok") }} }}
   }}
 }}
 """
@@ -214,9 +216,11 @@ PASS_ENV = ("RDS_EMU_HOST", "RDS_EMU_PORT", "RDS_EMU_DB", "RDS_EMU_PW_MD5_USER",
 
 
 class Nginx:
-    def __init__(self, name, prefix, yield_off, so_dir, pgmoon_dir):
+    def __init__(self, name, prefix, yield_off, so_dir, pgmoon_dir, wrap=None):
+        """wrap: a command the nginx runs under (e.g. valgrind), in one
+        process (master_process off) so that it sees the worker's work."""
         self.name, self.prefix, self.port = name, os.path.join(prefix, name), free_port()
-        self.proc = None
+        self.proc, self.wrap = None, wrap
         for d in ("conf", "logs", "temp"):
             os.makedirs(os.path.join(self.prefix, d), exist_ok=True)
         lpath = [HERE + "/?.lua"]
@@ -227,7 +231,7 @@ class Nginx:
         env_lines = ["env %s;" % k for k in PASS_ENV] + ["env KONG_RDS_IAM_YIELD;"]
         conf = NGINX_CONF.format(
             modules=os.environ.get("NGINX_MODULES_DIR", "/usr/lib/nginx/modules"),
-            user="user root;" if os.geteuid() == 0 else "",
+            user="user root;" if os.geteuid() == 0 else "", master="off" if wrap else "on",
             env="\n".join(env_lines), lpath=";".join(lpath), cpath=";".join(cpath), port=self.port)
         with open(os.path.join(self.prefix, "conf", "nginx.conf"), "w") as f:
             f.write(conf)
@@ -241,9 +245,10 @@ class Nginx:
     def start(self):
         nginx = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
         log = open(os.path.join(self.prefix, "logs", "stdout.log"), "w")
-        self.proc = subprocess.Popen([nginx, "-p", self.prefix + "/", "-c", "conf/nginx.conf", "-e", "logs/error.log"],
+        self.proc = subprocess.Popen((self.wrap or []) + [nginx, "-p", self.prefix + "/", "-c", "conf/nginx.conf",
+                                                          "-e", "logs/error.log"],
                                      env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (120 if self.wrap else 15)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("nginx %s exited at start:\n%s" % (self.name, self.error_log()))
@@ -270,6 +275,8 @@ class Nginx:
             self.proc.wait(5)
 
     def worker_pid(self):
+        if self.wrap:
+            return self.proc.pid  # one process: master and worker
         w = [p for p in children(self.proc.pid) if alive(p)]
         return w[0] if w else None
 
@@ -665,6 +672,84 @@ def cycle_round(inst, r, n, cells, secs, warm, slice_s):
         drain(inst, variant)
 
 
+# the paths of the instruction count: (cell, request path)
+IR_PATHS = [
+    ("empty", "/empty"),
+    ("yield_plain", "/cycle?v=rds_plain"),
+    ("pgmoon", "/cycle?v=pgmoon_plain"),
+    ("yield_tls", "/cycle?v=rds_tls"),
+    ("pgmoon_tls", "/cycle?v=pgmoon_tls"),
+]
+
+
+def sequential(inst, path, n):
+    """n requests of path, one after another on one keep-alive connection."""
+    c = socket.create_connection(("127.0.0.1", inst.port), timeout=60)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    try:
+        for _ in range(n):
+            c.send(req)
+            buf = b""
+            while not buf.endswith(b"0\r\n\r\n"):
+                data = c.recv(65536)
+                if not data:
+                    raise RuntimeError("%s: nginx closed the connection" % path)
+                buf += data
+            if not buf.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError("%s: %s" % (path, buf[:300]))
+    finally:
+        c.close()
+
+
+def instruction_counts(prefix, so_dir, pgmoon_dir, n, warm=300):
+    """The cycle's CPU work counted, not timed: one nginx process under
+    valgrind's callgrind (cache simulation on) serves each path of IR_PATHS
+    sequentially, warm requests first, then n with the counters zeroed
+    before and dumped after (callgrind_control). Emits per request: Ir
+    (instructions), I1mr (first-level instruction cache misses), D1mr + D1mw
+    (data), all of the process's user-space code (nginx, ngx_lua, LuaJIT,
+    its traces, libc, the module and its I/O thread); the kernel's work is
+    not in it. Other load on the machine does not change the counts; where
+    garbage collection and JIT traces fall does, by a few percent."""
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        say("instruction count skipped: valgrind not installed")
+        emit("meta_ngx_ir", "skipped: valgrind not installed")
+        return
+    out = os.path.join(prefix, "callgrind")
+    os.makedirs(out, exist_ok=True)
+    wrap = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--smc-check=all-non-file",
+            "--callgrind-out-file=%s/cg.%%p" % out]
+    inst = Nginx("callgrind", prefix, False, so_dir, pgmoon_dir, wrap=wrap)
+    inst.start()
+    try:
+        pid = str(inst.proc.pid)
+        for cell, path in IR_PATHS:
+            if cell.startswith("pgmoon") and not pgmoon_dir:
+                continue
+            sequential(inst, path, warm)
+            subprocess.run(["callgrind_control", "-z", pid], check=True, stdout=subprocess.DEVNULL)
+            t0 = time.monotonic()
+            sequential(inst, path, n)
+            subprocess.run(["callgrind_control", "-d", cell, pid], check=True, stdout=subprocess.DEVNULL)
+            dt = time.monotonic() - t0
+            dumps = sorted(glob.glob("%s/cg.%s.*" % (out, pid)), key=os.path.getmtime)
+            with open(dumps[-1]) as f:
+                text = f.read()
+            events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
+            summary = [int(x) for x in re.search(r"^summary: (.*)$", text, re.M).group(1).split()]
+            got = dict(zip(events, summary))
+            emit("ngx_ir_" + cell, got["Ir"] / n)
+            emit("ngx_i1mr_" + cell, got["I1mr"] / n)
+            emit("ngx_d1m_" + cell, (got["D1mr"] + got["D1mw"]) / n)
+            say("instructions %-12s %8.0f Ir/request  %6.0f I1 misses  %6.0f D1 misses  (%d requests, %.1f s under callgrind)" % (
+                cell, got["Ir"] / n, got["I1mr"] / n, (got["D1mr"] + got["D1mw"]) / n, n, dt))
+        emit("meta_ngx_ir", "%d requests per path after %d warm-up, one nginx process under callgrind (%s)" % (
+            n, warm, subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()))
+    finally:
+        inst.stop()
+
+
 DECODE_SQL = "select id, big, name, flag, score, created from bench_rows_mixed order by id"
 
 
@@ -778,6 +863,8 @@ def main():
     ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon,pgmoon_tls")
     ap.add_argument("--cyc-secs", type=float, default=None, help="default: --secs")
     ap.add_argument("--cyc-warm", type=float, default=None, help="default: --warm")
+    ap.add_argument("--ir-n", type=int, default=2000,
+                    help="requests per path counted under callgrind (instructions per cycle; 0: none)")
     ap.add_argument("--cyc-slice", type=float, default=0.25,
                     help="seconds of one path's turn in the interleaved cycle window")
     ap.add_argument("--dec-k", type=int, default=5, help="10,000-row requests per cell and round (0: none)")
@@ -938,6 +1025,8 @@ def main():
                         r, name, nop["p50_us"], nop["p99_us"], nop["wall_per_call_us"],
                         "n/a" if cpu_call is None else "%.2f" % cpu_call, "n/a" if cs_call is None else "%.2f" % cs_call,
                         nop.get("io_thread")))
+        if a.ir_n > 0 and cyc_ns:
+            instruction_counts(a.prefix, so_dir, pgmoon_dir, a.ir_n)
         # After the work: which instance runs the I/O thread (started by the first yielding call).
         for name, inst in insts.items():
             _, info = inst.get_json("/info")
