@@ -728,10 +728,10 @@ def instruction_counts(prefix, so_dir, pgmoon_dir, n, warm=300):
             if cell.startswith("pgmoon") and not pgmoon_dir:
                 continue
             sequential(inst, path, warm)
-            subprocess.run(["callgrind_control", "-z", pid], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["callgrind_control", "-z", pid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t0 = time.monotonic()
             sequential(inst, path, n)
-            subprocess.run(["callgrind_control", "-d", cell, pid], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["callgrind_control", "-d", cell, pid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             dt = time.monotonic() - t0
             dumps = sorted(glob.glob("%s/cg.%s.*" % (out, pid)), key=os.path.getmtime)
             with open(dumps[-1]) as f:

@@ -277,7 +277,7 @@ def ir_part(samples, meta):
           "LuaJIT and its traces, libc, the module and its I/O thread), and first-level cache misses of "
           "callgrind's simulated caches. The kernel's part (the same system calls for both drivers, checked with "
           "strace: one send and one receive per query, one epoll wait) is not in it. Other load on the machine "
-          "does not change these counts; between runs by hand they moved by about 2% for ours and up to 15% for "
+          "does not change these counts; between runs by hand they moved by about 2%% for ours and up to 15%% for "
           "pgmoon (where its garbage collection and JIT traces fall), against 2x swings of single wall-clock "
           "rounds. \"above the empty request\": minus an empty `content_by_lua` request, which leaves the "
           "driver's work and the bench handler's." % meta.get("meta_ngx_ir", "?"), "", md_table(H, rows), ""]
