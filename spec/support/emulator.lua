@@ -3,6 +3,7 @@
 --
 --   local emu = require "spec.support.emulator"
 --   local e = assert(emu.start{ tls13 = false, ssl = true, region = "us-east-1" })
+--   (also: service = "dsql", dir = DIR, umask = "077")
 --   assert(e:add_key("AKIDEXAMPLE", "secret", nil, os.time() + 3600))
 --   -- connect to e.host:e.port, db e.db, user e.iam_users[1], CA file e.ca
 --   print(e:log())
@@ -85,7 +86,10 @@ function M.start(opts)
     args[#args + 1] = "--dir"
     args[#args + 1] = opts.dir
   end
-  local out, rc, err = run(script(unpack(args)))
+  local cmd = script(unpack(args))
+  -- opts.umask: the file mode mask the script runs under (e.g. "077")
+  if opts.umask then cmd = ("umask %s; %s"):format(quote(opts.umask), cmd) end
+  local out, rc, err = run(cmd)
   if rc ~= 0 then
     return nil, ("rds-emulator start failed (exit %d): %s"):format(rc, err)
   end

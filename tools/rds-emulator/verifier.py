@@ -302,8 +302,12 @@ def pam_mode(directory):
     if not sep:
         log_line(log_path, user, "-", False, "no token supplied")
         return 1
-    with open(os.path.join(directory, "config.json"), "r", encoding="utf-8") as f:
-        cfg = json.load(f)
+    try:
+        with open(os.path.join(directory, "config.json"), "r", encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        log_line(log_path, user, "-", False, "emulator setup: cannot read config.json (%s)" % type(e).__name__)
+        return 1
     port = int(cfg["port"])
     service = cfg.get("service", SERVICE)
     # rds-db: "host:port"; dsql: bare host names (NAME:PORT lines are for rds-db only)
@@ -324,6 +328,9 @@ def pam_mode(directory):
                     hosts.add(line if ":" in line else "%s:%d" % (line, port))
     except FileNotFoundError:
         pass
+    except OSError as e:
+        log_line(log_path, user, "-", False, "emulator setup: cannot read allowed_hosts (%s)" % type(e).__name__)
+        return 1
     ok, _ = run(
         token,
         user,
