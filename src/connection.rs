@@ -854,7 +854,7 @@ async fn rate_guard(conf: &ConnectConf) -> Result<()> {
     match rate::reserve(&conf.endpoint.host, conf.endpoint.port, conf.iam_max_rate, timeout) {
         rate::Slot::After(wait) if wait.is_zero() => Ok(()),
         rate::Slot::After(wait) => {
-            rate::WAITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::stats::bump(&crate::stats::RATE_WAITS);
             tokio::time::sleep(wait).await;
             Ok(())
         }

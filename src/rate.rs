@@ -107,9 +107,6 @@ pub fn reserve(host: &str, port: u16, per_second: u32, budget: Duration) -> Slot
     }
 }
 
-/// How many logins waited for the guard in this process.
-pub static WAITS: AtomicU64 = AtomicU64::new(0);
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! This process's counters for `rds.stats()`: plain atomics bumped where
 //! things happen (no allocation on the token fast path), and a few figures
-//! read on demand. Counted since the process started; the counters kept by
-//! name start from zero in a forked child, the plain ones carry over.
+//! read on demand. Counted since the process started: in a forked child
+//! (an nginx worker) every counter starts from zero, so that summing the
+//! workers' figures does not count the master's work once per worker.
+//! [`OPEN_HANDLES`] is a level, not a count, and is inherited as it is.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 use crate::process;
 
@@ -33,6 +35,19 @@ pub fn open_handles() -> u64 {
 /// Jobs handed to the I/O thread (a yielding call that could not be done
 /// on the nginx thread itself).
 pub static JOBS_SUBMITTED: AtomicU64 = AtomicU64::new(0);
+/// New IAM logins that waited for `pg_iam_auth_max_rate`'s guard.
+pub static RATE_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// The plain counters, zeroed in a forked child.
+static COUNTS: [&AtomicU64; 6] = [&TOKENS_SIGNED, &TOKEN_CACHE_HITS, &IAM_AUTH_OK, &SCRAM_CHANNEL_BOUND, &JOBS_SUBMITTED, &RATE_WAITS];
+
+static WATCH_FORKS: Once = Once::new();
+
+extern "C" fn zero_in_child() {
+    for c in COUNTS {
+        c.store(0, Ordering::Relaxed);
+    }
+}
 
 /// Counters kept by name: credential fetches and failures by source, IAM
 /// logins refused by SQLSTATE, and the last credential error.
@@ -88,6 +103,8 @@ pub struct Snapshot {
     pub scram_channel_bound: u64,
     /// See [`JOBS_SUBMITTED`].
     pub jobs_submitted: u64,
+    /// See [`RATE_WAITS`].
+    pub rate_waits: u64,
     /// Credential fetches by source.
     pub credential_fetches: BTreeMap<String, u64>,
     /// Failed credential fetches by source.
@@ -98,8 +115,7 @@ pub struct Snapshot {
     pub last_credential_error: Option<String>,
 }
 
-/// The counters now. The plain atomics are process-wide; in a forked child
-/// they start from what the parent had (they are cheap to bump, not reset).
+/// The counters now, since this process started (or was forked).
 pub fn snapshot() -> Snapshot {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     named(|n| Snapshot {
@@ -109,6 +125,7 @@ pub fn snapshot() -> Snapshot {
         open_handles: open_handles(),
         scram_channel_bound: load(&SCRAM_CHANNEL_BOUND),
         jobs_submitted: load(&JOBS_SUBMITTED),
+        rate_waits: load(&RATE_WAITS),
         credential_fetches: n.fetches.clone(),
         credential_failures: n.fetch_failures.clone(),
         iam_auth_failed: n.iam_auth_failed.clone(),
@@ -116,8 +133,17 @@ pub fn snapshot() -> Snapshot {
     })
 }
 
-/// Bumps a counter.
+/// Bumps a counter. The first bump in a process tree registers the fork
+/// handler that zeroes the counters in a child: a count above zero means it
+/// is registered, in this process or in the one it was forked from.
 pub fn bump(counter: &AtomicU64) {
+    WATCH_FORKS.call_once(|| {
+        // SAFETY: registers a handler that only stores zeros into atomics;
+        // the library is never unmapped (see the Lua binding's pin).
+        unsafe {
+            libc::pthread_atfork(None, None, Some(zero_in_child));
+        }
+    });
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -136,5 +162,30 @@ mod tests {
         assert_eq!(s.credential_failures.get("stats-test-other"), Some(&1));
         assert!(s.iam_auth_failed.get("28000").is_some_and(|n| *n >= 1));
         assert!(s.last_credential_error.is_some());
+    }
+
+    #[test]
+    fn a_forked_child_counts_from_zero_and_the_parent_keeps_its_counts() {
+        bump(&SCRAM_CHANNEL_BOUND);
+        bump(&RATE_WAITS);
+        let before = snapshot();
+        assert!(before.scram_channel_bound >= 1 && before.rate_waits >= 1);
+        // SAFETY: the child only reads atomics and calls _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let zero = COUNTS.iter().all(|c| c.load(Ordering::Relaxed) == 0);
+                bump(&RATE_WAITS);
+                let one = RATE_WAITS.load(Ordering::Relaxed) == 1;
+                libc::_exit(if zero && one { 0 } else { 1 });
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child inherited counts");
+        }
+        let after = snapshot();
+        assert!(after.scram_channel_bound >= before.scram_channel_bound);
+        assert!(after.rate_waits >= before.rate_waits);
     }
 }

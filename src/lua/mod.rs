@@ -261,8 +261,8 @@ fn lua_stats(lua: &Lua, (): ()) -> LuaResult<Table> {
     let t = lua.create_table()?;
     t.set("jobs", jobs::count())?;
     t.set("io_thread", io_thread::running())?;
-    t.set("rate_waits", crate::rate::WAITS.load(std::sync::atomic::Ordering::Relaxed))?;
     let s = crate::stats::snapshot();
+    t.set("rate_waits", s.rate_waits)?;
     t.set("tokens_signed", s.tokens_signed)?;
     t.set("token_cache_hits", s.token_cache_hits)?;
     t.set("iam_auth_ok", s.iam_auth_ok)?;
