@@ -364,6 +364,25 @@ def load(inst, path, n, secs, min_each=0, max_each=1000000):
     return len(lat), errs, end - start[0], lat, first_err
 
 
+def response_in(buf):
+    """(head lower-cased, body start, end) of the first whole HTTP response
+    in buf, or None while it is not all there (Content-Length, chunked, or
+    else whatever has arrived)."""
+    h = buf.find(b"\r\n\r\n")
+    if h < 0:
+        return None
+    head = bytes(buf[:h]).lower()
+    body_at = h + 4
+    m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+    if m:
+        total = body_at + int(m.group(1))
+        return (head, body_at, total) if len(buf) >= total else None
+    if b"transfer-encoding: chunked" in head:
+        t = buf.find(b"0\r\n\r\n", body_at)
+        return (head, body_at, t + 5) if t >= 0 else None
+    return head, body_at, len(buf)
+
+
 def load_fast(inst, path, n, secs, min_each=0):
     """As load(), with one thread driving n non-blocking keep-alive
     connections through epoll (selectors), for short requests where
@@ -421,23 +440,10 @@ def load_fast(inst, path, n, secs, min_each=0):
                 continue
             buf = st[0]
             buf += data
-            h = buf.find(b"\r\n\r\n")
-            if h < 0:
+            got = response_in(buf)
+            if got is None:
                 continue
-            head = bytes(buf[:h]).lower()
-            body_at = h + 4
-            m = re.search(rb"\r\ncontent-length: *(\d+)", head)
-            if m:
-                total = body_at + int(m.group(1))
-                if len(buf) < total:
-                    continue
-            elif b"transfer-encoding: chunked" in head:
-                t = buf.find(b"0\r\n\r\n", body_at)
-                if t < 0:
-                    continue
-                total = t + 5
-            else:
-                total = len(buf)
+            head, body_at, total = got
             ok = head.startswith(b"http/1.1 200")
             t1 = time.monotonic()
             if ok:
@@ -606,27 +612,17 @@ def load_slices(inst, paths, n, slice_s, slices, reverse):
                             raise RuntimeError("interleaved load: nginx closed a connection")
                         buf = bufs[c]
                         buf += data
-                        h = buf.find(b"\r\n\r\n")
-                        if h < 0:
+                        got = response_in(buf)
+                        if got is None:
                             continue
-                        head = bytes(buf[:h]).lower()
-                        m = re.search(rb"\r\ncontent-length: *(\d+)", head)
-                        if m:
-                            total = h + 4 + int(m.group(1))
-                            if len(buf) < total:
-                                continue
-                        else:
-                            t = buf.find(b"0\r\n\r\n", h + 4)
-                            if t < 0:
-                                continue
-                            total = t + 5
+                        head, body_at, total = got
                         t1 = time.monotonic()
                         if head.startswith(b"http/1.1 200"):
                             o["lat"].append(t1 - sent_at[c])
                             o["reqs"] += 1
                         else:
                             o["errs"] += 1
-                            o["first_err"] = o["first_err"] or bytes(buf[h + 4:total])[:300].decode("utf-8", "replace")
+                            o["first_err"] = o["first_err"] or bytes(buf[body_at:total])[:300].decode("utf-8", "replace")
                         del buf[:total]
                         end = t1
                         if t1 < deadline and o["errs"] <= 20 * n:
@@ -690,14 +686,14 @@ def sequential(inst, path, n):
     try:
         for _ in range(n):
             c.send(req)
-            buf = b""
-            while not buf.endswith(b"0\r\n\r\n"):
+            buf = bytearray()
+            while response_in(buf) is None:
                 data = c.recv(65536)
                 if not data:
                     raise RuntimeError("%s: nginx closed the connection" % path)
                 buf += data
             if not buf.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError("%s: %s" % (path, buf[:300]))
+                raise RuntimeError("%s: %s" % (path, bytes(buf[:300])))
     finally:
         c.close()
 
@@ -998,6 +994,8 @@ def main():
                     for cell, iname, variant in cyc_cells[::step]:
                         if iname == "yield" and together and not a.attach:
                             continue
+                        if time.monotonic() - t_begin > HARD_LIMIT_S:
+                            raise RuntimeError("time limit (%d s) reached" % HARD_LIMIT_S)
                         cycle_cell(insts[iname], r, n, cell, variant, cyc_secs, cyc_warm, a.attach)
             if dec_cells:
                 decode_round(insts, r, dec_cells, a.dec_k, last=(r == a.rounds))

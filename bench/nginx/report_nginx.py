@@ -288,9 +288,7 @@ def _interval(samples, round_prefix, val_prefix, ta, tb):
     """The 95% interval of the geometric mean of the paired round ratios
     (exp(mean +- 2 SE) of their logs) and (rounds at or above 1.0, rounds);
     None, None, None with fewer than 3 rounds."""
-    ra = dict(zip(samples.get(round_prefix + ta) or [], samples.get(val_prefix + ta) or []))
-    rb = dict(zip(samples.get(round_prefix + tb) or [], samples.get(val_prefix + tb) or []))
-    rs = [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r] and ra[r]]
+    rs = [x for x in _round_ratios(samples, round_prefix, val_prefix, ta, tb) if x > 0]
     if len(rs) < 3:
         return None, None, None
     logs = [math.log(x) for x in rs]
@@ -298,10 +296,15 @@ def _interval(samples, round_prefix, val_prefix, ta, tb):
     return math.exp(m - 2 * se), math.exp(m + 2 * se), (sum(1 for x in rs if x >= 1.0), len(rs))
 
 
-def _paired(samples, round_prefix, val_prefix, ta, tb):
+def _round_ratios(samples, round_prefix, val_prefix, ta, tb):
+    """ta's value / tb's value, round by round, over the rounds both ran."""
     ra = dict(zip(samples.get(round_prefix + ta) or [], samples.get(val_prefix + ta) or []))
     rb = dict(zip(samples.get(round_prefix + tb) or [], samples.get(val_prefix + tb) or []))
-    rs = [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r]]
+    return [ra[r] / rb[r] for r in sorted(set(ra) & set(rb)) if rb[r]]
+
+
+def _paired(samples, round_prefix, val_prefix, ta, tb):
+    rs = _round_ratios(samples, round_prefix, val_prefix, ta, tb)
     return (statistics.median(rs), len(rs)) if rs else (None, 0)
 
 
