@@ -8,7 +8,7 @@
 --     main = "...",                      -- extra main-context directives
 --     http = "init_by_lua_block { ... }", -- extra http-context directives
 --     server = "location /t { ... }",     -- directives of the one server block
---     files = { ["lua/t.lua"] = "..." },  -- files to write into the prefix
+--     files = { ["lua/t.lua"] = "..." },  -- files to write into the prefix (directories made)
 --     daemon = false,                    -- `daemon off` in the background (default: daemon on)
 --   })
 --   local status, body = n:get("/t")
@@ -22,7 +22,7 @@
 -- `daemon = false`, `daemon off` as a background job: then the master is the
 -- very process that ran init_by_lua) as the current user (`user root;` when
 -- that is root). lua_package_path covers the
--- repository (./?.lua, lua/?.lua, lua/?/init.lua), PREFIX/lua and
+-- repository (./?.lua, lua/?.lua, lua/?/init.lua), PREFIX/lua (both forms) and
 -- /usr/share/lua/5.1 (resty.core); lua_package_cpath the repository's
 -- target/lua/?.so and Debian's Lua 5.1 C modules (cjson).
 
@@ -109,7 +109,7 @@ local function config_text(self, o)
   local root = M.root
   local lpath = table.concat({
     root .. "/?.lua", root .. "/lua/?.lua", root .. "/lua/?/init.lua",
-    self.prefix .. "/lua/?.lua",
+    self.prefix .. "/lua/?.lua", self.prefix .. "/lua/?/init.lua",
     "/usr/share/lua/5.1/?.lua", "/usr/share/lua/5.1/?/init.lua", ";",
   }, ";")
   local cpath = table.concat({
@@ -156,6 +156,8 @@ function M.start(o)
   end
   local self = setmetatable({ prefix = prefix, port = o.port or M.free_port(), opts = o }, Nginx)
   for name, text in pairs(o.files or {}) do
+    local dir = name:match("^(.*)/[^/]+$")
+    if dir then assert(run("mkdir -p " .. quote(prefix .. "/" .. dir))) end
     write_file(prefix .. "/" .. name, text)
   end
   self.conf_path = prefix .. "/conf/nginx.conf"
