@@ -53,9 +53,6 @@ enum Piped {
     Notification,
 }
 
-// The connection is held inline: a handle is made once per connection and
-// moved rarely, so boxing it would only add an allocation.
-#[allow(clippy::large_enum_variant)]
 enum State {
     Open(pg::Connection),
     /// A query job owns the connection.

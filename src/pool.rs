@@ -236,8 +236,7 @@ fn count_back(slot: &mut Slot) {
 /// (the generation counts forks from 0).
 const RELEASED: u64 = u64::MAX;
 
-/// What [`checkout`] found (moved once: the idle connection stays inline).
-#[allow(clippy::large_enum_variant)]
+/// What [`checkout`] found.
 pub enum Checkout {
     /// An idle connection, alive when checked.
     Reuse(Idle, Lease),
@@ -250,7 +249,6 @@ pub enum Checkout {
 /// caller cannot, since only its own frozen worker could free one) up to
 /// `timeout` for one to come back.
 pub async fn checkout(key: Key, conf: &PoolConf, may_wait: bool, timeout: Duration) -> Result<Checkout> {
-    #[allow(clippy::large_enum_variant)]
     enum Step {
         Reuse(Idle),
         Open,

@@ -29,7 +29,15 @@ use postgres_protocol::message::frontend;
 use stream::MessageStream;
 
 /// An open, authenticated connection.
-pub struct Connection {
+///
+/// Its state is boxed: a pooled connection moves between the pool and a
+/// handle (and through their functions) on every checkout and keepalive,
+/// and a pointer moves where the whole state (a few hundred bytes, cold in
+/// the cache when the pool is large) would be copied each time.
+pub struct Connection(Box<Session>);
+
+/// A connection's state (see [`Connection`]).
+pub struct Session {
     stream: MessageStream,
     buf: BytesMut,
     server_version: String,
@@ -144,7 +152,7 @@ impl Connection {
     /// pipe for Lua to send before it closes the cosocket.
     pub fn close_piped(mut self) {
         frontend::terminate(&mut self.buf);
-        let _ = self.stream.send_now(&mut self.buf);
+        let _ = self.send_buffered_now();
     }
 
     /// What [`CancelToken::cancel`] needs to stop this connection's statement.
@@ -171,8 +179,39 @@ impl Connection {
     /// Says goodbye (`Terminate`) and closes the socket.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.buf);
-        let _ = self.stream.send(&mut self.buf).await;
+        let _ = self.send_buffered().await;
         self.stream.shutdown().await;
+    }
+}
+
+impl Connection {
+    fn new(session: Session) -> Connection {
+        Connection(Box::new(session))
+    }
+}
+
+impl Session {
+    /// Sends the messages written into `buf`.
+    async fn send_buffered(&mut self) -> std::io::Result<()> {
+        self.stream.send(&mut self.buf).await
+    }
+
+    /// [`Session::send_buffered`] without waiting (over a pipe).
+    fn send_buffered_now(&mut self) -> std::io::Result<()> {
+        self.stream.send_now(&mut self.buf)
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.0
     }
 }
 

@@ -129,7 +129,7 @@ impl Connection {
     pub async fn query(&mut self, sql: &[u8]) -> Result<QueryOutput, QueryFailure> {
         self.write_query(sql)?;
         let mut run = QueryRun::default();
-        if let Err(e) = self.stream.send(&mut self.buf).await {
+        if let Err(e) = self.send_buffered().await {
             return Err(run.broken(send_failed(e)));
         }
         loop {
@@ -140,7 +140,7 @@ impl Connection {
             match self.on_query_message(&mut run, message) {
                 Ok(Step::Read) => {}
                 Ok(Step::Reply) => {
-                    if let Err(e) = self.stream.send(&mut self.buf).await {
+                    if let Err(e) = self.send_buffered().await {
                         return Err(run.broken(Error::new(ErrorKind::Io, e.to_string())));
                     }
                 }
@@ -155,7 +155,7 @@ impl Connection {
     pub fn query_piped_start(&mut self, sql: &[u8]) -> Result<QueryRun, QueryFailure> {
         self.write_query(sql)?;
         let run = QueryRun::default();
-        match self.stream.send_now(&mut self.buf) {
+        match self.send_buffered_now() {
             Ok(()) => Ok(run),
             Err(e) => Err(run.broken(send_failed(e))),
         }
@@ -174,7 +174,7 @@ impl Connection {
             match self.on_query_message(run, message) {
                 Ok(Step::Read) => {}
                 Ok(Step::Reply) => {
-                    if let Err(e) = self.stream.send_now(&mut self.buf) {
+                    if let Err(e) = self.send_buffered_now() {
                         return Some(Err(std::mem::take(run).broken(Error::new(ErrorKind::Io, e.to_string()))));
                     }
                 }

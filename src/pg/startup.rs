@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 
 use super::pipe::PipeIo;
 use super::stream::{MessageStream, Socket, Transport};
-use super::{channel_binding, require_auth, server_error, CancelToken, Connection};
+use super::{channel_binding, require_auth, server_error, CancelToken, Connection, Session};
 use crate::conf::{AuthMethod, ConnectConf};
 use crate::error::{Error, ErrorKind, Result};
 use crate::{net, tls};
@@ -89,7 +89,7 @@ async fn establish<S: Socket>(socket: S, addr: SocketAddr, conf: &ConnectConf, p
             _ => return Err(Error::new(ErrorKind::Protocol, "unexpected message while starting the session")),
         }
     }
-    let mut conn = Connection {
+    let mut conn = Connection::new(Session {
         stream,
         buf,
         server_version,
@@ -101,7 +101,7 @@ async fn establish<S: Socket>(socket: S, addr: SocketAddr, conf: &ConnectConf, p
         encoding: super::escape::Encoding::from_name("UTF8"),
         standard_conforming_strings: true,
         last_columns: None,
-    };
+    });
     for (name, value) in &parameters {
         conn.parameter(name, value);
     }
