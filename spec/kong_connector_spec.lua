@@ -11,7 +11,8 @@
 -- pending (CI has none).
 --
 -- Per login kind (password over SCRAM; IAM from kong.configuration; IAM from
--- KONG_PG_IAM_AUTH in the master's environment, as Kong OSS users get it),
+-- KONG_PG_IAM_AUTH in the master's environment, as Kong OSS users get it;
+-- password read-write with an IAM read-only side),
 -- one nginx with one worker: connector:init() in init_by_lua (the master,
 -- as Kong.init() runs it), Kong's session setup on a new connection, its
 -- queries (in its pg_schema), reuse of the pooled session by the next
@@ -126,10 +127,14 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
     if e then e:stop() end
   end)
 
+  -- iam: how the read-write side logs in ("conf": pg_iam_auth, "env":
+  -- KONG_PG_IAM_AUTH only, nil: password); ro_iam: a read-only side (pg_ro_*)
+  -- as another user, logging in with IAM by pg_ro_iam_auth.
   local KINDS = {
-    { name = "password (SCRAM)", table = "kc_pw", iam = false },
-    { name = "IAM from kong.configuration", table = "kc_iam", iam = true },
+    { name = "password (SCRAM)", table = "kc_pw" },
+    { name = "IAM from kong.configuration", table = "kc_iam", iam = "conf" },
     { name = "IAM from KONG_PG_IAM_AUTH in the master's environment", table = "kc_iamenv", iam = "env" },
+    { name = "password read-write, IAM read-only (pg_ro_iam_auth)", table = "kc_ro", ro_iam = true },
   }
 
   for _, kind in ipairs(KINDS) do
@@ -143,10 +148,12 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
         return cjson.decode(body)
       end
 
+      local rw_user = kind.iam and e.env.RDS_EMU_IAM_USER or e.env.RDS_EMU_PW_SCRAM_USER
+
       setup(function()
         local conf = {
           pg_host = e.host, pg_port = e.port, pg_database = e.db,
-          pg_user = kind.iam and e.env.RDS_EMU_IAM_USER or e.env.RDS_EMU_PW_SCRAM_USER,
+          pg_user = rw_user,
           pg_timeout = 5000, pg_ssl = true, pg_ssl_verify = true,
           pg_keepalive_timeout = 60000, pg_pool_size = 256,
           pg_max_concurrent_queries = 0, pg_semaphore_timeout = 60000,
@@ -155,16 +162,24 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
           pg_schema = kind.table, -- Kong's SET SCHEMA on each new connection
           _table = kind.table, _other_ca = e.other_ca,
         }
-        local user = conf.pg_user
         assert(e:psql(("DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s AUTHORIZATION %s")
-          :format(kind.table, kind.table, user)))
+          :format(kind.table, kind.table, rw_user)))
         local env = util.merge(MASTER_ENV, { AWS_REGION = REGION })
-        if kind.iam == true then
+        if kind.iam == "conf" then
           conf.pg_iam_auth, conf.pg_iam_auth_region = true, REGION
         elseif kind.iam == "env" then
           env.KONG_PG_IAM_AUTH = "on" -- kong.configuration has no IAM key at all (Kong OSS)
         else
           conf.pg_password = e.env.RDS_EMU_PW_SCRAM_PASSWORD
+        end
+        if kind.ro_iam then
+          -- every pg_ro_* key, as Kong's conf loader fills them in from pg_*
+          for _, k in ipairs { "host", "port", "database", "timeout", "ssl", "ssl_verify", "keepalive_timeout",
+                               "pool_size", "max_concurrent_queries", "semaphore_timeout" } do
+            conf["pg_ro_" .. k] = conf["pg_" .. k]
+          end
+          conf.pg_ro_user, conf.pg_ro_schema = e.env.RDS_EMU_IAM_USER, ""
+          conf.pg_ro_iam_auth, conf.pg_iam_auth_region = true, REGION
         end
         local files = standins {
           ["conf/kongconf.lua"] = kongconf_lua(conf),
@@ -205,7 +220,7 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
         assert.equal("UTC", r.session.tz)           -- Kong's SET TIME ZONE on a new connection
         assert.equal("kong", r.session.app)
         assert.equal(kind.table, r.session.schema)
-        assert.equal(kind.iam and e.env.RDS_EMU_IAM_USER or e.env.RDS_EMU_PW_SCRAM_USER, r.session.usr)
+        assert.equal(rw_user, r.session.usr)
         assert.is_true(r.multi_ok, cjson.encode(r.multi))
         assert.is_true(r.insert_ok, tostring(r.insert_err))
         assert.is_true(r.arrays_ok, tostring(r.arrays_err))
@@ -296,11 +311,27 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
         assert.truthy(host.connect_err:find("not valid for 127.0.0.2", 1, true), host.connect_err)
       end)
 
-      it(kind.iam and "logged in with IAM tokens the verifier accepted, and no secret was logged or answered"
+      if kind.ro_iam then
+        it("reads through the read-only side as its own user, logged in with IAM, and reuses that session", function()
+          local a, b = op("read"), op("read")
+          for _, r in ipairs { a, b } do
+            assert.is_nil(r.err)
+            assert.equal(e.env.RDS_EMU_IAM_USER, r.usr)
+            assert.is_true(r.ssl)
+          end
+          assert.equal(a.pid, b.pid)
+          local w = op("reuse") -- the read-write side still logs in with its password
+          assert.is_true(w.connect_ok, tostring(w.connect_err))
+          assert.not_equal(a.pid, w.pid)
+        end)
+      end
+
+      local iam = kind.iam or kind.ro_iam
+      it(iam and "logged in with IAM tokens the verifier accepted, and no secret was logged or answered"
         or "logged in without IAM, and no secret was logged or answered", function()
         local stats = op("stats").stats
         local log = e:log()
-        if kind.iam then
+        if iam then
           assert.is_true(stats.iam_auth_ok > 0)
           assert.is_true(count(log, 'akid="' .. AKID .. '" ACCEPT') > 0, log)
           assert.is_nil(log:find("REJECT", 1, true), log)

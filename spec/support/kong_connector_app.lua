@@ -309,6 +309,7 @@ end
 function OPS.migrations()
   local conf = copy(KCONF)
   conf.pg_schema = KCONF.pg_schema .. "_m"
+  conf.pg_ro_host = nil -- as in Kong's CLI (ngx.IS_CLI): migrations never use a read-only side
   local c = assert(new_connector(conf))
   local out = {}
   local ok, err = c:connect_migrations()
@@ -339,6 +340,14 @@ function OPS.migrations()
   out.schema = (c:query("SELECT current_schema() AS s") or {})[1]
   out.close = { c:close() }
   return out
+end
+
+-- a read through the connector: its read-only side when there is one
+function OPS.read()
+  local r, e = CONNECTOR:query("SELECT pg_backend_pid() AS pid, current_user AS usr, " ..
+    "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl", "read")
+  local row = r and r[1] or {}
+  return { pid = row.pid, usr = row.usr, ssl = row.ssl, err = e }
 end
 
 -- a connector trusting an unrelated CA, or dialling a name the certificate lacks
