@@ -602,6 +602,10 @@ describe("kong_rds_iam.pgmoon", function()
         return
       end
       local config = kong_config()
+      -- Kong.init(): the first connect learns the schema into config (then
+      -- "public"), before the workers' pooled connects
+      assert(assert(reconnect(config)):disconnect())
+      assert.equal("public", config.schema)
       local first, reused = assert(reconnect(config))
       assert.equal(0, reused)
       local pid = first:query("select pg_backend_pid() as pid")[1].pid
@@ -618,12 +622,41 @@ describe("kong_rds_iam.pgmoon", function()
       assert.equal("UTC", second:query("SHOW TIME ZONE")[1].TimeZone) -- the session kept its SETs
       -- setkeepalive is the same; then disconnect closes it for good
       assert.is_true((second:setkeepalive(60000)))
-      local third = connected(kong_config())
+      local third = connected(kong_config { schema = "public" })
       assert.truthy(third.sock:getreusedtimes() > 0)
       assert.is_true(third:disconnect())
-      local fourth = connected(kong_config())
+      local fourth = connected(kong_config { schema = "public" })
       assert.equal(0, fourth.sock:getreusedtimes())
       assert.is_true(fourth:disconnect())
+    end)
+
+    it("pools the sessions of two schemas apart, each with its search_path from the start", function()
+      if not pool_native then
+        pending("the native conn:keepalive / conn:getreusedtimes are not in this build yet")
+        return
+      end
+      assert(connected(kong_config()):query("CREATE SCHEMA IF NOT EXISTS kc_other AUTHORIZATION pw_scram"))
+      local function session(schema)
+        local c = connected(kong_config { schema = schema })
+        local row = c:query("select pg_backend_pid() as pid, current_schema() as s")[1]
+        return c, row.pid, row.s, c.sock:getreusedtimes()
+      end
+      local a, pid_a, s_a = session("kc_other")
+      assert.equal("kc_other", s_a) -- before any SET SCHEMA
+      assert.is_true((a:keepalive(60000)))
+      -- another schema: not the idle kc_other session, though host, user and database match
+      local b, pid_b, s_b, reused_b = session("public")
+      assert.equal("public", s_b)
+      assert.equal(0, reused_b)
+      assert.not_equal(pid_a, pid_b)
+      assert.is_true((b:keepalive(60000)))
+      local c, pid_c, s_c, reused_c = session("kc_other")
+      assert.equal(pid_a, pid_c)
+      assert.equal("kc_other", s_c)
+      assert.truthy(reused_c > 0)
+      assert.is_true(c:disconnect())
+      assert.equal("kc_other", pgmoon.new(kong_config { schema = "kc_other" }):_conf().pg_schema)
+      assert.is_nil(pgmoon.new(kong_config { schema = "" }):_conf().pg_schema)
     end)
 
     it("keepalive over a native connection without a pool closes it and says true", function()

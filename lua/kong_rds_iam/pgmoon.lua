@@ -31,6 +31,9 @@
 --   pg_ssl_cafile, trusted alone (pinning).
 --   application_name (default "pgmoon") -> pg_application_name
 --   pool_size -> pg_pool_size (also keepalive's default)   backlog -> pg_backlog
+--   schema (not pgmoon's: Kong's connector config carries it) -> pg_schema:
+--   the session's search_path, set at startup, and part of the pool key, so
+--   sessions of two schemas never stand in for each other ("" is none).
 --   pool (or pgmoon's pool_name): not used; the native pool is keyed by
 --   the connection's settings (host, port, database, user, schema, TLS, IAM,
 --   application name).
@@ -429,6 +432,7 @@ function Postgres:_conf()
     pg_ssl_cert = c.cert,
     pg_ssl_cert_key = c.key,
     pg_application_name = c.application_name,
+    pg_schema = c.schema ~= "" and c.schema or nil,
     pg_pool_size = c.pool_size,
     pg_backlog = c.backlog,
   }
