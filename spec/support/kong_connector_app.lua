@@ -57,8 +57,15 @@ function App.init_master()
   MASTER.native = package.loaded["kong_rds_iam.pgmoon"] ~= nil
 end
 
+-- A strategy of a table with a ttl column, as init_worker reads one.
+local function ttl_strategy(name)
+  return { schema = { name = name, ttl = true, each_field = function() return function() end end } }
+end
+
+--- init_worker_by_lua: Kong's TTL cleanup timer (worker 0, with admin
+--- listeners), every _debug_pg_ttl_cleanup_interval seconds.
 function App.init_worker()
-  local ok, err = CONNECTOR:init_worker({})
+  local ok, err = CONNECTOR:init_worker({ ttl_strategy(KCONF._table .. "_ttl") })
   if not ok then ngx.log(ngx.WARN, "kong connector app: init_worker: ", err) end
 end
 
@@ -348,6 +355,24 @@ function OPS.read()
     "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl", "read")
   local row = r and r[1] or {}
   return { pid = row.pid, usr = row.usr, ssl = row.ssl, err = e }
+end
+
+-- Expired rows for Kong's TTL cleanup timer, which runs its queries in an
+-- ngx.timer; waits (up to 5 s) for them to go. The live row stays.
+function OPS.ttl()
+  local T = KCONF._table .. "_ttl"
+  assert(CONNECTOR:query("INSERT INTO " .. T .. " (ttl) SELECT now() - interval '1 hour' FROM generate_series(1, 3); " ..
+    "INSERT INTO " .. T .. " (ttl) VALUES (now() + interval '1 hour'); " ..
+    "INSERT INTO cluster_events (expire_at) VALUES (now() - interval '1 hour')"))
+  local t0, left = now(), nil
+  repeat
+    ngx.sleep(0.2)
+    local r = CONNECTOR:query("SELECT (SELECT count(*) FROM " .. T .. " WHERE ttl < now())::int AS expired, " ..
+      "(SELECT count(*) FROM " .. T .. " WHERE ttl > now())::int AS live, " ..
+      "(SELECT count(*) FROM cluster_events)::int AS events")
+    left = r and r[1]
+  until (left and left.expired == 0 and left.events == 0) or now() - t0 > 5
+  return { left = left, waited = now() - t0 }
 end
 
 -- a connector trusting an unrelated CA, or dialling a name the certificate lacks
