@@ -78,6 +78,10 @@ pub struct Notification {
 }
 
 impl Connection {
+    fn new(session: Session) -> Connection {
+        Connection(Box::new(session))
+    }
+
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
@@ -181,12 +185,6 @@ impl Connection {
         frontend::terminate(&mut self.buf);
         let _ = self.send_buffered().await;
         self.stream.shutdown().await;
-    }
-}
-
-impl Connection {
-    fn new(session: Session) -> Connection {
-        Connection(Box::new(session))
     }
 }
 
