@@ -16,23 +16,32 @@ use std::time::Duration;
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static WATCH_FORKS: Once = Once::new();
 
+/// What the child of every `fork` runs, before anything else in it: the
+/// crate's one fork handler. Only atomic stores (async-signal-safe).
 extern "C" fn forked_child() {
     GENERATION.fetch_add(1, Ordering::Relaxed);
+    crate::stats::zero_in_child();
 }
 
-/// Which process this is, cheaply: a number that changes in the child of
-/// every `fork`. A `pthread_atfork` child handler bumps it, so checking it
-/// costs an atomic load where `getpid` costs a system call (once per query
-/// and per token). The handler is registered before any per-process value
-/// exists, so no value can predate it.
-pub fn generation() -> u64 {
+/// Registers [`forked_child`] with `pthread_atfork`, once per process tree
+/// (a child inherits the registration). Called before any per-process value
+/// or count exists, so none can predate it.
+pub fn watch_forks() {
     WATCH_FORKS.call_once(|| {
-        // SAFETY: registers a handler that only bumps an atomic; the library
-        // is never unmapped (see the Lua binding's pin), so it stays valid.
+        // SAFETY: registers a handler that only stores into atomics; the
+        // library is never unmapped (see the Lua binding's pin), so it stays
+        // valid.
         unsafe {
             libc::pthread_atfork(None, None, Some(forked_child));
         }
     });
+}
+
+/// Which process this is, cheaply: a number that changes in the child of
+/// every `fork`. The fork handler bumps it, so checking it costs an atomic
+/// load where `getpid` costs a system call (once per query and per token).
+pub fn generation() -> u64 {
+    watch_forks();
     GENERATION.load(Ordering::Relaxed)
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 use crate::process;
 
@@ -41,9 +41,8 @@ pub static RATE_WAITS: AtomicU64 = AtomicU64::new(0);
 /// The plain counters, zeroed in a forked child.
 static COUNTS: [&AtomicU64; 6] = [&TOKENS_SIGNED, &TOKEN_CACHE_HITS, &IAM_AUTH_OK, &SCRAM_CHANNEL_BOUND, &JOBS_SUBMITTED, &RATE_WAITS];
 
-static WATCH_FORKS: Once = Once::new();
-
-extern "C" fn zero_in_child() {
+/// Zeroes the plain counters: part of [`process`]'s fork handler.
+pub(crate) fn zero_in_child() {
     for c in COUNTS {
         c.store(0, Ordering::Relaxed);
     }
@@ -133,17 +132,10 @@ pub fn snapshot() -> Snapshot {
     })
 }
 
-/// Bumps a counter. The first bump in a process tree registers the fork
-/// handler that zeroes the counters in a child: a count above zero means it
-/// is registered, in this process or in the one it was forked from.
+/// Bumps a counter. The first bump registers the fork handler (if nothing
+/// did before) that zeroes the counters in a child.
 pub fn bump(counter: &AtomicU64) {
-    WATCH_FORKS.call_once(|| {
-        // SAFETY: registers a handler that only stores zeros into atomics;
-        // the library is never unmapped (see the Lua binding's pin).
-        unsafe {
-            libc::pthread_atfork(None, None, Some(zero_in_child));
-        }
-    });
+    process::watch_forks();
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
