@@ -6,6 +6,7 @@
 local rds = require "kong_rds_iam"
 local emu = require "spec.support.emulator"
 local test_env = require "spec.support.test_env"
+local util = require "spec.support.util"
 
 local function iam_connect(e)
   return rds.connect {
@@ -37,9 +38,9 @@ describe("the RDS emulator started under umask 077", function()
 
   it("says in the verifier's log when it cannot read its host list (the login is refused)", function()
     local hosts = e.dir .. "/allowed_hosts"
-    assert(os.execute("chmod 600 '" .. hosts .. "'"))
+    assert(util.succeeds("chmod 600 " .. util.shell_quote(hosts)))
     local conn, err = iam_connect(e)
-    assert(os.execute("chmod 644 '" .. hosts .. "'"))
+    assert(util.succeeds("chmod 644 " .. util.shell_quote(hosts)))
     assert.is_nil(conn)
     assert.matches("PAM authentication failed", err, 1, true)
     assert.matches("emulator setup: cannot read allowed_hosts (PermissionError)", e:log(), 1, true)

@@ -41,10 +41,8 @@ if not exists(STRATEGY_DIR .. "/connector.lua") then
   end)
   return
 end
-if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
-  describe("Kong's connector on kong_rds_iam.pgmoon", function()
-    pending("needs nginx and its Lua module (" .. nginx.bin .. ", " .. nginx.modules_dir .. ")")
-  end)
+if nginx.missing() then
+  describe("Kong's connector on kong_rds_iam.pgmoon", function() pending(nginx.missing()) end)
   return
 end
 
@@ -74,30 +72,6 @@ local function standins(files)
   end
   list:close()
   return files
-end
-
--- kong.configuration as Kong parses kong.conf, as a Lua file.
-local function kongconf_lua(conf)
-  local keys = {}
-  for k in pairs(conf) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = { "return {" }
-  for _, k in ipairs(keys) do
-    local v = conf[k]
-    local text
-    if type(v) == "table" then
-      local items = {}
-      for i, s in ipairs(v) do items[i] = ("%q"):format(s) end
-      text = "{ " .. table.concat(items, ", ") .. " }"
-    elseif type(v) == "string" then
-      text = ("%q"):format(v)
-    else
-      text = tostring(v)
-    end
-    out[#out + 1] = ("  %s = %s,"):format(k, text)
-  end
-  out[#out + 1] = "}"
-  return table.concat(out, "\n") .. "\n"
 end
 
 local HTTP = [[
@@ -190,7 +164,7 @@ describe("Kong's connector on kong_rds_iam.pgmoon", function()
           conf.pg_ro_iam_auth, conf.pg_iam_auth_region = true, REGION
         end
         local files = standins {
-          ["conf/kongconf.lua"] = kongconf_lua(conf),
+          ["conf/kongconf.lua"] = util.lua_returning(conf), -- kong.configuration
           ["lua/kong/db/strategies/postgres/connector.lua"] = natively("connector.lua", {
             ["pgmoon"] = "kong_rds_iam.pgmoon", ["pgmoon.arrays"] = "kong_rds_iam.pgmoon.arrays",
           }),

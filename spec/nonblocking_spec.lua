@@ -25,10 +25,8 @@ local quote, read_file, write_file = util.shell_quote, util.read_file, util.writ
 
 local exists = util.exists
 
-if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
-  describe("non-blocking calls in OpenResty", function()
-    pending("needs nginx and its Lua module (" .. nginx.bin .. ", " .. nginx.modules_dir .. ")")
-  end)
+if nginx.missing() then
+  describe("non-blocking calls in OpenResty", function() pending(nginx.missing()) end)
   return
 end
 

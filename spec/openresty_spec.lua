@@ -11,12 +11,8 @@ local cjson = require "cjson"
 local util = require "spec.support.util"
 local test_env = require "spec.support.test_env"
 
-local exists = util.exists
-
-if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
-  describe("OpenResty", function()
-    pending("needs nginx and its Lua module (" .. nginx.bin .. ", " .. nginx.modules_dir .. ")")
-  end)
+if nginx.missing() then
+  describe("OpenResty", function() pending(nginx.missing()) end)
   return
 end
 

@@ -24,10 +24,8 @@ local quote, read_file, write_file = util.shell_quote, util.read_file, util.writ
 
 local exists = util.exists
 
-if not (exists(nginx.bin) and exists(nginx.modules_dir .. "/ngx_http_lua_module.so")) then
-  describe("the keep-alive pool in nginx", function()
-    pending("needs nginx and its Lua module (" .. nginx.bin .. ", " .. nginx.modules_dir .. ")")
-  end)
+if nginx.missing() then
+  describe("the keep-alive pool in nginx", function() pending(nginx.missing()) end)
   return
 end
 
@@ -608,8 +606,7 @@ local function pnconf_lua(e, fwd)
     jobs_thread = merge(pw, { pg_schema = "pn_jobs", pg_cosocket = false }),
     soak = merge(pw, { pg_pool_size = SOAK_POOL_SIZE, pg_backlog = SOAK_BACKLOG }),
   }
-  -- cjson writes the table; Lua reads it back
-  return "return require('cjson').decode(" .. ("%q"):format(cjson.encode(confs)) .. ")\n", confs
+  return util.lua_returning(confs), confs
 end
 
 local HTTP = [[

@@ -37,6 +37,12 @@ local M = {}
 M.bin = os.getenv("NGINX_BIN") or "/usr/sbin/nginx"
 M.modules_dir = os.getenv("NGINX_MODULES_DIR") or "/usr/lib/nginx/modules"
 
+--- Why a spec cannot start nginx here (nil when it can): for `pending`.
+function M.missing()
+  if util.exists(M.bin) and util.exists(M.modules_dir .. "/ngx_http_lua_module.so") then return nil end
+  return "needs nginx and its Lua module (" .. M.bin .. ", " .. M.modules_dir .. ")"
+end
+
 
 
 

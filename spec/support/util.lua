@@ -42,6 +42,12 @@ function M.merge(...)
   return out
 end
 
+--- A Lua chunk that returns a copy of `t` (strings, numbers, booleans,
+--- nested tables): cjson writes it, the chunk decodes it.
+function M.lua_returning(t)
+  return "return require('cjson').decode(" .. ("%q"):format(require("cjson").encode(t)) .. ")\n"
+end
+
 --- Whether a file can be opened for reading.
 function M.exists(path)
   local f = io.open(path)
