@@ -137,16 +137,24 @@ def has_io_thread(pid):
 
 def proc_sample(pid):
     """CPU time (ns, /proc/PID/task/*/schedstat) and context switches
-    (voluntary, involuntary) summed over the threads of pid, and the thread count."""
-    cpu, vol, invol, n = 0, 0, 0, 0
+    (voluntary, involuntary) summed over the threads of pid, the thread
+    count, and the CPU time split into user space and kernel (ns, from
+    /proc/PID/task/*/stat: clock ticks, so only sums over many requests mean
+    anything)."""
+    cpu, vol, invol, n, user, kernel = 0, 0, 0, 0, 0, 0
     try:
         tids = os.listdir("/proc/%d/task" % pid)
     except OSError:
         return None
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
     for tid in tids:
         try:
             with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
                 cpu += int(f.read().split()[0])
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                user += int(fields[11]) * tick_ns
+                kernel += int(fields[12]) * tick_ns
             with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches"):
@@ -156,7 +164,7 @@ def proc_sample(pid):
             n += 1
         except (OSError, ValueError, IndexError):
             pass
-    return cpu, vol, invol, n
+    return cpu, vol, invol, n, user, kernel
 
 
 def machine_busy_ns():
@@ -518,6 +526,7 @@ def cycle_cell(inst, r, n, cell, variant, secs, warm, attach):
     report_cycle(r, tag, {
         "reqs": reqs, "secs": elapsed, "lat": lat, "errs": errs, "first_err": first, "client_s": ccpu,
         "mach_ns": m1 - m0, "ok": both, "cpu_ns": p1[0] - p0[0] if both else 0,
+        "user_ns": p1[4] - p0[4] if both else 0, "kernel_ns": p1[5] - p0[5] if both else 0,
         "cs": (p1[1] - p0[1]) + (p1[2] - p0[2]) if both else 0}, st, wpid)
 
 
@@ -548,13 +557,17 @@ def report_cycle(r, tag, o, st, wpid):
         cpu, cs = o["cpu_ns"] / 1e3 / reqs, o["cs"] / reqs
         emit("ngx_cyc_cpu_us_" + tag, cpu)
         emit("ngx_cyc_cs_" + tag, cs)
+        emit("ngx_cyc_user_us_" + tag, o["user_ns"] / 1e3 / reqs)
+        emit("ngx_cyc_kernel_us_" + tag, o["kernel_ns"] / 1e3 / reqs)
     emit("ngx_cyc_mcpu_us_" + tag, o["mach_ns"] / 1e3 / reqs)
     emit("ngx_cyc_client_cpu_us_" + tag, o["client_s"] * 1e6 / reqs)
     say("round %d cycle %-16s %8.0f req/s  p50 %7.1f us  p99 %8.1f us  req p99 %7.2f ms  new conns %s  io thread %s  "
         "jobs left %s  worker CPU/req %s us  ctx sw/req %s  machine CPU/req %.1f us  client CPU/req %.1f us" % (
             r, tag, reqs / o["secs"], st.get("p50_us", 0), st.get("p99_us", 0), pct(lat, 0.99) * 1e3,
             st.get("new_conns"), "yes" if iot else "no", st.get("jobs", "n/a"),
-            "n/a" if cpu is None else "%.1f" % cpu, "n/a" if cs is None else "%.2f" % cs,
+            "n/a" if cpu is None else "%.1f (user %.1f, kernel %.1f)" % (
+                cpu, o["user_ns"] / 1e3 / reqs, o["kernel_ns"] / 1e3 / reqs),
+            "n/a" if cs is None else "%.2f" % cs,
             o["mach_ns"] / 1e3 / reqs, o["client_s"] * 1e6 / reqs))
 
 
@@ -571,7 +584,8 @@ def load_slices(inst, paths, n, slice_s, slices, reverse):
     switches, machine busy time (ns) and this process's CPU time (s) over
     its slices, and errors with the first one."""
     reqs = [("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % p).encode() for p in paths]
-    out = [{"reqs": 0, "secs": 0.0, "lat": [], "cpu_ns": 0, "cs": 0, "mach_ns": 0.0, "client_s": 0.0,
+    out = [{"reqs": 0, "secs": 0.0, "lat": [], "cpu_ns": 0, "user_ns": 0.0, "kernel_ns": 0.0, "cs": 0,
+            "mach_ns": 0.0, "client_s": 0.0,
             "errs": 0, "first_err": None, "ok": True} for _ in paths]
     conns = []
     for _ in range(n):
@@ -637,6 +651,8 @@ def load_slices(inst, paths, n, slice_s, slices, reverse):
                 o["client_s"] += c1 - c0
                 if p0 and p1:
                     o["cpu_ns"] += p1[0] - p0[0]
+                    o["user_ns"] += p1[4] - p0[4]
+                    o["kernel_ns"] += p1[5] - p0[5]
                     o["cs"] += (p1[1] - p0[1]) + (p1[2] - p0[2])
                 else:
                     o["ok"] = False

@@ -10,7 +10,7 @@ N: concurrent clients) one value per round of ngx_qps_, ngx_rps_, ngx_p50_,
 ngx_p99_ (per query, us, measured in the handler), ngx_req_p50_/ngx_req_p99_
 (per request, ms, at the client), ngx_iothread_ (1/0), ngx_jobs_left_,
 ngx_cpu_us_per_q_, ngx_cs_per_q_, with ngx_round_ giving the round of each; ngx_nop_{yield,block} (median us of rds._nop()).
-The connect + query + keepalive cycle: ngx_cyc_{rps,p50,p99,req_p50,req_p99,new,iothread,jobs_left,cpu_us,cs,mcpu_us}_CELL_nN
+The connect + query + keepalive cycle: ngx_cyc_{rps,p50,p99,req_p50,req_p99,new,iothread,jobs_left,cpu_us,user_us,kernel_us,cs,mcpu_us}_CELL_nN
 with ngx_cyc_round_ (CELL: yield_tls, yield_plain, block_plain, pgmoon). The 10,000-row decode:
 ngx_dec_{rows_per_s,ms,min_ms,req_ms,cpu_ms,cs,mcpu_ms}_CELL with ngx_dec_round_, one value per round (the
 round's median over its requests). Instructions per cycle (callgrind, once per run):
@@ -144,6 +144,7 @@ def cycle_part(samples, meta):
             new = samples.get("ngx_cyc_new_" + tag) or []
             errs = sum(samples.get("ngx_cyc_err_" + tag) or [])
             cpu, cs, mcpu = med("ngx_cyc_cpu_us_" + tag), med("ngx_cyc_cs_" + tag), med("ngx_cyc_mcpu_us_" + tag)
+            ucpu, kcpu = med("ngx_cyc_user_us_" + tag), med("ngx_cyc_kernel_us_" + tag)
             ccpu = med("ngx_cyc_client_cpu_us_" + tag)
             vals = samples["ngx_cyc_rps_" + tag]
             rows.append((n, CYC_LABEL[c], fmt_num(med("ngx_cyc_rps_" + tag)),
@@ -153,6 +154,7 @@ def cycle_part(samples, meta):
                          ("yes" if min(io) >= 1 else ("no" if max(io) < 1 else "mixed")) if io else "n/a",
                          "%d" % max(left) if left else "n/a",
                          "n/a" if cpu is None else "%s us" % fmt_num(cpu),
+                         "n/a" if ucpu is None else "%s / %s us" % (fmt_num(ucpu), fmt_num(kcpu)),
                          "n/a" if cs is None else "%.2f" % cs,
                          "n/a" if mcpu is None else "%s us" % fmt_num(mcpu),
                          "n/a" if ccpu is None else "%s us" % fmt_num(ccpu),
@@ -160,7 +162,8 @@ def cycle_part(samples, meta):
                                              (", %d errors" % errs) if errs else "")))
     RH = ("N", "path", "requests/s", "cycle p50 (handler)", "cycle p99 (handler)", "request p50 (client)",
           "request p99 (client)", "new connections in window", "I/O thread", "jobs left", "worker CPU/request",
-          "ctx switches/request", "machine CPU/request", "load generator CPU/request", "requests/s min-max (rounds)")
+          "of it user / kernel", "ctx switches/request", "machine CPU/request", "load generator CPU/request",
+          "requests/s min-max (rounds)")
 
     ratio_rows = []
     for n in ns:
@@ -200,6 +203,26 @@ def cycle_part(samples, meta):
                 fmt_num(med("ngx_cyc_rps_%s_n%d" % (a, n))), fmt_num(med("ngx_cyc_rps_%s_n%d" % (peer, n))),
                 fmt_ratio(rm))
             targets.append(judge(label, pr, cnt, rm, 1.0, detail, why_not))
+    # What a driver can change at all: the worker's user-space time is where
+    # the drivers differ (their system calls are the same); the rest of a
+    # request's CPU (the worker's kernel time, PostgreSQL, the load
+    # generator, the loopback) is common to both.
+    for n in ns:
+        a, b = "yield_plain_n%d" % n, "pgmoon_n%d" % n
+        pu, cnt = _paired(samples, "ngx_cyc_round_", "ngx_cyc_user_us_", a, b)
+        if pu is None:
+            continue
+        ua, ub = med("ngx_cyc_user_us_" + a), med("ngx_cyc_user_us_" + b)
+        ka, kb = med("ngx_cyc_kernel_us_" + a), med("ngx_cyc_kernel_us_" + b)
+        ma, mb = med("ngx_cyc_mcpu_us_" + a), med("ngx_cyc_mcpu_us_" + b)
+        share = ub / mb if ub and mb else None
+        targets.append((
+            "cycle worker user-space CPU per request, yielding (no TLS) / pgmoon, N=%d (no target)" % n,
+            "paired rounds %s (n=%d); user %s vs %s us, kernel %s vs %s us, machine %s vs %s us per request; "
+            "pgmoon's whole user-space time is %s of the machine's CPU per request" % (
+                fmt_ratio(pu), cnt, fmt_num(ua), fmt_num(ub), fmt_num(ka), fmt_num(kb), fmt_num(ma), fmt_num(mb),
+                "n/a" if share is None else "%.0f%%" % (100 * share)),
+            "context"))
     TH = ("target", "measured", "status")
 
     text = "\n".join(["connect + select 1 + keepalive cycle: %s" % meta.get("meta_ngx_cyc_rounds", "?"), "",
@@ -221,7 +244,11 @@ def cycle_part(samples, meta):
           "includes waiting for the worker while the other requests run), per path; request times at the client. \"new "
           "connections in window\": cycles that got a new physical connection (`getreusedtimes() == 0`) during "
           "the measured window (the largest over rounds; 0: every cycle reused a pooled one). Worker and machine "
-          "CPU per request: over the path's slices (`/proc/PID/task/*/schedstat`, `/proc/stat`)." % (
+          "CPU per request: over the path's slices (`/proc/PID/task/*/schedstat`, `/proc/stat`); the worker's "
+          "split into user space and kernel from `/proc/PID/task/*/stat` (clock ticks of 10 ms, summed over the "
+          "slices: a few percent either way per round). The drivers make the same system calls, so their "
+          "difference is in user space; the kernel's part, PostgreSQL, the load generator and the loopback are "
+          "common to both, which bounds how far a driver can move requests/s here (the context row)." % (
               meta.get("meta_ngx_cyc_rounds", "?")), "",
           md_table(TH, targets), "", md_table(RH, rows), "",
           "Ratios: the median of round-by-round requests/s ratios (one interleaved window per N and round, right "
