@@ -145,7 +145,7 @@ describe("the cross-language contract of src/lua/ffi.rs", function()
     end
     local door = {}
     for _, name in ipairs { "gone", "send", "more", "rows", "done", "result", "pooled", "closed", "refused",
-                            "taken", "none", "off", "adopted" } do
+                            "taken", "none", "off", "adopted", "typed" } do
       assert.is_number(contract.door[name], name)
       assert.is_nil(door[contract.door[name]], name)
       door[contract.door[name]] = name

@@ -684,6 +684,58 @@ describe("kong_rds_iam.pgmoon", function()
   end)
 
   -------------------------------------------------------------------------
+  describe("one options table for every connection, as Kong passes it", function()
+    local saved
+    before_each(function() saved = rawget(_G, "kong") end)
+    after_each(function() rawset(_G, "kong", saved) end)
+
+    it("builds the conf once and again as soon as an option, the timeout or a default changes", function()
+      local opts = pw_opts("pw_scram")
+      local first = pgmoon.new(opts):_conf()
+      assert.equal(first, pgmoon.new(opts):_conf()) -- the same table: rds.connect's parse is reused
+      opts.application_name = "memo_app"
+      local renamed = pgmoon.new(opts):_conf()
+      assert.not_equal(first, renamed)
+      assert.equal("memo_app", renamed.pg_application_name)
+      local pg = connected(opts)
+      assert.equal("memo_app", pg:query("SHOW application_name")[1].application_name)
+      pg:disconnect()
+      opts.application_name = nil
+      assert.equal("pgmoon", pgmoon.new(opts):_conf().pg_application_name)
+      Postgres.default_config.application_name = "memo_default"
+      local ok, conf = pcall(function() return pgmoon.new(opts):_conf() end)
+      Postgres.default_config.application_name = "pgmoon"
+      assert.is_true(ok)
+      assert.equal("memo_default", conf.pg_application_name)
+      local timed = pgmoon.new(opts)
+      timed:settimeout(1234)
+      assert.equal(1234, timed:_conf().pg_timeout)
+      assert.is_nil(pgmoon.new(opts):_conf().pg_timeout)
+      opts.iam_auth = true
+      assert.is_true(pgmoon.new(opts):_conf().pg_iam_auth)
+      opts.iam_auth = nil
+      opts.database = "memo_no_such_db"
+      local _, err = pgmoon.new(opts):connect()
+      assert.matches('database "memo_no_such_db" does not exist', err, 1, true)
+      opts.database = e.db
+      assert(pgmoon.new(opts):connect())
+    end)
+
+    it("builds it again when kong.configuration is another table", function()
+      local opts = { host = e.host, port = e.port, user = e.iam_users[1], database = e.db, cafile = e.ca }
+      local function kong_conf(iam)
+        return { configuration = { pg_host = e.host, pg_port = e.port, pg_user = e.iam_users[1],
+          pg_database = e.db, pg_iam_auth = iam, pg_iam_auth_region = REGION } }
+      end
+      rawset(_G, "kong", kong_conf(true))
+      assert.is_true(pgmoon.new(opts):_conf().pg_iam_auth)
+      rawset(_G, "kong", kong_conf(false))
+      assert.is_falsy(pgmoon.new(opts):_conf().pg_iam_auth)
+      rawset(_G, "kong", nil)
+      assert.is_nil(pgmoon.new(opts):_conf().pg_iam_auth)
+    end)
+  end)
+
   describe("IAM from kong.configuration", function()
     local saved
     before_each(function() saved = rawget(_G, "kong") end)

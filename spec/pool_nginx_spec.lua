@@ -335,13 +335,16 @@ function M.kong_like(who)
     if not res then out.set_err = serr end
   end
   local rows, qerr = pg:query("select pg_backend_pid() as bp, current_setting('TimeZone') as tz, "
-    .. "current_setting('application_name') as app, current_user as u, ssl_is_used() as tls, null::text as n")
+    .. "current_setting('application_name') as app, current_user as u, ssl_is_used() as tls, null::text as n, "
+    .. "9007199254740993::int8 as big, 26::oid as o")
   if not rows then
     out.query_err = qerr
   else
     local row = rows[1]
     out.bp, out.tz, out.app, out.user, out.tls = row.bp, row.tz, row.app, row.u, row.tls
     out.null_is_ngx_null = rawequal(row.n, ngx.null)
+    -- pgmoon's types (int8 a number, oid text), a pooled object's too
+    out.big_type, out.oid = type(row.big), row.o
   end
   local kok, kerr = pg:keepalive()
   out.keepalive, out.keepalive_err = kok, kerr
@@ -472,6 +475,29 @@ function M.reap_start()
 end
 
 -- begin; keepalive; connect again.
+-- rds._frozen (kong_rds_iam.pgmoon freezes the confs it builds): a
+-- yielding connect reuses a frozen conf's parse without reading the table
+-- again, so a change made to it afterwards is not seen; the same change to
+-- a conf that is not frozen is.
+function M.frozen()
+  local frozen, plain = {}, {}
+  for k, v in pairs(confs.tmo) do frozen[k], plain[k] = v, v end
+  frozen.pg_schema, plain.pg_schema = "pn_frozen", "pn_frozen_plain"
+  assert(rds._frozen(frozen) == frozen)
+  assert(assert(rds.connect(frozen)):keepalive())
+  assert(assert(rds.connect(plain)):keepalive())
+  frozen.pg_database, plain.pg_database = "pn_no_such_db", "pn_no_such_db"
+  local out = {}
+  local c, err = rds.connect(frozen)
+  out.frozen_ok, out.frozen_err = c ~= nil, err
+  out.frozen_reused = c and c:getreusedtimes()
+  if c then c:close() end
+  c, err = rds.connect(plain)
+  out.plain_ok, out.plain_err = c ~= nil, err
+  if c then c:close() end
+  return out
+end
+
 -- conn:settimeout on a pooled checkout over a cosocket bounds its next
 -- query (the cosocket came from nginx's pool with pg_timeout's 5000 ms);
 -- a pooled checkout and query without one keep pg_timeout.
@@ -632,6 +658,7 @@ local SERVER = [[
     location = /reap_start { content_by_lua_block { local pn = require "pn"; pn.reply(pn.reap_start()) } }
     location = /txn { content_by_lua_block { local pn = require "pn"; pn.reply(pn.txn()) } }
     location = /timeout { content_by_lua_block { local pn = require "pn"; pn.reply(pn.timeout()) } }
+    location = /frozen { content_by_lua_block { local pn = require "pn"; pn.reply(pn.frozen()) } }
     location = /soak { content_by_lua_block { require("pn").soak() } }
     location = /warm { content_by_lua_block { local pn = require "pn"; pn.reply(pn.warm(tonumber(ngx.var.arg_n))) } }
 ]]
@@ -708,6 +735,7 @@ describe("the keep-alive pool in nginx", function()
           assert.equal(user, r.user, what)
           assert.is_true(r.tls, what)
           assert.is_true(r.null_is_ngx_null, what)
+          assert.same({ "number", "26" }, { r.big_type, r.oid }, what)
           assert.is_true(r.keepalive, what)
           assert.is_nil(r.keepalive_err, what)
           assert.equal("Pacific/Chatham", r.tz, what)
@@ -898,6 +926,15 @@ describe("the keep-alive pool in nginx", function()
       -- the timed-out session was closed, not pooled
       assert.equal(0, r.after_reused, what)
       assert.is_true(r.after_ok, what)
+    end)
+
+    it("rds._frozen: a yielding connect reuses a frozen conf's parse; a conf not frozen is read again", function()
+      local r = get_json(n, "/frozen")
+      local what = cjson.encode(r)
+      assert.is_true(r.frozen_ok, what)
+      assert.is_true(r.frozen_reused > 0, what)
+      assert.is_false(r.plain_ok, what)
+      assert.matches('database "pn_no_such_db" does not exist', r.plain_err, 1, true)
     end)
 
     it("a pooled connection the server closed while idle is discarded at checkout: the next connect is new (reused 0)", function()

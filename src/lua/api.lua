@@ -607,7 +607,11 @@ end
 --- conn:_pgmoon_types(): rows typed exactly as pgmoon types them from now
 --- on (int8 always a number, oid as text); for kong_rds_iam.pgmoon.
 function Connection._pgmoon_types(self)
-  return handle_of("_pgmoon_types", self):pgmoon_types()
+  local h = handle_of("_pgmoon_types", self)
+  local id = self[DOOR]
+  -- at every kong_rds_iam.pgmoon connect: the door's plain C call
+  if id and door and door.pgmoon_types(id) == D.typed then return end
+  return h:pgmoon_types()
 end
 
 --- conn:_is_cosocket(): whether the connection runs over a cosocket
@@ -730,11 +734,16 @@ end
 -- names every key it read; the parse is reused while each of those keys
 -- holds the same value (a table value by identity), as token()'s memo does.
 local conf_memo = setmetatable({}, { __mode = "k" })
+-- Conf tables whose maker promised never to change them (rds._frozen):
+-- their parse is reused without comparing their keys.
+local frozen = setmetatable({}, { __mode = "k" })
 
 local function parsed_conf(conf, mode)
   local entry = conf_memo[conf]
   local proxy = getmetatable(conf) ~= nil
-  if entry and entry.mode == mode and still_same(conf, proxy, entry) then return entry.parsed, nil, entry.id end
+  if entry and entry.mode == mode and (frozen[conf] or still_same(conf, proxy, entry)) then
+    return entry.parsed, nil, entry.id
+  end
   local parsed, keys, id = core.parse_conf(conf, mode)
   if not parsed then
     conf_memo[conf] = nil
@@ -803,6 +812,16 @@ function M.connect(conf, mode)
     h, err, sqlstate = core.connect(conf, mode)
   end
   return connected(h, err, sqlstate)
+end
+
+--- conf = rds._frozen(conf): marks a conf table its maker never changes
+--- again (kong_rds_iam.pgmoon's, one per options table): a connect where
+--- calls yield then reuses its parse without comparing its keys. A frozen
+--- table that does change keeps being read there as it was first parsed.
+function M._frozen(conf)
+  check("_frozen", 1, conf, "table")
+  frozen[conf] = true
+  return conf
 end
 
 --- facts, err = rds._facts(conf, mode): what explain() reports from (no secret).

@@ -399,6 +399,25 @@ pub unsafe extern "C" fn kong_rds_iam_keepalive(id: u64, max_idle_ms: f64, pool_
     }
 }
 
+/// Types the rows of connection `conn` exactly as pgmoon does from now on
+/// (`kong_rds_iam.pgmoon` asks at every connect: a pooled connection's
+/// object starts with this module's types): [`DOOR_TYPED`] or
+/// [`DOOR_GONE`].
+///
+/// # Safety
+///
+/// `io` must point to a writable [`FfiIo`].
+#[no_mangle]
+pub unsafe extern "C" fn kong_rds_iam_pgmoon_types(conn: u64, io: *mut FfiIo) -> c_int {
+    // SAFETY: the caller's contract.
+    unsafe {
+        with_conn(conn, io, |conn, _, _| {
+            conn.1 = value::Decoding::Pgmoon;
+            DOOR_TYPED
+        })
+    }
+}
+
 /// Checkout for the parsed conf numbered `conf`: [`DOOR_TAKEN`] (an idle
 /// pooled connection over a cosocket, which waits for its object:
 /// [`kong_rds_iam_adopt`], else `core.piped_taken`), [`DOOR_NONE`] (none is

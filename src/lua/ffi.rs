@@ -118,6 +118,8 @@ pub mod contract {
     pub const DOOR_OFF: c_int = 11;
     /// The kept object has the taken connection: `io.conn` is its new number.
     pub const DOOR_ADOPTED: c_int = 12;
+    /// The connection types rows as pgmoon does from now on.
+    pub const DOOR_TYPED: c_int = 13;
 
     /// The door's statuses by name, for `core.contract.door`.
     pub const DOOR: &[(&str, c_int)] = &[
@@ -134,6 +136,7 @@ pub mod contract {
         ("none", DOOR_NONE),
         ("off", DOOR_OFF),
         ("adopted", DOOR_ADOPTED),
+        ("typed", DOOR_TYPED),
     ];
 
     /// The C declarations of this ABI, for `ffi.cdef`.
@@ -153,6 +156,7 @@ int kong_rds_iam_adopt(uint64_t conn, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_query_start(uint64_t conn, const char *sql, size_t len, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_query_feed(uint64_t conn, const char *data, size_t len, int closed, kong_rds_iam_io_v1 *io);
 int kong_rds_iam_keepalive(uint64_t conn, double max_idle_ms, double pool_size, kong_rds_iam_io_v1 *io);
+int kong_rds_iam_pgmoon_types(uint64_t conn, kong_rds_iam_io_v1 *io);
 ";
 }
 

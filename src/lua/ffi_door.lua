@@ -14,10 +14,10 @@ pcall(ffi.cdef, contract.cdef) -- declared once per Lua state; again is fine
 local lib
 ok, lib = pcall(ffi.load, core.library_path)
 if not ok then return nil end
-local start, feed, keepalive, take, adopt
+local start, feed, keepalive, take, adopt, pgmoon_types
 ok = pcall(function()
   start, feed, keepalive = lib.kong_rds_iam_query_start, lib.kong_rds_iam_query_feed, lib.kong_rds_iam_keepalive
-  take, adopt = lib.kong_rds_iam_take, lib.kong_rds_iam_adopt
+  take, adopt, pgmoon_types = lib.kong_rds_iam_take, lib.kong_rds_iam_adopt, lib.kong_rds_iam_pgmoon_types
   return lib.kong_rds_iam_open_handles + lib.kong_rds_iam_warnings_pending
 end)
 if not ok then return nil end
@@ -81,6 +81,12 @@ end
 --- numbered `id`; on D.adopted io.conn is the object's new number.
 function door.adopt(id)
   local status = adopt(id, io)
+  return status
+end
+
+--- status = door.pgmoon_types(id): D.typed, or D.gone.
+function door.pgmoon_types(id)
+  local status = pgmoon_types(id, io)
   return status
 end
 
