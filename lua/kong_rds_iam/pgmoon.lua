@@ -680,20 +680,30 @@ local function finish(self, res, a, b, c, d, e)
   return nil, error_text(a, d, e, "ERROR"), b, c, nil, nil
 end
 
+-- pg:query(sql) without parameters, also pgmoon's simple_query(sql).
+local function simple_query(self, sql)
+  if type(sql) == "string" and find(sql, "\0", 1, true) then
+    return nil, "invalid null byte in query"
+  end
+  local conn = self._conn
+  if not conn then return nil, "closed" end
+  local res, a, b, c, d, e = conn:query(sql)
+  return finish(self, res, a, b, c, d, e)
+end
+Postgres.simple_query = simple_query
+
 --- res, num_queries, notifications, notices = pg:query(sql, ...)
 --- (with parameters: pg:extended_query(sql, ...))
 function Postgres:query(sql, ...)
   if select("#", ...) > 0 then
     return self:extended_query(sql, ...)
   end
-  if type(sql) == "string" and find(sql, "\0", 1, true) then
-    return nil, "invalid null byte in query"
-  end
-  local conn = self._conn
-  if not conn then return nil, "closed" end
-  return finish(self, conn:query(sql))
+  -- A tail call, which leaves no frame of this vararg function on the stack
+  -- while the query waits for the server. Below one, the code that runs
+  -- after the cosocket's answer (LuaJIT starts a trace there) could not be
+  -- compiled ("NYI: return to lower frame") and ran in the interpreter.
+  return simple_query(self, sql)
 end
-Postgres.simple_query = Postgres.query
 
 -- PostgreSQL type names for the OIDs pgmoon_serialize returns.
 local CAST = {
