@@ -15,7 +15,9 @@
 --   /drain?v=VARIANT   close this worker's idle connections of VARIANT
 --   /nop?n=N           N calls of rds._nop(), each timed: median/p99/mean (us)
 --   /info              JSON: what the module offers (_nop, stats), versions
---   /cycle?v=VARIANT   (also pgmoon_tls) one connect (from the pool after the first) + one
+--   /cycle?v=VARIANT   (also pgmoon_tls, and class_plain/class_tls: our
+--                      kong_rds_iam.pgmoon with pgmoon's options) one connect
+--                      (from the pool after the first) + one
 --                      `select 1 as x` + keepalive, timed as a whole, in a
 --                      buffer of its own per variant (/stats?v=VARIANT; the
 --                      paths of an interleaved window stay apart), which also
@@ -81,7 +83,11 @@ local pg_cfg = {
 -- path's sockets and run without TLS.
 local pg_cfg_tls = { ssl = true, ssl_verify = false, pool_name = "bench_pgmoon_tls" }
 for k, v in pairs(pg_cfg) do if pg_cfg_tls[k] == nil then pg_cfg_tls[k] = v end end
-local PG_CFGS = { pgmoon_plain = pg_cfg, pgmoon_tls = pg_cfg_tls }
+local PG_CFGS = { pgmoon_plain = pg_cfg, pgmoon_tls = pg_cfg_tls, class_plain = pg_cfg, class_tls = pg_cfg_tls }
+-- Our pgmoon class (kong_rds_iam.pgmoon): the driver Kong runs on once its
+-- requires name it, with the very options pgmoon gets.
+local class = require "kong_rds_iam.pgmoon"
+local DRIVERS = { pgmoon_plain = pgmoon, pgmoon_tls = pgmoon, class_plain = class, class_tls = class }
 
 local M = {}
 
@@ -215,17 +221,22 @@ local function cycle_rds(v)
 end
 
 local function cycle_pgmoon(v, cfg)
-  if not pgmoon then return fail("pgmoon not present") end
+  local driver = DRIVERS[v]
+  if not driver then return fail("pgmoon not present") end
   local t0 = clock()
-  local pg = pgmoon.new(cfg)
+  -- as Kong's connector (reconnect, setkeepalive) does per query
+  local pg = driver.new(cfg)
+  pg.convert_null = true
+  pg.NULL = ngx.null
+  pg:settimeout(5000)
   local ok, err = pg:connect()
   if not ok then return fail("pgmoon connect: " .. tostring(err)) end
+  local reused = pg.sock:getreusedtimes()
   local res, qerr = pg:query(SQL)
   if not res or not res[1] or res[1].x ~= 1 then
     pcall(pg.disconnect, pg)
     return fail("pgmoon query: " .. tostring(qerr))
   end
-  local reused = pg.sock:getreusedtimes()
   local kok, kerr = pg:keepalive(60000, PGMOON_POOL)
   if not kok then return fail("pgmoon keepalive: " .. tostring(kerr)) end
   local t = cycle_times(v)
@@ -370,11 +381,12 @@ function M.drain()
   local v = ngx.req.get_uri_args().v
   local closed = 0
   if PG_CFGS[v] then
-    if pgmoon then
+    local driver = DRIVERS[v]
+    if driver then
       -- Take the pooled sockets one by one (LIFO) and close them; stop at
       -- the first new one (reused 0), which is closed too.
       for _ = 1, PGMOON_POOL + 1 do
-        local pg = pgmoon.new(PG_CFGS[v])
+        local pg = driver.new(PG_CFGS[v])
         if not pg:connect() then break end
         local reused = pg.sock:getreusedtimes()
         pg:disconnect()

@@ -24,10 +24,11 @@ Two more families, in the same rounds (so their ratios come from the same
 conditions):
 - cycle (`ngx_cyc_*`): per N of --cyc-ns, right after that N's query
   cells, the cells --cyc-cells of the yielding instance (yield_tls,
-  yield_plain, pgmoon, pgmoon_tls) in one interleaved window
+  yield_plain, pgmoon, pgmoon_tls, class_plain: kong_rds_iam.pgmoon) in
+  one interleaved window
   (cycle_round/load_slices: the paths take turns in slices of --cyc-slice
   seconds, --cyc-secs each in all; their pools stay open through it, which
-  is why the bench's emulator allows 300 connections); block_plain (on
+  is why the bench's emulator allows 400 connections); block_plain (on
   request) and any cell under --attach alone, as the query cells. Each
   request is connect (pooled after the warm-up) + one `select 1 as x` +
   keepalive (GET /cycle?v=...); then /pooldrain (ours) or /drain (pgmoon).
@@ -71,8 +72,11 @@ CYC_CELLS = [
     ("block_plain", "block", "rds_plain"),
     ("pgmoon", "yield", "pgmoon_plain"),
     ("pgmoon_tls", "yield", "pgmoon_tls"),
+    # Kong's driver once its requires name kong_rds_iam.pgmoon: pgmoon's API
+    # over this module, with pgmoon's options
+    ("class_plain", "yield", "class_plain"),
 ]
-DEC_CELLS = CYC_CELLS
+DEC_CELLS = [c for c in CYC_CELLS if c[0] != "class_plain"]
 DEC_ROWS = 10000
 
 HARD_LIMIT_S = 30 * 60  # the whole run stops by itself after this
@@ -231,7 +235,8 @@ class Nginx:
         self.proc, self.wrap = None, wrap
         for d in ("conf", "logs", "temp"):
             os.makedirs(os.path.join(self.prefix, d), exist_ok=True)
-        lpath = [HERE + "/?.lua"]
+        # the module's Lua part (kong_rds_iam.pgmoon) from this checkout
+        lpath = [HERE + "/?.lua", ROOT + "/lua/?.lua", ROOT + "/lua/?/init.lua"]
         if pgmoon_dir:
             lpath += [pgmoon_dir + "/?.lua", pgmoon_dir + "/?/init.lua"]
         lpath += ["/usr/share/lua/5.1/?.lua", "/usr/share/lua/5.1/?/init.lua", ";"]
@@ -487,7 +492,7 @@ def pct(sorted_vals, q):
 def drain(inst, variant):
     """Closes the idle connections of variant in inst's worker: ours from the
     module's pool (/pooldrain), pgmoon's from the cosocket pool (/drain)."""
-    if variant.startswith("pgmoon"):
+    if variant.startswith("pgmoon") or variant.startswith("class"):
         _, dr = inst.get_json("/drain?v=%s" % variant)
     else:
         _, dr = inst.get_json("/pooldrain?v=%s" % variant)
@@ -571,9 +576,11 @@ def report_cycle(r, tag, o, st, wpid):
             o["mach_ns"] / 1e3 / reqs, o["client_s"] * 1e6 / reqs))
 
 
-def load_slices(inst, paths, n, slice_s, slices, reverse):
-    """Interleaved load for the cycle family: n keep-alive connections (one
-    thread, epoll) run one path at a time for slice_s seconds, the paths
+def load_slices(targets, n, slice_s, slices, reverse):
+    """Interleaved load for the cycle family: `targets` is a list of
+    (nginx instance, request path), one instance per path, each with n
+    keep-alive connections (one thread, epoll); one path runs at a time for
+    slice_s seconds, the paths
     taking turns, `slices` turns each (ABCD DCBA ABCD ...; starting with the
     reversed order when `reverse`), so that a drift of the machine's state
     (seen here to move a path's rate by 2x between two cells seconds apart)
@@ -583,27 +590,29 @@ def load_slices(inst, paths, n, slice_s, slices, reverse):
     seconds, request latencies (s), the worker's CPU time and context
     switches, machine busy time (ns) and this process's CPU time (s) over
     its slices, and errors with the first one."""
-    reqs = [("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % p).encode() for p in paths]
+    reqs = [("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % p).encode() for _, p in targets]
     out = [{"reqs": 0, "secs": 0.0, "lat": [], "cpu_ns": 0, "user_ns": 0.0, "kernel_ns": 0.0, "cs": 0,
             "mach_ns": 0.0, "client_s": 0.0,
-            "errs": 0, "first_err": None, "ok": True} for _ in paths]
-    conns = []
-    for _ in range(n):
-        c = socket.create_connection(("127.0.0.1", inst.port), timeout=10)
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.setblocking(False)
-        conns.append(c)
+            "errs": 0, "first_err": None, "ok": True} for _ in targets]
     sel = selectors.DefaultSelector()
-    for c in conns:
-        sel.register(c, selectors.EVENT_READ)
-    bufs = {c: bytearray() for c in conns}
-    wpid = inst.worker_pid()
-    order = list(range(len(paths)))
+    conns_of, bufs = [], {}
+    for inst, _ in targets:
+        conns = []
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", inst.port), timeout=10)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+            bufs[c] = bytearray()
+            conns.append(c)
+        conns_of.append(conns)
+    wpids = [inst.worker_pid() for inst, _ in targets]
+    order = list(range(len(targets)))
     try:
         for turn in range(slices):
             seq = order if (turn % 2 == 0) != bool(reverse) else order[::-1]
             for i in seq:
-                o = out[i]
+                o, conns, wpid = out[i], conns_of[i], wpids[i]
                 p0 = proc_sample(wpid) if wpid else None
                 m0, c0 = machine_busy_ns(), time.process_time()
                 start = time.monotonic()
@@ -658,30 +667,36 @@ def load_slices(inst, paths, n, slice_s, slices, reverse):
                     o["ok"] = False
     finally:
         sel.close()
-        for c in conns:
-            c.close()
+        for conns in conns_of:
+            for c in conns:
+                c.close()
     return out
 
 
-def cycle_round(inst, r, n, cells, secs, warm, slice_s):
-    """The cycle cells of one instance in one round, interleaved (see
-    load_slices): warm-up of each (fills its pool with n connections),
-    /reset, secs of load per cell in slices of slice_s, /stats per cell,
-    then every cell's pool drained. Emits the same lines per cell as a
-    cell run alone would."""
+def cycle_round(insts, r, n, cells, secs, warm, slice_s):
+    """The yielding cycle cells of one round, interleaved (see load_slices),
+    each in its own nginx instance (`insts`: cell -> instance; one worker
+    each, as one driver runs in a production worker: LuaJIT forms its traces
+    along the first hot path, and a path that shares driver code with
+    another in the same worker runs partly on side exits): warm-up of each
+    (fills its pool with n connections), /reset, secs of load per cell in
+    slices of slice_s, /stats per cell, then every cell's pool drained.
+    Emits the same lines per cell as a cell run alone would."""
     for cell, variant in cells:
-        _, werr, _, _, wfirst, _ = load_fast(inst, "/cycle?v=%s" % variant, n, warm, min_each=2)
+        _, werr, _, _, wfirst, _ = load_fast(insts[cell], "/cycle?v=%s" % variant, n, warm, min_each=2)
         if werr:
             say("round %d cycle %s_n%d warm-up: %d errors, first: %s" % (r, cell, n, werr, wfirst))
-    inst.get("/reset")
+    for cell, _ in cells:
+        insts[cell].get("/reset")
     slices = max(1, int(round(secs / slice_s)))
-    res = load_slices(inst, ["/cycle?v=%s" % v for _, v in cells], n, secs / slices, slices, reverse=(r % 2 == 0))
-    wpid = inst.worker_pid()
+    targets = [(insts[cell], "/cycle?v=%s" % v) for cell, v in cells]
+    res = load_slices(targets, n, secs / slices, slices, reverse=(r % 2 == 0))
     for (cell, variant), o in zip(cells, res):
+        inst = insts[cell]
         _, st = inst.get_json("/stats?v=%s" % variant)
-        report_cycle(r, "%s_n%d" % (cell, n), o, st, wpid)
+        report_cycle(r, "%s_n%d" % (cell, n), o, st, inst.worker_pid())
     for cell, variant in cells:
-        drain(inst, variant)
+        drain(insts[cell], variant)
 
 
 # the paths of the instruction count: (cell, request path)
@@ -689,6 +704,7 @@ IR_PATHS = [
     ("empty", "/empty"),
     ("yield_plain", "/cycle?v=rds_plain"),
     ("pgmoon", "/cycle?v=pgmoon_plain"),
+    ("class_plain", "/cycle?v=class_plain"),
     ("yield_tls", "/cycle?v=rds_tls"),
     ("pgmoon_tls", "/cycle?v=pgmoon_tls"),
 ]
@@ -715,10 +731,13 @@ def sequential(inst, path, n):
 
 
 def instruction_counts(prefix, so_dir, pgmoon_dir, n, warm=300):
-    """The cycle's CPU work counted, not timed: one nginx process under
-    valgrind's callgrind (cache simulation on) serves each path of IR_PATHS
-    sequentially, warm requests first, then n with the counters zeroed
-    before and dumped after (callgrind_control). Emits per request: Ir
+    """The cycle's CPU work counted, not timed: for each path of IR_PATHS an
+    nginx process of its own under valgrind's callgrind (cache simulation
+    on) serves it sequentially, warm requests first, then n with the
+    counters zeroed before and dumped after (callgrind_control). A process
+    per path: LuaJIT forms its traces along the first hot path, and a second
+    path through the same driver code then runs partly on side exits (seen
+    here: 12-19% more instructions than alone). Emits per request: Ir
     (instructions), I1mr (first-level instruction cache misses), D1mr + D1mw
     (data), all of the process's user-space code (nginx, ngx_lua, LuaJIT,
     its traces, libc, the module and its I/O thread); the kernel's work is
@@ -732,13 +751,13 @@ def instruction_counts(prefix, so_dir, pgmoon_dir, n, warm=300):
     os.makedirs(out, exist_ok=True)
     wrap = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--smc-check=all-non-file",
             "--callgrind-out-file=%s/cg.%%p" % out]
-    inst = Nginx("callgrind", prefix, False, so_dir, pgmoon_dir, wrap=wrap)
-    inst.start()
-    try:
-        pid = str(inst.proc.pid)
-        for cell, path in IR_PATHS:
-            if cell.startswith("pgmoon") and not pgmoon_dir:
-                continue
+    for cell, path in IR_PATHS:
+        if cell.startswith("pgmoon") and not pgmoon_dir:
+            continue
+        inst = Nginx("callgrind_" + cell, prefix, False, so_dir, pgmoon_dir, wrap=wrap)
+        inst.start()
+        try:
+            pid = str(inst.proc.pid)
             sequential(inst, path, warm)
             subprocess.run(["callgrind_control", "-z", pid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t0 = time.monotonic()
@@ -756,10 +775,10 @@ def instruction_counts(prefix, so_dir, pgmoon_dir, n, warm=300):
             emit("ngx_d1m_" + cell, (got["D1mr"] + got["D1mw"]) / n)
             say("instructions %-12s %8.0f Ir/request  %6.0f I1 misses  %6.0f D1 misses  (%d requests, %.1f s under callgrind)" % (
                 cell, got["Ir"] / n, got["I1mr"] / n, (got["D1mr"] + got["D1mw"]) / n, n, dt))
-        emit("meta_ngx_ir", "%d requests per path after %d warm-up, one nginx process under callgrind (%s)" % (
-            n, warm, subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()))
-    finally:
-        inst.stop()
+        finally:
+            inst.stop()
+    emit("meta_ngx_ir", "%d requests per path after %d warm-up, each path in an nginx process of its own under "
+         "callgrind (%s)" % (n, warm, subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()))
 
 
 DECODE_SQL = "select id, big, name, flag, score, created from bench_rows_mixed order by id"
@@ -872,7 +891,7 @@ def main():
     ap.add_argument("--nop-calls", type=int, default=20000)
     ap.add_argument("--pgmoon", default="")
     ap.add_argument("--cyc-ns", default="1,50")
-    ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon,pgmoon_tls")
+    ap.add_argument("--cyc-cells", default="yield_tls,yield_plain,pgmoon,pgmoon_tls,class_plain")
     ap.add_argument("--cyc-secs", type=float, default=None, help="default: --secs")
     ap.add_argument("--cyc-warm", type=float, default=None, help="default: --warm")
     ap.add_argument("--ir-n", type=int, default=2000,
@@ -903,8 +922,11 @@ def main():
 
     insts = {"yield": Nginx("yield", a.prefix, False, so_dir, pgmoon_dir),
              "block": Nginx("block", a.prefix, True, so_dir, pgmoon_dir)}
+    # the interleaved cycle window: an instance per yielding cell
+    cyc_insts = {} if a.attach else {
+        cell: Nginx("cycle_" + cell, a.prefix, False, so_dir, pgmoon_dir) for cell, iname, _ in cyc_cells if iname == "yield"}
     try:
-        for inst in insts.values():
+        for inst in list(insts.values()) + list(cyc_insts.values()):
             inst.start()
         for name, inst in insts.items():
             status, info = inst.get_json("/info")
@@ -1006,7 +1028,7 @@ def main():
                     # (other instance) alone, as the query cells.
                     together = [(cell, variant) for cell, iname, variant in cyc_cells if iname == "yield"]
                     if together and not a.attach:
-                        cycle_round(insts["yield"], r, n, together, cyc_secs, cyc_warm, a.cyc_slice)
+                        cycle_round(cyc_insts, r, n, together, cyc_secs, cyc_warm, a.cyc_slice)
                     for cell, iname, variant in cyc_cells[::step]:
                         if iname == "yield" and together and not a.attach:
                             continue
@@ -1050,7 +1072,7 @@ def main():
             say("%s instance after the run: rds.stats() = %s, I/O thread %s" % (
                 name, json.dumps(info.get("stats"), sort_keys=True), "present" if on else "absent"))
     finally:
-        for name, inst in insts.items():
+        for name, inst in list(insts.items()) + list(cyc_insts.items()):
             log = inst.error_log()
             inst.stop()
             bad = [l for l in log.splitlines() if "[error]" in l or "[alert]" in l or "[crit]" in l or "[emerg]" in l]

@@ -79,17 +79,19 @@ CYC_LABEL = {
     "block_plain": "kong_rds_iam blocking, no TLS",
     "pgmoon": "pgmoon (cosockets), no TLS",
     "pgmoon_tls": "pgmoon (cosockets), TLS",
+    "class_plain": "kong_rds_iam.pgmoon (Kong's driver with its requires changed), no TLS",
 }
 DEC_LABEL = dict(CYC_LABEL, libpq="libpq (psql, no Lua tables): server + transfer floor")
 # (numerator, denominator, label) for the cycle and the decode
 CYC_RATIOS = [
     ("yield_plain", "pgmoon", "yielding no TLS / pgmoon"),
+    ("class_plain", "pgmoon", "kong_rds_iam.pgmoon / pgmoon, no TLS"),
     ("yield_tls", "pgmoon_tls", "yielding TLS / pgmoon TLS"),
     ("yield_tls", "pgmoon", "yielding TLS / pgmoon (no TLS)"),
     ("block_plain", "pgmoon", "blocking no TLS / pgmoon"),
     ("yield_plain", "block_plain", "yielding / blocking, no TLS"),
 ]
-DEC_RATIOS = CYC_RATIOS
+DEC_RATIOS = [r for r in CYC_RATIOS if r[0] != "class_plain"]
 
 
 def judge(label, pr, cnt, rm, goal, detail, why_not=None):
@@ -124,8 +126,9 @@ def cycle_part(samples, meta):
         x, y = med("ngx_cyc_rps_%s_n%d" % (a, n)), med("ngx_cyc_rps_%s_n%d" % (b, n))
         return x / y if x and y else None
 
-    # Path check: the yielding and pgmoon cells ran in the instance with the I/O thread, blocking ones without.
-    iot_y = [x for k, v in samples.items() if re.match(r"ngx_cyc_iothread_(yield_|pgmoon)", k) for x in v]
+    # Path check: our yielding cells ran where the I/O thread started (a worker that yields), blocking ones
+    # without. (pgmoon's instances never start it: pgmoon does not use the module.)
+    iot_y = [x for k, v in samples.items() if k.startswith("ngx_cyc_iothread_yield_") for x in v]
     iot_b = [x for k, v in samples.items() if k.startswith("ngx_cyc_iothread_block_") for x in v]
     why_not = None
     if iot_y and min(iot_y) < 1:
@@ -187,9 +190,11 @@ def cycle_part(samples, meta):
     for n in ns:
         # TLS against pgmoon over TLS when it ran (like for like), else plain pgmoon.
         peer_tls = "pgmoon_tls" if "pgmoon_tls" in cells else "pgmoon"
-        for a, tls, peer in (("yield_plain", "no TLS", "pgmoon"), ("yield_tls", "TLS", peer_tls)):
-            label = "cycle connect+query+keepalive, yielding (%s) >= 1.0x %s, N=%d" % (
-                tls, "pgmoon (TLS)" if peer == "pgmoon_tls" else "pgmoon", n)
+        for a, tls, peer in (("yield_plain", "no TLS", "pgmoon"), ("yield_tls", "TLS", peer_tls),
+                             ("class_plain", "no TLS", "pgmoon")):
+            label = "cycle connect+query+keepalive, %s (%s) >= 1.0x %s, N=%d" % (
+                "kong_rds_iam.pgmoon" if a == "class_plain" else "yielding", tls,
+                "pgmoon (TLS)" if peer == "pgmoon_tls" else "pgmoon", n)
             if peer not in cells:
                 targets.append((label, "pgmoon not present", "n/a"))
                 continue
@@ -207,8 +212,8 @@ def cycle_part(samples, meta):
     # the drivers differ (their system calls are the same); the rest of a
     # request's CPU (the worker's kernel time, PostgreSQL, the load
     # generator, the loopback) is common to both.
-    for n in ns:
-        a, b = "yield_plain_n%d" % n, "pgmoon_n%d" % n
+    for n, ours in ((n, c) for n in ns for c in ("yield_plain", "class_plain")):
+        a, b = "%s_n%d" % (ours, n), "pgmoon_n%d" % n
         pu, cnt = _paired(samples, "ngx_cyc_round_", "ngx_cyc_user_us_", a, b)
         if pu is None:
             continue
@@ -217,7 +222,8 @@ def cycle_part(samples, meta):
         ma, mb = med("ngx_cyc_mcpu_us_" + a), med("ngx_cyc_mcpu_us_" + b)
         share = ub / mb if ub and mb else None
         targets.append((
-            "cycle worker user-space CPU per request, yielding (no TLS) / pgmoon, N=%d (no target)" % n,
+            "cycle worker user-space CPU per request, %s (no TLS) / pgmoon, N=%d (no target)" % (
+                "kong_rds_iam.pgmoon" if ours == "class_plain" else "yielding", n),
             "paired rounds %s (n=%d); user %s vs %s us, kernel %s vs %s us, machine %s vs %s us per request; "
             "pgmoon's whole user-space time is %s of the machine's CPU per request" % (
                 fmt_ratio(pu), cnt, fmt_num(ua), fmt_num(ub), fmt_num(ka), fmt_num(kb), fmt_num(ma), fmt_num(mb),
@@ -229,16 +235,21 @@ def cycle_part(samples, meta):
                       text_table(RH, rows), "", text_table(QH, ratio_rows), "", text_table(TH, targets), ""])
     md = ["### Connect + query + keepalive cycle", "",
           "Each request: `rds.connect(conf)` (an idle connection from the module's per-worker pool after the "
-          "warm-up), one `select 1 as x`, `conn:keepalive()`; pgmoon: `pgmoon.new` + `connect` (a socket from the "
-          "cosocket keepalive pool), `query`, `keepalive(60000, 128)`: what Kong's Postgres strategy does per "
-          "request. %s. The paths of one N take turns within one window, each for a slice of "
+          "warm-up), one `select 1 as x`, `conn:keepalive()`. pgmoon and kong_rds_iam.pgmoon (this module under "
+          "pgmoon's API, the driver Kong runs on once its two requires name it), with the same options table for "
+          "every request, as Kong's connector does per query: `new(opts)`, `convert_null = true`, `NULL = "
+          "ngx.null`, `settimeout(5000)`, `connect()` (pgmoon: a socket from the cosocket keepalive pool), "
+          "`sock:getreusedtimes()`, `query`, `keepalive(60000, 128)`. %s. Each path runs in an nginx instance of "
+          "its own (one worker), as one driver does in a production worker: LuaJIT forms its traces along the "
+          "first hot path, and a second path through the same driver code in the same worker then runs partly on "
+          "side exits (callgrind counted 12-19%% more instructions for a path measured second). The paths of one N take turns within one window, each for a slice of "
           "`--cyc-slice` (0.25 s) at a time, in the order ABCD DCBA ABCD ... (reversed in even rounds), until each "
           "has had its seconds; a slice ends at a barrier (the next path starts when the last answer of this one "
           "is in), and each path's requests, time and CPU are summed over its slices. The differences here are a "
           "few percent, and the machine's state was seen to move a path's rate by up to 2x between cells run a few "
           "seconds apart: slices a fraction of a second long let every path meet the same states (`drive.py` "
           "`load_slices`). All the paths' pools stay open through the window (the emulator runs with "
-          "max_connections 300 for that). Load: one Python thread driving N keep-alive connections through epoll "
+          "max_connections 400 for that). Load: one Python thread driving N keep-alive connections through epoll "
           "(the K-query cells' `http.client` threads cost several times more CPU per request, and on 2 cores that "
           "would cap these short requests). The cycle is timed in the handler from before connect to after keepalive (at N = 50 this "
           "includes waiting for the worker while the other requests run), per path; request times at the client. \"new "
@@ -264,6 +275,7 @@ IR_LABEL = {
     "pgmoon": CYC_LABEL["pgmoon"],
     "yield_tls": CYC_LABEL["yield_tls"],
     "pgmoon_tls": CYC_LABEL["pgmoon_tls"],
+    "class_plain": CYC_LABEL["class_plain"],
 }
 
 
@@ -298,9 +310,11 @@ def ir_part(samples, meta):
     text = "\n".join(["instructions per cycle request (callgrind): %s" % meta.get("meta_ngx_ir", "?"), "",
                       text_table(H, rows), ""])
     md = ["### Instructions per cycle (callgrind)", "",
-          "The same cycle requests counted instead of timed: one nginx process (master_process off) under "
-          "valgrind's callgrind with its cache simulation, each path served sequentially on one keep-alive "
-          "connection, %s. Per request: instructions executed in user space by the whole process (nginx, ngx_lua, "
+          "The same cycle requests counted instead of timed: for each path an nginx process of its own "
+          "(master_process off) under valgrind's callgrind with its cache simulation, the path served "
+          "sequentially on one keep-alive connection, %s. A process per path, since one that ran another path "
+          "through the same driver first counts 12-19%% more (LuaJIT's traces follow the first hot path). Per "
+          "request: instructions executed in user space by the whole process (nginx, ngx_lua, "
           "LuaJIT and its traces, libc, the module and its I/O thread), and first-level cache misses of "
           "callgrind's simulated caches. The kernel's part (the same system calls for both drivers, checked with "
           "strace: one send and one receive per query, one epoll wait) is not in it. Other load on the machine "
