@@ -1,6 +1,6 @@
 -- A smoke test for PUC Lua builds (run by scripts/test under lua5.1 and lua5.4):
 -- the module loads, signs the published vector, reads conf, and keeps the
--- nil, err convention. Prints "N passed, N failed" and exits non-zero on failure.
+-- nil, err convention; kong_rds_iam.pgmoon loads and builds its conf. Prints "N passed, N failed" and exits non-zero on failure.
 local rds = require "kong_rds_iam"
 
 local passed, failed = 0, 0
@@ -31,6 +31,23 @@ check("raises for non-table", not ok and tostring(raised):find("table expected, 
 
 check("null sentinel", rds.null ~= nil and type(rds.null) == "userdata")
 check("source", rds.credentials_source() == "environment")
+
+-- kong_rds_iam.pgmoon, from this checkout's lua/ (scripts/test runs from the
+-- repository's root): no I/O, so no server is needed
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+local has, pgmoon = pcall(require, "kong_rds_iam.pgmoon")
+check("pgmoon class loads", has, pgmoon)
+if has then
+  local opts = { host = "127.0.0.1", port = 5432, database = "smoke", user = "u", password = "p" }
+  local first = pgmoon.new(opts):_conf()
+  check("pgmoon class: one conf per options table", first ~= nil and first == pgmoon.new(opts):_conf())
+  opts.database = "other"
+  local other = pgmoon.new(opts):_conf()
+  check("pgmoon class: a changed option is seen", other ~= first and other.pg_database == "other",
+    other and other.pg_database)
+  check("pgmoon class: pgmoon's defaults", pgmoon.new(opts).config.application_name == "pgmoon")
+  check("pgmoon class: escape without a connection", pgmoon.Postgres.escape_literal(nil, "it's") == "'it''s'")
+end
 
 print(("%s: %d passed, %d failed"):format(_VERSION, passed, failed))
 os.exit(failed == 0 and 0 or 1)
