@@ -428,27 +428,23 @@ for option in pairs(IAM_OPTIONS) do CONF_OPTIONS[#CONF_OPTIONS + 1] = option end
 -- it has seen; a new table costs a parse in Rust, which made a pooled
 -- connect + query + keepalive cost nearly four times the instructions
 -- (callgrind: 144k against 38k). An entry serves while each option it was
--- built from, the timeout, the defaults table and kong.configuration (by
--- identity: Kong's is read-only) are the same.
+-- built from (as read through the defaults), the timeout and
+-- kong.configuration (by identity: Kong's is read-only) are the same.
 local conf_memo = setmetatable({}, { __mode = "k" })
 
--- The option values _conf reads, in CONF_OPTIONS order.
-local function option_values(opts, defaults)
+-- The option values _conf reads, in CONF_OPTIONS order, through the
+-- object's config view (options, then defaults).
+local function option_values(config)
   local values = {}
-  for i = 1, #CONF_OPTIONS do
-    local key = CONF_OPTIONS[i]
-    local v = opts[key]
-    if v == nil then v = defaults[key] end
-    values[i] = v
-  end
+  for i = 1, #CONF_OPTIONS do values[i] = config[CONF_OPTIONS[i]] end
   return values
 end
 
--- same_options(opts, defaults, values): whether each option reads as in
--- `values` (option_values'). Straight-line code written once from
--- CONF_OPTIONS: in a loop, one comparison meets strings, numbers, booleans
--- and nils in turn, and LuaJIT's trace leaves through a side exit at most
--- keys; here each comparison meets one type.
+-- same_options(opts, defaults, values): whether each option, read as the
+-- config view reads it, is as in `values` (option_values'). Straight-line
+-- code written once from CONF_OPTIONS: in a loop, one comparison meets
+-- strings, numbers, booleans and nils in turn, and LuaJIT's trace leaves
+-- through a side exit at most keys; here each comparison meets one type.
 local same_options = (function()
   local src = { "local rawequal = rawequal\nreturn function(opts, defaults, values)\n  local v\n" }
   for i, key in ipairs(CONF_OPTIONS) do
@@ -461,8 +457,8 @@ local same_options = (function()
 end)()
 
 local function memo_holds(memo, opts, defaults, timeout, kconf)
-  return memo ~= nil and rawequal(memo.defaults, defaults) and rawequal(memo.timeout, timeout)
-    and rawequal(memo.kconf, kconf) and same_options(opts, defaults, memo.values)
+  return memo ~= nil and rawequal(memo.timeout, timeout) and rawequal(memo.kconf, kconf)
+    and same_options(opts, defaults, memo.values)
 end
 
 -- The conf for rds.connect, or nil, err.
@@ -476,8 +472,7 @@ function Postgres:_conf()
   if conf then
     -- the memo checks the options; rds.connect need not check the conf
     rds._frozen(conf)
-    conf_memo[opts] = { conf = conf, values = option_values(opts, defaults), defaults = defaults,
-      timeout = timeout, kconf = kconf }
+    conf_memo[opts] = { conf = conf, values = option_values(self.config), timeout = timeout, kconf = kconf }
   end
   return conf, err
 end
